@@ -1,0 +1,134 @@
+// Package archtest enforces the dependency direction drawn in
+// docs/architecture.md, using `go list -deps`.
+package archtest
+
+import (
+	"encoding/json"
+	"io"
+	"os/exec"
+	"strings"
+	"testing"
+)
+
+const mod = "outpost/"
+
+// leaves may import only the standard library and each other.
+var leaves = []string{"message", "sas", "topic", "identity", "twin", "query", "route"}
+
+// allowed lists, for each internal package prefix, which internal packages
+// it may depend on (transitively). A package not listed here may depend on
+// anything except cmd.
+var allowed = map[string][]string{
+	"gateway": {"message", "sas", "topic", "identity", "twin", "query", "route", "certs", "metrics"},
+	"certs":   {},
+	"client":  {"message", "sas", "topic", "certs"},
+}
+
+// forbidden pairs: a package under the first never imports the second.
+var forbidden = [][2]string{
+	{"hub", "edge"},
+	{"edge", "hub"},
+}
+
+type pkg struct {
+	ImportPath string
+	Deps       []string
+	Standard   bool
+}
+
+func listPackages(t *testing.T) []pkg {
+	t.Helper()
+	cmd := exec.Command("go", "list", "-deps=false", "-json", "outpost/...")
+	cmd.Dir = "../.."
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("go list: %v", err)
+	}
+	dec := json.NewDecoder(strings.NewReader(string(out)))
+	var pkgs []pkg
+	for {
+		var p pkg
+		if err := dec.Decode(&p); err == io.EOF {
+			break
+		} else if err != nil {
+			t.Fatal(err)
+		}
+		pkgs = append(pkgs, p)
+	}
+	return pkgs
+}
+
+// rel returns the path below outpost/internal/, or "" for other packages.
+func rel(path string) string {
+	if r, ok := strings.CutPrefix(path, mod+"internal/"); ok {
+		return r
+	}
+	return ""
+}
+
+func top(r string) string {
+	first, _, _ := strings.Cut(r, "/")
+	return first
+}
+
+func isLeaf(r string) bool {
+	for _, l := range leaves {
+		if top(r) == l {
+			return true
+		}
+	}
+	return false
+}
+
+func TestDependencyDirection(t *testing.T) {
+	pkgs := listPackages(t)
+	if len(pkgs) < 2 {
+		t.Fatalf("go list found %d packages; expected the whole module", len(pkgs))
+	}
+	for _, p := range pkgs {
+		r := rel(p.ImportPath)
+		for _, d := range p.Deps {
+			if strings.HasPrefix(d, mod+"cmd/") {
+				t.Errorf("%s depends on %s: nothing imports cmd", p.ImportPath, d)
+			}
+			if r == "" || strings.HasSuffix(r, "test") {
+				continue
+			}
+			dr := rel(d)
+			if strings.HasPrefix(d, mod) && dr == "" {
+				t.Errorf("%s depends on %s outside internal/", p.ImportPath, d)
+				continue
+			}
+			if isLeaf(r) {
+				if dr != "" && !isLeaf(dr) {
+					t.Errorf("leaf %s depends on non-leaf %s", p.ImportPath, d)
+				}
+				if dr == "" && !isStd(d) {
+					t.Errorf("leaf %s depends on third-party %s", p.ImportPath, d)
+				}
+			}
+			if ok, listed := allowed[top(r)]; listed && dr != "" && top(dr) != top(r) && !contains(ok, top(dr)) {
+				t.Errorf("%s depends on %s; allowed: %v", p.ImportPath, d, ok)
+			}
+			for _, f := range forbidden {
+				if top(r) == f[0] && dr != "" && top(dr) == f[1] {
+					t.Errorf("%s depends on %s: %s and %s never import each other", p.ImportPath, d, f[0], f[1])
+				}
+			}
+		}
+	}
+}
+
+func isStd(path string) bool {
+	first, _, _ := strings.Cut(path, "/")
+	return !strings.Contains(first, ".") && !strings.HasPrefix(path, mod)
+}
+
+func contains(s []string, x string) bool {
+	for _, v := range s {
+		if v == x {
+			return true
+		}
+	}
+	return false
+}
