@@ -1,0 +1,401 @@
+// Package certs makes and loads the certificates Outpost runs on: the
+// hub's root CA, an edge's intermediate CA (signed by the root from a
+// CSR, or brought by the operator), server certificates for the device
+// endpoints, and client certificates for X.509 devices.
+//
+// Keys are ECDSA P-256. A CA remembers the chain above it (not the root),
+// so every leaf it issues is served with the full path a client needs to
+// reach the root it trusts; that is what lets a child device trust only
+// the hub's root and still verify its edge gateway.
+package certs
+
+import (
+	"bytes"
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/sha1"
+	"crypto/sha256"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/hex"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"math/big"
+	"net"
+	"strings"
+	"time"
+)
+
+// Default validities, used when a caller passes zero.
+const (
+	DefaultRootValidity         = 10 * 365 * 24 * time.Hour
+	DefaultIntermediateValidity = 5 * 365 * 24 * time.Hour
+	DefaultLeafValidity         = 365 * 24 * time.Hour
+)
+
+// backdate allows for clocks behind ours: a certificate is valid from a
+// little before it was made.
+const backdate = 5 * time.Minute
+
+// CA is a certificate authority that can issue certificates.
+type CA struct {
+	Cert    *x509.Certificate
+	Key     crypto.Signer
+	CertPEM []byte // Cert alone, PEM
+	// Chain holds, in DER, the intermediates between Cert and the root,
+	// nearest first; empty for a root or a CA signed directly by it.
+	Chain [][]byte
+}
+
+// NewKey returns a new ECDSA P-256 private key.
+func NewKey() (crypto.Signer, error) {
+	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, fmt.Errorf("generate key: %w", err)
+	}
+	return k, nil
+}
+
+func serial() (*big.Int, error) {
+	n, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 127))
+	if err != nil {
+		return nil, fmt.Errorf("serial number: %w", err)
+	}
+	return n.Add(n, big.NewInt(1)), nil // never zero
+}
+
+func orDefault(d, def time.Duration) time.Duration {
+	if d <= 0 {
+		return def
+	}
+	return d
+}
+
+// NewRootCA makes a self-signed root CA.
+func NewRootCA(commonName string, validity time.Duration) (*CA, error) {
+	key, err := NewKey()
+	if err != nil {
+		return nil, err
+	}
+	tmpl, err := caTemplate(commonName, orDefault(validity, DefaultRootValidity))
+	if err != nil {
+		return nil, err
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
+	if err != nil {
+		return nil, fmt.Errorf("create root CA: %w", err)
+	}
+	return newCA(der, key, nil)
+}
+
+func caTemplate(commonName string, validity time.Duration) (*x509.Certificate, error) {
+	sn, err := serial()
+	if err != nil {
+		return nil, err
+	}
+	now := time.Now()
+	return &x509.Certificate{
+		SerialNumber:          sn,
+		Subject:               pkix.Name{CommonName: commonName},
+		NotBefore:             now.Add(-backdate),
+		NotAfter:              now.Add(validity),
+		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign | x509.KeyUsageDigitalSignature,
+		BasicConstraintsValid: true,
+		IsCA:                  true,
+	}, nil
+}
+
+func newCA(der []byte, key crypto.Signer, chain [][]byte) (*CA, error) {
+	cert, err := x509.ParseCertificate(der)
+	if err != nil {
+		return nil, fmt.Errorf("parse CA certificate: %w", err)
+	}
+	return &CA{Cert: cert, Key: key, CertPEM: EncodeCertPEM(der), Chain: chain}, nil
+}
+
+// isRoot reports whether c is self-signed, i.e. a trust anchor that
+// chains should not carry.
+func isRoot(c *x509.Certificate) bool {
+	return bytes.Equal(c.RawSubject, c.RawIssuer) && c.CheckSignatureFrom(c) == nil
+}
+
+// childChain is the Chain of a CA that ca signs: ca itself and what is
+// above it, without the root.
+func (ca *CA) childChain() [][]byte {
+	if isRoot(ca.Cert) {
+		return nil
+	}
+	return append([][]byte{ca.Cert.Raw}, ca.Chain...)
+}
+
+// ChainPEM returns the CA's certificate followed by its chain, the form
+// LoadCA reads and WriteFiles writes.
+func (ca *CA) ChainPEM() []byte {
+	out := append([]byte(nil), ca.CertPEM...)
+	for _, der := range ca.Chain {
+		out = append(out, EncodeCertPEM(der)...)
+	}
+	return out
+}
+
+// NewIntermediate makes a CA signed by ca.
+func (ca *CA) NewIntermediate(commonName string, validity time.Duration) (*CA, error) {
+	key, err := NewKey()
+	if err != nil {
+		return nil, err
+	}
+	tmpl, err := caTemplate(commonName, orDefault(validity, DefaultIntermediateValidity))
+	if err != nil {
+		return nil, err
+	}
+	der, err := ca.sign(tmpl, key.Public())
+	if err != nil {
+		return nil, fmt.Errorf("create intermediate CA: %w", err)
+	}
+	return newCA(der, key, ca.childChain())
+}
+
+// sign issues tmpl, never past the CA's own expiry: a longer-lived child
+// would fail verification at the end anyway, and later than expected.
+func (ca *CA) sign(tmpl *x509.Certificate, pub crypto.PublicKey) ([]byte, error) {
+	if tmpl.NotAfter.After(ca.Cert.NotAfter) {
+		tmpl.NotAfter = ca.Cert.NotAfter
+	}
+	return x509.CreateCertificate(rand.Reader, tmpl, ca.Cert, pub, ca.Key)
+}
+
+// leaf issues an end-entity certificate and returns it as a tls.Certificate
+// with the chain, plus the PEM of leaf and chain and of the key.
+func (ca *CA) leaf(tmpl *x509.Certificate) (tls.Certificate, []byte, []byte, error) {
+	key, err := NewKey()
+	if err != nil {
+		return tls.Certificate{}, nil, nil, err
+	}
+	der, err := ca.sign(tmpl, key.Public())
+	if err != nil {
+		return tls.Certificate{}, nil, nil, fmt.Errorf("issue certificate: %w", err)
+	}
+	chain := append([][]byte{der, ca.Cert.Raw}, ca.Chain...)
+	return assemble(chain, key)
+}
+
+// assemble builds a tls.Certificate and PEM forms from a DER chain
+// (leaf first) and the leaf's key.
+func assemble(chain [][]byte, key crypto.Signer) (tls.Certificate, []byte, []byte, error) {
+	leaf, err := x509.ParseCertificate(chain[0])
+	if err != nil {
+		return tls.Certificate{}, nil, nil, fmt.Errorf("parse certificate: %w", err)
+	}
+	keyPEM, err := EncodeKeyPEM(key)
+	if err != nil {
+		return tls.Certificate{}, nil, nil, err
+	}
+	var certPEM []byte
+	for _, der := range chain {
+		certPEM = append(certPEM, EncodeCertPEM(der)...)
+	}
+	return tls.Certificate{Certificate: chain, PrivateKey: key, Leaf: leaf}, certPEM, keyPEM, nil
+}
+
+func leafTemplate(commonName string, validity time.Duration, usage x509.ExtKeyUsage) (*x509.Certificate, error) {
+	sn, err := serial()
+	if err != nil {
+		return nil, err
+	}
+	now := time.Now()
+	return &x509.Certificate{
+		SerialNumber:          sn,
+		Subject:               pkix.Name{CommonName: commonName},
+		NotBefore:             now.Add(-backdate),
+		NotAfter:              now.Add(orDefault(validity, DefaultLeafValidity)),
+		KeyUsage:              x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:           []x509.ExtKeyUsage{usage},
+		BasicConstraintsValid: true,
+	}, nil
+}
+
+// IssueServer issues a TLS server certificate for hosts (DNS names or IP
+// addresses; a :port is ignored). The first host is the subject's CN.
+// The tls.Certificate carries leaf, CA and the CA's chain; certPEM holds
+// the same chain, leaf first.
+func (ca *CA) IssueServer(hosts []string, validity time.Duration) (cert tls.Certificate, certPEM, keyPEM []byte, err error) {
+	hosts = normalizeHosts(hosts)
+	if len(hosts) == 0 {
+		return tls.Certificate{}, nil, nil, errors.New("issue server certificate: no host names")
+	}
+	tmpl, err := leafTemplate(hosts[0], validity, x509.ExtKeyUsageServerAuth)
+	if err != nil {
+		return tls.Certificate{}, nil, nil, err
+	}
+	for _, h := range hosts {
+		if ip := net.ParseIP(h); ip != nil {
+			tmpl.IPAddresses = append(tmpl.IPAddresses, ip)
+		} else {
+			tmpl.DNSNames = append(tmpl.DNSNames, h)
+		}
+	}
+	return ca.leaf(tmpl)
+}
+
+// normalizeHosts drops ports, brackets, empties and duplicates.
+func normalizeHosts(hosts []string) []string {
+	var out []string
+	seen := map[string]bool{}
+	for _, h := range hosts {
+		if hh, _, err := net.SplitHostPort(h); err == nil {
+			h = hh
+		}
+		h = strings.TrimSuffix(strings.TrimPrefix(strings.TrimSpace(h), "["), "]")
+		if h == "" || seen[strings.ToLower(h)] {
+			continue
+		}
+		seen[strings.ToLower(h)] = true
+		out = append(out, h)
+	}
+	return out
+}
+
+// IssueClient issues a TLS client certificate for an X.509 device or
+// module authenticated by CA: the CN is the device id.
+func (ca *CA) IssueClient(commonName string, validity time.Duration) (cert tls.Certificate, certPEM, keyPEM []byte, err error) {
+	if commonName == "" {
+		return tls.Certificate{}, nil, nil, errors.New("issue client certificate: empty common name")
+	}
+	tmpl, err := leafTemplate(commonName, validity, x509.ExtKeyUsageClientAuth)
+	if err != nil {
+		return tls.Certificate{}, nil, nil, err
+	}
+	return ca.leaf(tmpl)
+}
+
+// SelfSigned makes a self-signed client certificate for a device that
+// authenticates by thumbprint, valid for DefaultLeafValidity.
+func SelfSigned(commonName string) (cert tls.Certificate, certPEM, keyPEM []byte, err error) {
+	key, err := NewKey()
+	if err != nil {
+		return tls.Certificate{}, nil, nil, err
+	}
+	tmpl, err := leafTemplate(commonName, 0, x509.ExtKeyUsageClientAuth)
+	if err != nil {
+		return tls.Certificate{}, nil, nil, err
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
+	if err != nil {
+		return tls.Certificate{}, nil, nil, fmt.Errorf("create self-signed certificate: %w", err)
+	}
+	return assemble([][]byte{der}, key)
+}
+
+// NewCSR makes a key and a certificate signing request for commonName,
+// which an edge sends to its parent to obtain its CA certificate.
+func NewCSR(commonName string) (csrPEM []byte, key crypto.Signer, err error) {
+	key, err = NewKey()
+	if err != nil {
+		return nil, nil, err
+	}
+	der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{
+		Subject: pkix.Name{CommonName: commonName},
+	}, key)
+	if err != nil {
+		return nil, nil, fmt.Errorf("create CSR: %w", err)
+	}
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: der}), key, nil
+}
+
+// ParseCSR decodes a PEM CSR and checks its signature. The signer must
+// decide whether the subject is acceptable (an edge may only ask for its
+// own device id) before calling SignCSR.
+func ParseCSR(csrPEM []byte) (*x509.CertificateRequest, error) {
+	block, _ := pem.Decode(csrPEM)
+	if block == nil || block.Type != "CERTIFICATE REQUEST" {
+		return nil, errors.New("parse CSR: no CERTIFICATE REQUEST PEM block")
+	}
+	csr, err := x509.ParseCertificateRequest(block.Bytes)
+	if err != nil {
+		return nil, fmt.Errorf("parse CSR: %w", err)
+	}
+	if err := csr.CheckSignature(); err != nil {
+		return nil, fmt.Errorf("parse CSR: %w", err)
+	}
+	return csr, nil
+}
+
+// SignCSR issues a certificate for the CSR: a CA certificate when isCA
+// (an edge's CA), else a server certificate with the CSR's DNS and IP
+// names. Only the CSR's common name and names are taken; key usages and
+// constraints are ours. certPEM holds the new certificate followed by
+// the intermediates above it (not the root), ready for CAFromPEM.
+func (ca *CA) SignCSR(csrPEM []byte, isCA bool, validity time.Duration) (certPEM []byte, err error) {
+	csr, err := ParseCSR(csrPEM)
+	if err != nil {
+		return nil, err
+	}
+	cn := csr.Subject.CommonName
+	var tmpl *x509.Certificate
+	if isCA {
+		tmpl, err = caTemplate(cn, orDefault(validity, DefaultIntermediateValidity))
+	} else {
+		tmpl, err = leafTemplate(cn, validity, x509.ExtKeyUsageServerAuth)
+		if err == nil {
+			tmpl.DNSNames, tmpl.IPAddresses = csr.DNSNames, csr.IPAddresses
+		}
+	}
+	if err != nil {
+		return nil, err
+	}
+	der, err := ca.sign(tmpl, csr.PublicKey)
+	if err != nil {
+		return nil, fmt.Errorf("sign CSR: %w", err)
+	}
+	certPEM = EncodeCertPEM(der)
+	for _, c := range ca.childChain() {
+		certPEM = append(certPEM, EncodeCertPEM(c)...)
+	}
+	return certPEM, nil
+}
+
+// CAFromPEM builds a CA from its certificate PEM (the CA first, then any
+// intermediates; a root at the end is dropped) and its key, checking
+// that the certificate is a CA and belongs to the key.
+func CAFromPEM(chainPEM []byte, key crypto.Signer) (*CA, error) {
+	certs, err := ParseCertsPEM(chainPEM)
+	if err != nil {
+		return nil, err
+	}
+	c := certs[0]
+	if !c.IsCA || !c.BasicConstraintsValid {
+		return nil, fmt.Errorf("certificate %q is not a CA", c.Subject.CommonName)
+	}
+	if !samePublicKey(c.PublicKey, key.Public()) {
+		return nil, fmt.Errorf("certificate %q does not match the key", c.Subject.CommonName)
+	}
+	var chain [][]byte
+	for _, ic := range certs[1:] {
+		if !isRoot(ic) {
+			chain = append(chain, ic.Raw)
+		}
+	}
+	return newCA(c.Raw, key, chain)
+}
+
+func samePublicKey(a, b crypto.PublicKey) bool {
+	ak, ok := a.(interface{ Equal(crypto.PublicKey) bool })
+	return ok && ak.Equal(b)
+}
+
+// Thumbprint is the SHA-1 thumbprint of a certificate, uppercase hex, as
+// Azure shows and stores it.
+func Thumbprint(cert *x509.Certificate) string {
+	sum := sha1.Sum(cert.Raw)
+	return strings.ToUpper(hex.EncodeToString(sum[:]))
+}
+
+// ThumbprintSHA256 is the SHA-256 thumbprint, uppercase hex.
+func ThumbprintSHA256(cert *x509.Certificate) string {
+	sum := sha256.Sum256(cert.Raw)
+	return strings.ToUpper(hex.EncodeToString(sum[:]))
+}

@@ -1,0 +1,107 @@
+package topic
+
+import (
+	"reflect"
+	"testing"
+)
+
+func TestAllowedSubscription(t *testing.T) {
+	tests := []struct {
+		filter, d, m string
+		want         bool
+	}{
+		{"devices/dev1/messages/devicebound/#", "dev1", "", true},
+		{"$iothub/methods/POST/#", "dev1", "", true},
+		{"$iothub/twin/res/#", "dev1", "", true},
+		{"$iothub/twin/PATCH/properties/desired/#", "dev1", "", true},
+		{"$iothub/methods/POST/#", "d", "m", true},
+		{"$iothub/twin/res/#", "d", "m", true},
+		{"$iothub/twin/PATCH/properties/desired/#", "d", "m", true},
+		{"devices/d/modules/m/inputs/#", "d", "m", true},
+		{"devices/d/modules/m/#", "d", "m", true},
+
+		{"devices/dev2/messages/devicebound/#", "dev1", "", false},
+		{"devices/Dev1/messages/devicebound/#", "dev1", "", false},
+		{"devices/+/messages/devicebound/#", "dev1", "", false},
+		{"devices/dev1/messages/devicebound/+", "dev1", "", false},
+		{"devices/dev1/#", "dev1", "", false},
+		{"devices/d/messages/devicebound/#", "d", "m", false},
+		{"devices/d/modules/m/inputs/#", "d", "", false},
+		{"devices/d/modules/m2/inputs/#", "d", "m", false},
+		{"devices/d2/modules/m/inputs/#", "d", "m", false},
+		{"devices/d/modules/+/inputs/#", "d", "m", false},
+		{"devices/d/modules/m/inputs/in1", "d", "m", false},
+		{"#", "d", "", false},
+		{"$iothub/#", "d", "", false},
+		{"$iothub/+/twin/res/#", "d", "", false},
+		{"$iothub/d/twin/res/#", "d", "", false},
+		{"$iothub/methods/POST/reboot", "d", "", false},
+		{"$iothub/twin/PATCH/properties/reported/#", "d", "", false},
+		{"devices/d/messages/events/#", "d", "", false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.filter+"@"+tt.d+"/"+tt.m, func(t *testing.T) {
+			if got := AllowedSubscription(tt.filter, tt.d, tt.m); got != tt.want {
+				t.Fatalf("AllowedSubscription = %v, want %v", got, tt.want)
+			}
+		})
+	}
+}
+
+func TestFiltersAllowed(t *testing.T) {
+	for _, id := range [][2]string{{"dev1", ""}, {"e1", "$edgeHub"}} {
+		fs := Filters(id[0], id[1])
+		if len(fs) < 4 {
+			t.Fatalf("Filters(%v) = %v", id, fs)
+		}
+		for _, f := range fs {
+			if !AllowedSubscription(f, id[0], id[1]) {
+				t.Errorf("Filters(%v) lists %q but AllowedSubscription refuses it", id, f)
+			}
+		}
+	}
+}
+
+func TestParseFilterOBO(t *testing.T) {
+	tests := []struct {
+		in   string
+		want Topic
+	}{
+		{OBOTwinResponseFilter("c1"), Topic{Kind: KindTwinResponse, DeviceID: "c1", OnBehalfOf: "c1"}},
+		{OBOTwinDesiredFilter("e/m"), Topic{Kind: KindTwinDesired, DeviceID: "e", ModuleID: "m", OnBehalfOf: "e/m"}},
+		{OBOMethodFilter("twin"), Topic{Kind: KindMethodRequest, DeviceID: "twin", OnBehalfOf: "twin"}},
+		{C2DFilter("c1"), Topic{Kind: KindC2D, DeviceID: "c1"}},
+		{ModuleInputFilter("e", "m"), Topic{Kind: KindModuleInput, DeviceID: "e", ModuleID: "m"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.in, func(t *testing.T) {
+			got, err := ParseFilter(tt.in)
+			if err != nil || !reflect.DeepEqual(got, tt.want) {
+				t.Fatalf("ParseFilter = %+v, %v; want %+v", got, err, tt.want)
+			}
+		})
+	}
+	for _, bad := range []string{"$iothub/+/twin/res/#", "$iothub/a/b/c/twin/res/#", "$iothub//twin/res/#", "$iothub/c/twin/res/+"} {
+		if _, err := ParseFilter(bad); err == nil {
+			t.Errorf("ParseFilter(%q): no error", bad)
+		}
+	}
+}
+
+func FuzzParseFilter(f *testing.F) {
+	for _, s := range []string{FilterMethods, C2DFilter("d"), ModuleInputFilter("d", "m"), OBOMethodFilter("e/m"), "$iothub/+/twin/res/#"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		tp, err := ParseFilter(s)
+		if err != nil {
+			return
+		}
+		if tp.Kind == KindUnknown {
+			t.Fatalf("ParseFilter(%q) gave no kind", s)
+		}
+		if tp.OnBehalfOf != "" && tp.ClientID() != tp.OnBehalfOf {
+			t.Fatalf("ParseFilter(%q): OnBehalfOf %q but ids %q", s, tp.OnBehalfOf, tp.ClientID())
+		}
+	})
+}

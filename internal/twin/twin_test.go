@@ -1,0 +1,597 @@
+package twin
+
+import (
+	"encoding/json"
+	"errors"
+	"math"
+	"math/rand/v2"
+	"reflect"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+)
+
+var (
+	t0 = time.Date(2024, 5, 6, 7, 8, 9, 0, time.UTC)
+	t1 = t0.Add(time.Minute)
+	t2 = t0.Add(time.Hour)
+)
+
+// obj parses a JSON object the way the hub decodes stored twins (float64
+// numbers), failing the test on error.
+func obj(t testing.TB, s string) map[string]any {
+	t.Helper()
+	var m map[string]any
+	if err := json.Unmarshal([]byte(s), &m); err != nil {
+		t.Fatalf("bad test JSON %s: %v", s, err)
+	}
+	return m
+}
+
+func wantErr(t *testing.T, err error, code, msg string) {
+	t.Helper()
+	var e *Error
+	if !errors.As(err, &e) {
+		t.Fatalf("err = %v, want *twin.Error", err)
+	}
+	if e.Status != 400 || e.Code != code || !strings.Contains(e.Message, msg) {
+		t.Errorf("err = %d %s %q, want 400 %s containing %q", e.Status, e.Code, e.Message, code, msg)
+	}
+}
+
+func TestNew(t *testing.T) {
+	tw := New("d", "m", t0)
+	if tw.DesiredVersion() != 1 || tw.ReportedVersion() != 1 || tw.Version != 1 || tw.ETag != "AAAAAAAAAAE=" {
+		t.Errorf("new twin versions: %d %d %d %q", tw.DesiredVersion(), tw.ReportedVersion(), tw.Version, tw.ETag)
+	}
+	for _, sec := range []map[string]any{tw.Properties.Desired, tw.Properties.Reported} {
+		if sec[keyMetadata].(map[string]any)[keyLastUpdated] != "2024-05-06T07:08:09Z" {
+			t.Errorf("metadata = %v", sec[keyMetadata])
+		}
+	}
+	b, err := json.Marshal(tw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var m map[string]any
+	if err := json.Unmarshal(b, &m); err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range []string{"deviceId", "moduleId", "etag", "version", "properties"} {
+		if _, ok := m[k]; !ok {
+			t.Errorf("twin JSON lacks %q: %s", k, b)
+		}
+	}
+	if _, ok := m["capabilities"]; ok {
+		t.Errorf("module twin has capabilities: %s", b)
+	}
+}
+
+func TestMerge(t *testing.T) {
+	tests := []struct {
+		name, dst, patch, want string
+	}{
+		{"add", `{"a":1}`, `{"b":2}`, `{"a":1,"b":2}`},
+		{"replace", `{"a":1}`, `{"a":"x"}`, `{"a":"x"}`},
+		{"delete", `{"a":1,"b":2}`, `{"a":null}`, `{"b":2}`},
+		{"delete missing", `{"a":1}`, `{"z":null}`, `{"a":1}`},
+		{"nested merge", `{"a":{"x":1,"y":2}}`, `{"a":{"y":3,"z":4}}`, `{"a":{"x":1,"y":3,"z":4}}`},
+		{"nested null delete", `{"a":{"x":1,"y":{"p":1,"q":2}}}`, `{"a":{"y":{"p":null}}}`, `{"a":{"x":1,"y":{"q":2}}}`},
+		{"null inside new object", `{}`, `{"a":{"x":null,"y":1}}`, `{"a":{"y":1}}`},
+		{"object replaces leaf", `{"a":1}`, `{"a":{"x":1}}`, `{"a":{"x":1}}`},
+		{"leaf replaces object", `{"a":{"x":1}}`, `{"a":true}`, `{"a":true}`},
+		{"array replaces", `{"a":[1,2,3]}`, `{"a":[4]}`, `{"a":[4]}`},
+		{"empty patch", `{"a":1}`, `{}`, `{"a":1}`},
+		{"empty object stays", `{"a":{"x":1}}`, `{"a":{"x":null}}`, `{"a":{}}`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			dst, patch := obj(t, tt.dst), obj(t, tt.patch)
+			Merge(dst, patch)
+			if want := obj(t, tt.want); !reflect.DeepEqual(dst, want) {
+				t.Errorf("Merge = %v, want %v", dst, want)
+			}
+		})
+	}
+	t.Run("no aliasing", func(t *testing.T) {
+		dst, patch := map[string]any{}, obj(t, `{"a":{"b":[{"c":1}]}}`)
+		Merge(dst, patch)
+		patch["a"].(map[string]any)["b"].([]any)[0].(map[string]any)["c"] = 2.0
+		if !reflect.DeepEqual(dst, obj(t, `{"a":{"b":[{"c":1}]}}`)) {
+			t.Errorf("dst shares memory with patch: %v", dst)
+		}
+	})
+}
+
+func TestPatchVersionsAndMetadata(t *testing.T) {
+	tw := New("d", "", t0)
+	v, err := tw.PatchDesired(obj(t, `{"a":{"x":1,"y":2},"b":"s"}`), t1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v != 2 || tw.DesiredVersion() != 2 || tw.ReportedVersion() != 1 || tw.Version != 2 || tw.ETag != VersionETag(2) {
+		t.Fatalf("versions after one desired patch: ret %d desired %d reported %d twin %d", v, tw.DesiredVersion(), tw.ReportedVersion(), tw.Version)
+	}
+	v, err = tw.PatchDesired(obj(t, `{"a":{"y":null},"c":true}`), t2)
+	if err != nil || v != 3 || tw.Version != 3 {
+		t.Fatalf("second patch: %d %v, twin version %d", v, err, tw.Version)
+	}
+	want := obj(t, `{"a":{"x":1},"b":"s","c":true}`)
+	if got := tw.Desired(); !reflect.DeepEqual(got, want) {
+		t.Errorf("desired = %v, want %v", got, want)
+	}
+
+	meta := tw.Properties.Desired[keyMetadata].(map[string]any)
+	ts1, ts2 := timestamp(t1), timestamp(t2)
+	check := func(path string, m map[string]any, ts string, ver int64) {
+		t.Helper()
+		if m == nil {
+			t.Errorf("%s: no metadata", path)
+			return
+		}
+		if m[keyLastUpdated] != ts {
+			t.Errorf("%s.$lastUpdated = %v, want %s", path, m[keyLastUpdated], ts)
+		}
+		if n, _ := toInt64(m[keyLastUpdatedVersion]); n != ver {
+			t.Errorf("%s.$lastUpdatedVersion = %v, want %d", path, m[keyLastUpdatedVersion], ver)
+		}
+	}
+	sub := func(m map[string]any, k string) map[string]any { r, _ := m[k].(map[string]any); return r }
+	check("$metadata", meta, ts2, 3)
+	check("a", sub(meta, "a"), ts2, 3)
+	check("a.x", sub(sub(meta, "a"), "x"), ts1, 2)
+	check("b", sub(meta, "b"), ts1, 2)
+	check("c", sub(meta, "c"), ts2, 3)
+	if _, ok := sub(meta, "a")["y"]; ok {
+		t.Error("deleted a.y keeps metadata")
+	}
+
+	rv, err := tw.PatchReported(obj(t, `{"fw":"1.2"}`), t2)
+	if err != nil || rv != 2 || tw.Version != 4 || tw.DesiredVersion() != 3 {
+		t.Fatalf("reported patch: %d %v; twin %d desired %d", rv, err, tw.Version, tw.DesiredVersion())
+	}
+	rmeta := tw.Properties.Reported[keyMetadata].(map[string]any)
+	if rmeta[keyLastUpdated] != ts2 || sub(rmeta, "fw")[keyLastUpdated] != ts2 {
+		t.Errorf("reported metadata = %v", rmeta)
+	}
+	if _, ok := sub(rmeta, "fw")[keyLastUpdatedVersion]; ok {
+		t.Error("reported metadata carries $lastUpdatedVersion")
+	}
+
+	if err := tw.PatchTags(obj(t, `{"site":"north"}`)); err != nil || tw.Version != 5 || tw.Tags["site"] != "north" {
+		t.Fatalf("tags patch: %v, version %d, tags %v", err, tw.Version, tw.Tags)
+	}
+}
+
+func TestSectionsForDevice(t *testing.T) {
+	tw := New("d", "", t0)
+	if _, err := tw.PatchDesired(obj(t, `{"rate":5}`), t1); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tw.PatchReported(obj(t, `{"ok":true}`), t1); err != nil {
+		t.Fatal(err)
+	}
+	got := obj(t, string(tw.SectionsForDevice()))
+	want := obj(t, `{"desired":{"rate":5,"$version":2},"reported":{"ok":true,"$version":2}}`)
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("SectionsForDevice = %v, want %v", got, want)
+	}
+	if _, ok := tw.Properties.Desired[keyMetadata]; !ok {
+		t.Error("SectionsForDevice stripped the twin's own metadata")
+	}
+
+	patch := obj(t, `{"rate":7,"old":null}`)
+	body := DesiredPatchBody(patch, 9)
+	if !reflect.DeepEqual(obj(t, string(body)), obj(t, `{"rate":7,"old":null,"$version":9}`)) {
+		t.Errorf("DesiredPatchBody = %s", body)
+	}
+	if _, ok := patch[keyVersion]; ok {
+		t.Error("DesiredPatchBody modified its patch")
+	}
+	p, v, ok := SplitVersion(obj(t, string(body)))
+	if !ok || v != 9 || !reflect.DeepEqual(p, patch) {
+		t.Errorf("SplitVersion = %v %d %v", p, v, ok)
+	}
+	if _, _, ok := SplitVersion(patch); ok {
+		t.Error("SplitVersion found a version in a plain patch")
+	}
+}
+
+// nested returns an object whose leaf sits under n nested objects below
+// the root: n=10 is Azure's documented limit example.
+func nested(n int) map[string]any {
+	m := map[string]any{"property": "value"}
+	for i := n; i >= 1; i-- {
+		m = map[string]any{"l" + strconv.Itoa(i): m}
+	}
+	return m
+}
+
+// padded returns a patch {"k":"xxx…"} whose JSON is exactly n bytes.
+func padded(n int) map[string]any {
+	return map[string]any{"k": strings.Repeat("x", n-len(`{"k":""}`))}
+}
+
+func TestLimits(t *testing.T) {
+	tests := []struct {
+		name  string
+		patch map[string]any
+		code  string
+		msg   string // empty: accepted
+	}{
+		{"depth 10", nested(10), "", ""},
+		{"depth 11", nested(11), CodeArgumentInvalid, "nests objects 11 deep: the limit is 10"},
+		{"array counts as a level", map[string]any{"b": []any{nested(9)}}, CodeArgumentInvalid, "nests objects 11 deep: the limit is 10"},
+		{"array at the limit", map[string]any{"b": []any{nested(8)}}, "", ""},
+		{"huge number", map[string]any{"a": json.Number("1e400")}, CodeArgumentInvalid, "not a JSON number"},
+		{"array leaf", map[string]any{"a": []any{1.0, "x", true, nil, map[string]any{"k": 1.0}}}, "", ""},
+		{"size at limit", padded(MaxSectionSize), "", ""},
+		{"size over limit", padded(MaxSectionSize + 1), CodeTwinSizeExceeded, "the limit is 32768 bytes (32 KiB)"},
+		{"empty key", map[string]any{"": 1.0}, CodeArgumentInvalid, "keys must not be empty"},
+		{"dot", map[string]any{"a.b": 1.0}, CodeArgumentInvalid, `key "a.b" contains '.'`},
+		{"dollar", map[string]any{"$version": 1.0}, CodeArgumentInvalid, `starts with '$'`},
+		{"dollar inside is fine", map[string]any{"a$b": 1.0}, "", ""},
+		{"space", map[string]any{"a b": 1.0}, CodeArgumentInvalid, "contains a space"},
+		{"C0 control", map[string]any{"a\tb": 1.0}, CodeArgumentInvalid, "control character U+0009"},
+		{"C1 control", map[string]any{"a\u0085b": 1.0}, CodeArgumentInvalid, "control character U+0085"},
+		{"DEL", map[string]any{"a\x7f": 1.0}, CodeArgumentInvalid, "control character U+007F"},
+		{"bad UTF-8", map[string]any{"a\xff": 1.0}, CodeArgumentInvalid, "not valid UTF-8"},
+		{"unicode key", map[string]any{"température": 1.0}, "", ""},
+		{"key 1024", map[string]any{strings.Repeat("k", 1024): 1.0}, "", ""},
+		{"key 1025", map[string]any{strings.Repeat("k", 1025): 1.0}, CodeArgumentInvalid, "is 1025 bytes: the limit is 1024"},
+		{"nested bad key path", map[string]any{"a": map[string]any{"b": map[string]any{"c.d": 1.0}}}, CodeArgumentInvalid, `"a.b.c.d"`},
+		{"NaN", map[string]any{"a": math.NaN()}, CodeArgumentInvalid, "not a JSON number"},
+		{"bad json.Number", map[string]any{"a": json.Number("0x10")}, CodeArgumentInvalid, "not a JSON number"},
+		{"good json.Number", map[string]any{"a": json.Number("-1.5e+10")}, "", ""},
+		{"go int", map[string]any{"a": 3}, "", ""},
+		{"foreign type", map[string]any{"a": map[string]string{"x": "y"}}, CodeArgumentInvalid, "values must be JSON"},
+		{"nil patch", nil, CodeArgumentInvalid, "not a JSON object"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			err := ValidatePatch(tt.patch)
+			if tt.msg == "" {
+				if err != nil {
+					t.Fatalf("ValidatePatch = %v", err)
+				}
+				return
+			}
+			wantErr(t, err, tt.code, tt.msg)
+		})
+	}
+}
+
+func TestValidateDocument(t *testing.T) {
+	tw := New("d", "", t0)
+	if _, err := tw.PatchDesired(padded(MaxSectionSize), t1); err != nil {
+		t.Fatal(err)
+	}
+	// The section with its $version and $metadata is larger than the
+	// limit, but those are the server's and do not count.
+	if err := ValidateDocument(tw.Properties.Desired); err != nil {
+		t.Errorf("ValidateDocument(stored section) = %v", err)
+	}
+	wantErr(t, ValidateDocument(map[string]any{"$other": 1.0}), CodeArgumentInvalid, "starts with '$'")
+	wantErr(t, ValidateDocument(padded(MaxSectionSize+1)), CodeTwinSizeExceeded, "document is 32769 bytes")
+}
+
+// TestRefusedLeavesTwinUnchanged covers every mutation: a refused patch
+// must leave the twin exactly as it was, even when the refusal comes
+// after part of the work (size after merge, tags before desired).
+func TestRefusedLeavesTwinUnchanged(t *testing.T) {
+	half := padded(MaxSectionSize/2 + 100)
+	other := map[string]any{"k2": half["k"]}
+	tests := []struct {
+		name string
+		do   func(tw *Twin) error
+		code string
+	}{
+		{"desired size after merge", func(tw *Twin) error { _, err := tw.PatchDesired(other, t2); return err }, CodeTwinSizeExceeded},
+		{"desired bad key", func(tw *Twin) error { _, err := tw.PatchDesired(map[string]any{"ok": 1.0, "a.b": 1.0}, t2); return err }, CodeArgumentInvalid},
+		{"reported size after merge", func(tw *Twin) error { _, err := tw.PatchReported(other, t2); return err }, CodeTwinSizeExceeded},
+		{"reported depth", func(tw *Twin) error { _, err := tw.PatchReported(nested(11), t2); return err }, CodeArgumentInvalid},
+		{"tags size", func(tw *Twin) error { return tw.PatchTags(padded(MaxTagsSize + 1)) }, CodeTwinSizeExceeded},
+		{"patch: good tags, bad desired", func(tw *Twin) error {
+			_, err := tw.Patch(map[string]any{"t": "v"}, other, t2)
+			return err
+		}, CodeTwinSizeExceeded},
+		{"patch: bad tags, good desired", func(tw *Twin) error {
+			_, err := tw.Patch(map[string]any{"$t": "v"}, map[string]any{"x": 1.0}, t2)
+			return err
+		}, CodeArgumentInvalid},
+		{"replace desired", func(tw *Twin) error { _, err := tw.ReplaceDesired(padded(MaxSectionSize+1), t2); return err }, CodeTwinSizeExceeded},
+		{"replace twin bad tags", func(tw *Twin) error {
+			n := New("d", "", t2)
+			n.Tags = map[string]any{"a b": 1.0}
+			_, err := tw.Replace(n, t2)
+			return err
+		}, CodeArgumentInvalid},
+		{"replace twin bad desired", func(tw *Twin) error {
+			n := New("d", "", t2)
+			n.Tags = map[string]any{"ok": 1.0}
+			n.Properties.Desired = nested(11)
+			_, err := tw.Replace(n, t2)
+			return err
+		}, CodeArgumentInvalid},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			tw := New("d", "", t0)
+			if _, err := tw.PatchDesired(half, t1); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := tw.PatchReported(half, t1); err != nil {
+				t.Fatal(err)
+			}
+			if err := tw.PatchTags(map[string]any{"site": "a"}); err != nil {
+				t.Fatal(err)
+			}
+			before, _ := json.Marshal(tw)
+			beforeClone := tw.Clone()
+			var e *Error
+			if err := tt.do(tw); !errors.As(err, &e) || e.Code != tt.code {
+				t.Fatalf("err = %v, want code %s", err, tt.code)
+			}
+			after, _ := json.Marshal(tw)
+			if string(before) != string(after) || !reflect.DeepEqual(tw, beforeClone) {
+				t.Errorf("twin changed by a refused update:\nbefore %.300s\nafter  %.300s", before, after)
+			}
+		})
+	}
+}
+
+func TestReplace(t *testing.T) {
+	tw := New("d", "", t0)
+	if _, err := tw.Patch(obj(t, `{"site":"a","gone":1}`), obj(t, `{"a":1,"b":{"c":2}}`), t1); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tw.PatchReported(obj(t, `{"r":1}`), t1); err != nil {
+		t.Fatal(err)
+	}
+	oldDesired := tw.Desired()
+	n := &Twin{DeviceID: "d", Tags: obj(t, `{"site":"b"}`), Properties: Properties{
+		Desired:  obj(t, `{"b":{"d":3},"e":null,"$version":77}`),
+		Reported: obj(t, `{"hacked":true}`),
+	}}
+	v, err := tw.Replace(n, t2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v != 3 || tw.DesiredVersion() != 3 || tw.ReportedVersion() != 2 {
+		t.Errorf("versions: ret %d desired %d reported %d", v, tw.DesiredVersion(), tw.ReportedVersion())
+	}
+	if !reflect.DeepEqual(tw.Tags, obj(t, `{"site":"b"}`)) || !reflect.DeepEqual(tw.Desired(), obj(t, `{"b":{"d":3}}`)) ||
+		!reflect.DeepEqual(tw.Reported(), obj(t, `{"r":1}`)) {
+		t.Errorf("after replace: tags %v desired %v reported %v", tw.Tags, tw.Desired(), tw.Reported())
+	}
+	meta := tw.Properties.Desired[keyMetadata].(map[string]any)
+	if meta["b"].(map[string]any)["d"].(map[string]any)[keyLastUpdated] != timestamp(t2) {
+		t.Errorf("replace metadata = %v", meta)
+	}
+	// What the hub sends devices after a PUT.
+	d := Diff(oldDesired, tw.Desired())
+	if !reflect.DeepEqual(d, obj(t, `{"a":null,"b":{"c":null,"d":3}}`)) {
+		t.Errorf("Diff = %v", d)
+	}
+
+	v, err = tw.ReplaceDesired(obj(t, `{"z":1}`), t2)
+	if err != nil || v != 4 || !reflect.DeepEqual(tw.Desired(), obj(t, `{"z":1}`)) {
+		t.Errorf("ReplaceDesired: %d %v %v", v, err, tw.Desired())
+	}
+}
+
+func TestDecode(t *testing.T) {
+	tw := New("d", "", t0)
+	if _, err := tw.PatchDesired(map[string]any{"big": json.Number("9007199254740993")}, t1); err != nil {
+		t.Fatal(err)
+	}
+	b, err := json.Marshal(tw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	back, err := Decode(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if back.Desired()["big"] != json.Number("9007199254740993") {
+		t.Errorf("big number = %v", back.Desired()["big"])
+	}
+	// Versions decoded as json.Number and as float64 both count.
+	for _, tw := range []*Twin{back, mustUnmarshal(t, b)} {
+		if v, err := tw.PatchDesired(map[string]any{"x": 1.0}, t2); err != nil || v != 3 || tw.Version != 3 {
+			t.Errorf("patch after decode: %d %v version %d", v, err, tw.Version)
+		}
+	}
+	if _, err := Decode([]byte(`[`)); err == nil {
+		t.Error("Decode accepted bad JSON")
+	}
+}
+
+func mustUnmarshal(t *testing.T, b []byte) *Twin {
+	var tw Twin
+	if err := json.Unmarshal(b, &tw); err != nil {
+		t.Fatal(err)
+	}
+	return &tw
+}
+
+func TestParsePatch(t *testing.T) {
+	tests := []struct {
+		in, msg string
+	}{
+		{`{"a":1}`, ""},
+		{` {"a":{"b":null}} `, ""},
+		{`[1]`, "not a JSON object"},
+		{`null`, "not a JSON object"},
+		{`{"a":1} {}`, "data after"},
+		{`{"a":1}x`, "data after"},
+		{`{"a":`, "not valid JSON"},
+		{``, "not valid JSON"},
+		{`{"a.b":1}`, "contains '.'"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.in, func(t *testing.T) {
+			m, err := ParsePatch([]byte(tt.in))
+			if tt.msg == "" {
+				if err != nil || m == nil {
+					t.Fatalf("ParsePatch = %v, %v", m, err)
+				}
+				return
+			}
+			var e *Error
+			if !errors.As(err, &e) || !strings.Contains(e.Message, tt.msg) {
+				t.Fatalf("err = %v, want %q", err, tt.msg)
+			}
+		})
+	}
+}
+
+func TestDiff(t *testing.T) {
+	tests := []struct {
+		name, old, new, want string
+	}{
+		{"same", `{"a":1,"b":{"c":[1,2]}}`, `{"a":1,"b":{"c":[1,2]}}`, `{}`},
+		{"changed", `{"a":1}`, `{"a":2}`, `{"a":2}`},
+		{"added", `{}`, `{"a":{"b":1}}`, `{"a":{"b":1}}`},
+		{"removed", `{"a":1,"b":2}`, `{"b":2}`, `{"a":null}`},
+		{"nested", `{"a":{"x":1,"y":2}}`, `{"a":{"x":1,"z":3}}`, `{"a":{"y":null,"z":3}}`},
+		{"leaf to object", `{"a":1}`, `{"a":{"x":1}}`, `{"a":{"x":1}}`},
+		{"object to leaf", `{"a":{"x":1}}`, `{"a":1}`, `{"a":1}`},
+		{"array", `{"a":[1]}`, `{"a":[1,2]}`, `{"a":[1,2]}`},
+		{"server keys ignored", `{"$version":3,"$metadata":{},"a":1}`, `{"$version":5,"a":1}`, `{}`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			old, nw := obj(t, tt.old), obj(t, tt.new)
+			d := Diff(old, nw)
+			if !reflect.DeepEqual(d, obj(t, tt.want)) {
+				t.Errorf("Diff = %v, want %s", d, tt.want)
+			}
+			Merge(old, d)
+			if !Equal(content(old), content(nw)) {
+				t.Errorf("Merge(old, Diff) = %v, want %v", old, nw)
+			}
+		})
+	}
+	if !Equal(json.Number("1.0"), 1.0) || !Equal(int64(3), json.Number("3")) || Equal("1", 1.0) || Equal(1.0, "1") {
+		t.Error("Equal compares numbers wrongly")
+	}
+}
+
+// randDoc builds a random document of at most depth levels, drawing keys
+// from a small set so that two random documents overlap.
+func randDoc(r *rand.Rand, depth int) map[string]any {
+	keys := []string{"a", "b", "c", "d", "e"}
+	m := map[string]any{}
+	for _, k := range keys {
+		if r.IntN(3) == 0 {
+			continue
+		}
+		switch n := r.IntN(7); {
+		case n == 0 && depth > 1:
+			m[k] = randDoc(r, depth-1)
+		case n == 1 && depth > 1:
+			m[k] = randDoc(r, depth-1)
+		case n == 2:
+			m[k] = float64(r.IntN(4))
+		case n == 3:
+			m[k] = r.IntN(2) == 0
+		case n == 4:
+			m[k] = []any{float64(r.IntN(2)), "s"}
+		default:
+			m[k] = string(rune('p' + r.IntN(3)))
+		}
+	}
+	return m
+}
+
+// TestDiffProperty checks, over random documents, that a diff applied
+// with Merge reproduces the new document, is valid as a patch, and that
+// merging a patch twice changes nothing more (merge patches are
+// idempotent).
+func TestDiffProperty(t *testing.T) {
+	r := rand.New(rand.NewPCG(1, 2))
+	for i := range 2000 {
+		old, nw := randDoc(r, 5), randDoc(r, 5)
+		d := Diff(old, nw)
+		if err := ValidatePatch(d); err != nil {
+			t.Fatalf("case %d: Diff is not a valid patch: %v", i, err)
+		}
+		got := cloneMap(old)
+		Merge(got, d)
+		if !reflect.DeepEqual(got, nw) {
+			t.Fatalf("case %d: Merge(old, Diff(old, new)) != new\nold  %v\nnew  %v\ndiff %v\ngot  %v", i, old, nw, d, got)
+		}
+		Merge(got, d)
+		if !reflect.DeepEqual(got, nw) {
+			t.Fatalf("case %d: merging the diff twice changed the result", i)
+		}
+		if len(Diff(nw, got)) != 0 {
+			t.Fatalf("case %d: Diff of equal documents is not empty", i)
+		}
+		// The same through a twin, as the edge does it.
+		tw := New("d", "", t0)
+		if _, err := tw.ReplaceDesired(old, t1); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := tw.PatchDesired(Diff(tw.Properties.Desired, nw), t2); err != nil {
+			t.Fatalf("case %d: %v", i, err)
+		}
+		if !reflect.DeepEqual(tw.Desired(), nw) {
+			t.Fatalf("case %d: twin desired = %v, want %v", i, tw.Desired(), nw)
+		}
+	}
+}
+
+func FuzzPatch(f *testing.F) {
+	for _, s := range []string{`{"a":1}`, `{"a":{"b":null,"c":[1,{"d":2}]}}`, `{"$version":3}`, `{"a.b":1}`, `[]`, `{"a":1e400}`,
+		`{"x":-0,"y":"\u0000"}`} {
+		f.Add([]byte(`{"a":{"b":1},"z":"s"}`), []byte(s))
+	}
+	f.Fuzz(func(t *testing.T, base, body []byte) {
+		p, err := ParsePatch(body)
+		if err != nil {
+			var e *Error
+			if !errors.As(err, &e) || e.Status != 400 {
+				t.Fatalf("error %v is not a 400 *Error", err)
+			}
+			return
+		}
+		tw := New("d", "", t0)
+		if b, err := ParsePatch(base); err == nil {
+			if _, err := tw.PatchDesired(b, t0); err != nil {
+				return
+			}
+		}
+		before := tw.Desired()
+		v, err := tw.PatchDesired(p, t1)
+		if err != nil {
+			if !reflect.DeepEqual(tw.Desired(), before) {
+				t.Fatal("refused patch changed the twin")
+			}
+			return
+		}
+		if v != tw.DesiredVersion() {
+			t.Fatalf("returned version %d, twin has %d", v, tw.DesiredVersion())
+		}
+		after := tw.Desired()
+		again := cloneMap(after)
+		Merge(again, p)
+		if !Equal(again, after) {
+			t.Fatal("merge patch not idempotent")
+		}
+		back := cloneMap(before)
+		Merge(back, Diff(before, after))
+		if !Equal(back, after) {
+			t.Fatalf("Diff round trip: got %v want %v", back, after)
+		}
+		var sections map[string]map[string]any
+		if err := json.Unmarshal(tw.SectionsForDevice(), &sections); err != nil {
+			t.Fatalf("SectionsForDevice is not JSON: %v", err)
+		}
+		if _, err := ParsePatch(DesiredPatchBody(p, v)); err == nil {
+			t.Fatal("a desired body with $version passed as a client patch")
+		}
+	})
+}

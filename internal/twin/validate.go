@@ -1,0 +1,288 @@
+package twin
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"io"
+	"math"
+	"net/http"
+	"reflect"
+	"strconv"
+	"unicode/utf8"
+)
+
+// Limits, as Azure IoT Hub sets them.
+const (
+	// MaxSectionSize bounds desired and reported properties each, and a
+	// single patch.
+	MaxSectionSize = 32 * 1024
+	// MaxTagsSize bounds the tags.
+	MaxTagsSize = 8 * 1024
+	// MaxDepth bounds nesting the way Azure's documentation counts it: a
+	// section's root is depth 0 and each object or array value one level
+	// deeper, so {"one":{"two":…{"ten":{"p":"v"}}}} (ten nested objects
+	// below the root) is accepted and an eleventh level is refused.
+	MaxDepth = 10
+	// MaxKeyLength bounds each key, in bytes of UTF-8.
+	MaxKeyLength = 1024
+)
+
+// Error codes.
+const (
+	CodeArgumentInvalid  = "ArgumentInvalid"
+	CodeTwinSizeExceeded = "TwinSizeExceeded"
+)
+
+// Error is a refused twin document or patch: always a 400, with a Message
+// naming the offending key path and the limit. Its shape matches
+// identity.Error so the API layer maps both the same way.
+type Error struct {
+	Status  int
+	Code    string
+	Message string
+}
+
+func (e *Error) Error() string { return e.Code + ": " + e.Message }
+
+func errorf(code, format string, args ...any) *Error {
+	return &Error{Status: http.StatusBadRequest, Code: code, Message: fmt.Sprintf(format, args...)}
+}
+
+// Server-owned keys of a section.
+const (
+	keyVersion            = "$version"
+	keyMetadata           = "$metadata"
+	keyLastUpdated        = "$lastUpdated"
+	keyLastUpdatedVersion = "$lastUpdatedVersion"
+)
+
+// ValidatePatch checks a patch from a client (tags, desired or reported)
+// against the key, value, depth and size rules. null values are allowed:
+// they delete. The server-owned $version and $metadata are refused like
+// any other key starting with '$'.
+func ValidatePatch(patch map[string]any) error {
+	if patch == nil {
+		return errorf(CodeArgumentInvalid, "patch is not a JSON object")
+	}
+	if err := validateObject(patch, "", 0); err != nil {
+		return err
+	}
+	return checkSize("patch", patch, MaxSectionSize)
+}
+
+// ValidateDocument checks a whole desired or reported section. Its
+// top-level $version and $metadata, which the server adds, are skipped and
+// not counted towards the size.
+func ValidateDocument(section map[string]any) error {
+	if section == nil {
+		return errorf(CodeArgumentInvalid, "document is not a JSON object")
+	}
+	c := content(section)
+	if err := validateObject(c, "", 0); err != nil {
+		return err
+	}
+	return checkSize("document", c, MaxSectionSize)
+}
+
+func join(path, key string) string {
+	if path == "" {
+		return key
+	}
+	return path + "." + key
+}
+
+func validateKey(path, k string) error {
+	where := join(path, k)
+	switch {
+	case k == "":
+		return errorf(CodeArgumentInvalid, "empty key at %q: keys must not be empty", path)
+	case len(k) > MaxKeyLength:
+		return errorf(CodeArgumentInvalid, "key at %q is %d bytes: the limit is %d", path, len(k), MaxKeyLength)
+	case !utf8.ValidString(k):
+		return errorf(CodeArgumentInvalid, "key %q is not valid UTF-8", where)
+	case k[0] == '$':
+		return errorf(CodeArgumentInvalid, "key %q starts with '$': such keys are reserved for the server", where)
+	}
+	for _, r := range k {
+		switch {
+		case r == '.':
+			return errorf(CodeArgumentInvalid, "key %q contains '.': keys may not contain '.', '$' at the start, spaces or control characters", where)
+		case r == ' ':
+			return errorf(CodeArgumentInvalid, "key %q contains a space: keys may not contain '.', '$' at the start, spaces or control characters", where)
+		case r < 0x20 || (r >= 0x7f && r <= 0x9f):
+			return errorf(CodeArgumentInvalid, "key %q contains control character %U: keys may not contain '.', '$' at the start, spaces or control characters", where, r)
+		}
+	}
+	return nil
+}
+
+// validateObject checks the object at path, which sits at depth (the
+// section root is 0).
+func validateObject(m map[string]any, path string, depth int) error {
+	for k, v := range m {
+		if err := validateKey(path, k); err != nil {
+			return err
+		}
+		if err := validateValue(v, join(path, k), depth+1); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// validateValue checks v, a value at path whose depth would be depth if
+// it is an object or array.
+func validateValue(v any, path string, depth int) error {
+	switch x := v.(type) {
+	case nil, bool, string:
+		return nil
+	case map[string]any:
+		if depth > MaxDepth {
+			return errorf(CodeArgumentInvalid, "%q nests objects %d deep: the limit is %d", path, depth, MaxDepth)
+		}
+		return validateObject(x, path, depth)
+	case []any:
+		if depth > MaxDepth {
+			return errorf(CodeArgumentInvalid, "%q nests objects %d deep: the limit is %d", path, depth, MaxDepth)
+		}
+		for i, e := range x {
+			if err := validateValue(e, fmt.Sprintf("%s[%d]", path, i), depth+1); err != nil {
+				return err
+			}
+		}
+		return nil
+	case json.Number:
+		if !validNumber(string(x)) || !fitsFloat64(string(x)) {
+			return errorf(CodeArgumentInvalid, "%q: %q is not a JSON number", path, string(x))
+		}
+		return nil
+	case float64:
+		return finite(path, x)
+	case float32:
+		return finite(path, float64(x))
+	case int, int8, int16, int32, int64, uint, uint8, uint16, uint32, uint64:
+		return nil
+	}
+	return errorf(CodeArgumentInvalid, "%q holds a %s: values must be JSON strings, numbers, booleans, objects, arrays or null",
+		path, reflect.TypeOf(v))
+}
+
+func finite(path string, f float64) error {
+	if math.IsNaN(f) || math.IsInf(f, 0) {
+		return errorf(CodeArgumentInvalid, "%q: %v is not a JSON number", path, f)
+	}
+	return nil
+}
+
+// fitsFloat64 reports whether s is within float64's range, so every
+// JSON decoder (and the query evaluator) can read it back.
+func fitsFloat64(s string) bool {
+	_, err := strconv.ParseFloat(s, 64)
+	return err == nil
+}
+
+// validNumber reports whether s is a number in JSON's grammar.
+func validNumber(s string) bool {
+	i := 0
+	digits := func() int {
+		n := 0
+		for i < len(s) && s[i] >= '0' && s[i] <= '9' {
+			i++
+			n++
+		}
+		return n
+	}
+	if i < len(s) && s[i] == '-' {
+		i++
+	}
+	if i < len(s) && s[i] == '0' {
+		i++
+	} else if digits() == 0 {
+		return false
+	}
+	if i < len(s) && s[i] == '.' {
+		i++
+		if digits() == 0 {
+			return false
+		}
+	}
+	if i < len(s) && (s[i] == 'e' || s[i] == 'E') {
+		i++
+		if i < len(s) && (s[i] == '+' || s[i] == '-') {
+			i++
+		}
+		if digits() == 0 {
+			return false
+		}
+	}
+	return i == len(s)
+}
+
+// encode renders v as compact JSON without HTML escaping, the form whose
+// length the size limits count.
+func encode(v any) ([]byte, error) {
+	var b bytes.Buffer
+	enc := json.NewEncoder(&b)
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(v); err != nil {
+		return nil, err
+	}
+	return bytes.TrimSuffix(b.Bytes(), []byte("\n")), nil
+}
+
+// Size is the number of bytes of m as compact JSON, which is how the
+// limits are measured (Azure counts characters; for ASCII they agree).
+func Size(m map[string]any) int {
+	b, err := encode(m)
+	if err != nil {
+		return 0
+	}
+	return len(b)
+}
+
+func checkSize(what string, m map[string]any, limit int) error {
+	b, err := encode(m)
+	if err != nil {
+		return errorf(CodeArgumentInvalid, "%s cannot be encoded as JSON: %v", what, err)
+	}
+	if len(b) > limit {
+		return errorf(CodeTwinSizeExceeded, "%s is %d bytes: the limit is %d bytes (%d KiB)", what, len(b), limit, limit/1024)
+	}
+	return nil
+}
+
+// ParsePatch decodes a JSON object, keeping numbers exact
+// (json.Number), and validates it as a patch.
+func ParsePatch(body []byte) (map[string]any, error) {
+	dec := json.NewDecoder(bytes.NewReader(body))
+	dec.UseNumber()
+	var v any
+	if err := dec.Decode(&v); err != nil {
+		return nil, errorf(CodeArgumentInvalid, "patch is not valid JSON: %v", err)
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		return nil, errorf(CodeArgumentInvalid, "patch has data after its JSON object")
+	}
+	m, ok := v.(map[string]any)
+	if !ok {
+		return nil, errorf(CodeArgumentInvalid, "patch is not a JSON object")
+	}
+	if err := ValidatePatch(m); err != nil {
+		return nil, err
+	}
+	return m, nil
+}
+
+// content returns a deep copy of section without the top-level $version
+// and $metadata: the properties themselves.
+func content(section map[string]any) map[string]any {
+	out := make(map[string]any, len(section))
+	for k, v := range section {
+		if k == keyVersion || k == keyMetadata {
+			continue
+		}
+		out[k] = deepCopy(v)
+	}
+	return out
+}
