@@ -1,0 +1,697 @@
+package gateway
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/packets"
+
+	"outpost/internal/message"
+	"outpost/internal/sas"
+)
+
+const (
+	// pipelineDepth bounds the publishes queued on one connection before
+	// its read loop blocks, which pushes back on the client through TCP.
+	pipelineDepth = 256
+	// batchBytes bounds the bodies handed to one Telemetry call.
+	batchBytes = 4 << 20
+	// requestDepth bounds queued twin and extension requests.
+	requestDepth = 64
+)
+
+// authState is set once a connection authenticated.
+type authState struct {
+	id   Identity
+	self *session
+}
+
+// pubItem is one publish on the telemetry pipeline: a message to store
+// and acknowledge, or only an acknowledgement kept in PUBLISH order.
+type pubItem struct {
+	msg  *message.Message // nil: acknowledge only
+	size int
+	pid  uint16
+	ack  bool
+}
+
+// call is a direct method request waiting for the device's response.
+type call struct {
+	target string // client id the request went to
+	ch     chan methodResult
+}
+
+type methodResult struct {
+	status  int
+	payload []byte
+}
+
+// conn is one MQTT connection (TLS or WebSocket), from accept to close.
+// serveConn owns it; its two goroutines (telemetry pipeline, requests)
+// end when ctx is cancelled and finish waits for them.
+type conn struct {
+	s         *Server
+	nc        net.Conn
+	transport string
+	peer      *tls.ConnectionState // set for WebSocket, where HTTP did TLS
+	ctx       context.Context
+	cancel    context.CancelFunc
+	log       *slog.Logger
+
+	cl   atomic.Pointer[mqtt.Client]
+	auth atomic.Pointer[authState]
+	up   atomic.Bool // session established: CONNACK sent
+
+	tq chan pubItem
+	rq chan func(context.Context)
+	wg sync.WaitGroup
+
+	// mu guards the following fields.
+	mu         sync.Mutex
+	killReason string
+	expiry     *time.Timer
+	lastPID    uint16
+	acks       map[uint16]chan error // outbound QoS 1 awaiting PUBACK; nil once finished
+	ridSeq     uint64
+	calls      map[string]*call    // $rid -> pending method call
+	children   map[string]*session // client id -> session reached through this edge
+	scope      map[string]bool     // client id -> InScope answer, cached
+}
+
+func newConn(s *Server, nc net.Conn, transport string, peer *tls.ConnectionState) *conn {
+	c := &conn{
+		s:         s,
+		nc:        nc,
+		transport: transport,
+		peer:      peer,
+		log:       s.log.With("remote", nc.RemoteAddr().String(), "transport", transport),
+		tq:        make(chan pubItem, pipelineDepth),
+		rq:        make(chan func(context.Context), requestDepth),
+		acks:      map[uint16]chan error{},
+		calls:     map[string]*call{},
+		children:  map[string]*session{},
+		scope:     map[string]bool{},
+	}
+	c.ctx, c.cancel = context.WithCancel(s.ctx)
+	return c
+}
+
+// connOfNet finds the conn for a client mochi just created, and
+// remembers it for the hooks that follow (connOf).
+func (s *Server) connOfNet(cl *mqtt.Client) *conn {
+	s.mu.Lock()
+	c := s.conns[cl.Net.Conn]
+	s.mu.Unlock()
+	if c != nil {
+		s.clients.Store(cl, c)
+	}
+	return c
+}
+
+func (s *Server) connOf(cl *mqtt.Client) *conn {
+	if v, ok := s.clients.Load(cl); ok {
+		return v.(*conn)
+	}
+	return nil
+}
+
+func (c *conn) clientID() string {
+	if a := c.auth.Load(); a != nil {
+		return a.id.ClientID()
+	}
+	return ""
+}
+
+// connect authenticates CONNECT. On failure it returns the CONNACK code.
+func (c *conn) connect(cl *mqtt.Client, pk packets.Packet) (packets.Code, error) {
+	s := c.s
+	c.cl.Store(cl)
+	cid := pk.Connect.ClientIdentifier
+	c.log = c.log.With("client", cid)
+	if pk.ProtocolVersion != 4 {
+		err := fmt.Errorf("mqtt protocol level %d: only 3.1.1 (4) is served", pk.ProtocolVersion)
+		c.log.Warn("refusing client", "error", err)
+		return packets.ErrUnsupportedProtocolVersion, err
+	}
+	d, m, err := parseClientID(cid)
+	if err != nil {
+		return c.refuseAuth(ReasonBadClientID, err, packets.ErrClientIdentifierNotValid)
+	}
+	if err := checkUsername(string(pk.Connect.Username), s.cfg.HubHostName, cid); err != nil {
+		return c.refuseAuth(ReasonBadUsername, err, packets.ErrMalformedUsername)
+	}
+	creds := Credentials{
+		ClientID:  cid,
+		DeviceID:  d,
+		ModuleID:  m,
+		Password:  string(pk.Connect.Password),
+		PeerCerts: c.peerCerts(),
+		Transport: c.transport,
+	}
+	if creds.Password != "" {
+		tok, err := sas.ParseToken(creds.Password)
+		if err != nil {
+			return c.refuseAuth(ReasonBadToken, err, packets.ErrMalformedPassword)
+		}
+		creds.Token = tok
+	}
+	id, err := s.authenticate(c.ctx, creds)
+	if err != nil {
+		var ae *AuthError
+		errors.As(err, &ae)
+		c.log.Warn("authentication failed", "reason", ae.Reason, "error", err)
+		if ae.Reason == ReasonBackend {
+			return packets.ErrServerUnavailable, err
+		}
+		return packets.ErrBadUsernameOrPassword, err
+	}
+
+	c.auth.Store(&authState{id: id, self: newSession(c, id, false)})
+	c.wg.Add(2)
+	go c.runTelemetry(cl, id)
+	go c.runRequests()
+	if !id.TokenExpiry.IsZero() {
+		// The SDK renews its token by reconnecting before expiry; a
+		// client that does not is dropped when the token runs out.
+		left := id.TokenExpiry.Add(s.skew).Sub(s.cfg.Now())
+		c.mu.Lock()
+		c.expiry = time.AfterFunc(left, func() { c.kill("sas token expired") })
+		c.mu.Unlock()
+	}
+	c.log.Info("client connected", "auth", id.AuthMethod, "edge", id.Edge)
+	return packets.CodeSuccess, nil
+}
+
+func (c *conn) refuseAuth(reason AuthReason, err error, code packets.Code) (packets.Code, error) {
+	c.s.countAuthFailure(reason)
+	c.log.Warn("authentication failed", "reason", reason, "error", err)
+	return code, &AuthError{Reason: reason, Err: err}
+}
+
+func (c *conn) peerCerts() []*x509.Certificate {
+	if tc, ok := c.nc.(*tls.Conn); ok {
+		return tc.ConnectionState().PeerCertificates
+	}
+	if c.peer != nil {
+		return c.peer.PeerCertificates
+	}
+	return nil
+}
+
+// established runs once CONNACK went out with the session's inherited
+// subscriptions in place.
+func (c *conn) established() {
+	a := c.auth.Load()
+	cl := c.cl.Load()
+	s := c.s
+	s.mu.Lock()
+	s.direct[a.id.ClientID()] = c
+	s.mu.Unlock()
+	c.up.Store(true)
+	s.cfg.Backend.Connected(a.self)
+
+	// A clean-session-0 edge inherits its on-behalf-of subscriptions:
+	// check them against its scope as of now and restore those sessions.
+	for filter := range cl.State.Subscriptions.GetAll() {
+		if ok, err := c.allowSubscribe(filter); !ok {
+			c.log.Info("dropping inherited subscription", "filter", filter, "error", err)
+			s.mochi.Topics.Unsubscribe(filter, cl.ID)
+			cl.State.Subscriptions.Delete(filter)
+			continue
+		}
+		c.subscribed(filter)
+	}
+}
+
+// subscribed notes a granted filter; an edge's on-behalf-of filter makes
+// the identity it names reachable through this connection.
+func (c *conn) subscribed(filter string) {
+	target, err := c.checkFilter(filter)
+	if err != nil || target == "" || target == c.clientID() {
+		return
+	}
+	c.addChild(target)
+}
+
+func (c *conn) addChild(cid string) {
+	a := c.auth.Load()
+	d, m, _ := strings.Cut(cid, "/")
+	c.mu.Lock()
+	if c.children == nil || c.children[cid] != nil {
+		c.mu.Unlock()
+		return
+	}
+	ss := newSession(c, Identity{DeviceID: d, ModuleID: m, AuthMethod: AuthOnBehalfOf, Via: a.id.ClientID()}, true)
+	c.children[cid] = ss
+	c.mu.Unlock()
+	c.s.mu.Lock()
+	c.s.viaEdge[cid] = ss
+	c.s.mu.Unlock()
+	c.s.cfg.Backend.Connected(ss)
+}
+
+// removeChild ends a session reached through this edge: its filters are
+// removed from the edge's subscriptions so nothing more is routed to it.
+func (c *conn) removeChild(ss *session, reason string) {
+	cid := ss.id.ClientID()
+	c.mu.Lock()
+	if c.children == nil || c.children[cid] != ss {
+		c.mu.Unlock()
+		return
+	}
+	delete(c.children, cid)
+	c.mu.Unlock()
+	ss.end()
+	if cl := c.cl.Load(); cl != nil {
+		for filter := range cl.State.Subscriptions.GetAll() {
+			if t, err := c.checkFilter(filter); err == nil && t == cid {
+				c.s.mochi.Topics.Unsubscribe(filter, cl.ID)
+				cl.State.Subscriptions.Delete(filter)
+			}
+		}
+	}
+	c.s.mu.Lock()
+	if c.s.viaEdge[cid] == ss {
+		delete(c.s.viaEdge, cid)
+	}
+	c.s.mu.Unlock()
+	c.log.Info("on-behalf-of session ended", "identity", cid, "reason", reason)
+	c.s.cfg.Backend.Disconnected(ss)
+}
+
+// inScope answers whether this (edge) connection may act for cid,
+// asking the backend once per connection.
+func (c *conn) inScope(deviceID, moduleID string) (bool, error) {
+	a := c.auth.Load()
+	cid := message.ClientID(deviceID, moduleID)
+	if cid == a.id.ClientID() {
+		return true, nil
+	}
+	if !a.id.Edge {
+		return false, nil
+	}
+	c.mu.Lock()
+	ok, cached := c.scope[cid]
+	c.mu.Unlock()
+	if cached {
+		return ok, nil
+	}
+	ctx, cancel := context.WithTimeout(c.ctx, c.s.cfg.BackendTimeout)
+	defer cancel()
+	ok, err := c.s.cfg.Backend.InScope(ctx, a.id, deviceID, moduleID)
+	if err != nil {
+		return false, fmt.Errorf("scope check: %w", err)
+	}
+	c.mu.Lock()
+	c.scope[cid] = ok
+	c.mu.Unlock()
+	return ok, nil
+}
+
+// kill drops the connection. The first reason given is the one logged.
+func (c *conn) kill(reason string) {
+	c.mu.Lock()
+	if c.killReason == "" {
+		c.killReason = reason
+	}
+	c.mu.Unlock()
+	c.cancel()
+	if cl := c.cl.Load(); cl != nil {
+		cl.Stop(errors.New(reason))
+	}
+	c.nc.Close()
+}
+
+// refuse logs why a client broke the rules and drops it.
+func (c *conn) refuse(what string, args ...any) {
+	c.log.Warn("dropping client: "+what, args...)
+	c.kill(what)
+}
+
+// finish runs after mochi is done with the connection.
+func (c *conn) finish(err error) {
+	s := c.s
+	c.cancel()
+	c.nc.Close()
+	c.wg.Wait()
+
+	c.mu.Lock()
+	if c.expiry != nil {
+		c.expiry.Stop()
+	}
+	acks, children, reason := c.acks, c.children, c.killReason
+	c.acks, c.children = nil, nil
+	c.mu.Unlock()
+	for _, ch := range acks {
+		ch <- ErrNotConnected
+	}
+	if cl := c.cl.Load(); cl != nil {
+		s.clients.Delete(cl)
+	}
+
+	a := c.auth.Load()
+	if a == nil {
+		return // refused at CONNECT, already logged
+	}
+	if c.up.Load() {
+		s.mu.Lock()
+		if s.direct[a.id.ClientID()] == c {
+			delete(s.direct, a.id.ClientID())
+		}
+		for cid, ss := range children {
+			if s.viaEdge[cid] == ss {
+				delete(s.viaEdge, cid)
+			}
+		}
+		s.mu.Unlock()
+		for _, ss := range children {
+			ss.end()
+			s.cfg.Backend.Disconnected(ss)
+		}
+		a.self.end()
+		s.cfg.Backend.Disconnected(a.self)
+	}
+	if reason == "" {
+		switch {
+		case err == nil:
+			reason = "client disconnected"
+		case errors.Is(err, io.EOF):
+			reason = "connection closed by client"
+		case errors.Is(err, packets.ErrPacketTooLarge):
+			reason = fmt.Sprintf("message too large (limit %d bytes)", s.cfg.MaxMessageSize)
+		case errors.Is(err, packets.ErrSessionTakenOver):
+			reason = "session taken over by a new connection"
+		default:
+			reason = err.Error()
+		}
+	}
+	c.log.Info("client disconnected", "reason", reason)
+}
+
+// publish serves one PUBLISH from the client (see hook.OnPublish).
+func (c *conn) publish(pk packets.Packet) {
+	r, err := c.classify(pk.TopicName)
+	if err != nil {
+		c.refuse("publish not allowed", "topic", pk.TopicName, "error", err)
+		return
+	}
+	ack := pk.FixedHeader.Qos == 1
+	switch r.kind {
+	case reqTelemetry:
+		msg := &message.Message{DeviceID: r.deviceID, ModuleID: r.moduleID, Body: pk.Payload}
+		toMessage(r.bag, msg)
+		// Connection ids come from the authenticated identity (or the
+		// scope-checked identity an edge acts for), never the client.
+		msg.System.ConnDeviceID = r.deviceID
+		msg.System.ConnModuleID = r.moduleID
+		c.enqueue(pubItem{msg: msg, size: len(pk.Payload), pid: pk.PacketID, ack: ack})
+		return
+	case reqMethodResponse:
+		c.methodResponse(message.ClientID(r.deviceID, r.moduleID), r.rid, r.status, pk.Payload)
+	default:
+		payload := pk.Payload
+		c.request(func(ctx context.Context) { c.serveRequest(ctx, r, payload) })
+	}
+	if ack {
+		// PUBACKs leave in PUBLISH order [MQTT-4.6.0-2], so even a request
+		// that is not telemetry is acknowledged through the pipeline.
+		c.enqueue(pubItem{pid: pk.PacketID, ack: true})
+	}
+}
+
+func (c *conn) enqueue(it pubItem) {
+	select {
+	case c.tq <- it:
+	case <-c.ctx.Done():
+	}
+}
+
+func (c *conn) request(f func(context.Context)) {
+	select {
+	case c.rq <- f:
+	case <-c.ctx.Done():
+	}
+}
+
+// runTelemetry is the connection's ordered pipeline: it hands everything
+// queued to the backend in one call, then writes the PUBACKs in order.
+func (c *conn) runTelemetry(cl *mqtt.Client, via Identity) {
+	defer c.wg.Done()
+	max := c.s.cfg.BatchMax
+	batch := make([]pubItem, 0, max)
+	var acks []byte
+	for {
+		batch = batch[:0]
+		select {
+		case it := <-c.tq:
+			batch = append(batch, it)
+		case <-c.ctx.Done():
+			return
+		}
+		size := batch[0].size
+	fill:
+		for len(batch) < max && size < batchBytes {
+			select {
+			case it := <-c.tq:
+				batch = append(batch, it)
+				size += it.size
+			default:
+				break fill
+			}
+		}
+		var msgs []*message.Message
+		for _, it := range batch {
+			if it.msg != nil {
+				msgs = append(msgs, it.msg)
+			}
+		}
+		if len(msgs) > 0 {
+			ctx, cancel := context.WithTimeout(c.ctx, c.s.cfg.BackendTimeout)
+			err := c.s.cfg.Backend.Telemetry(ctx, via, msgs)
+			cancel()
+			if err != nil {
+				if c.ctx.Err() == nil {
+					// MQTT 3.1.1 has no negative PUBACK: the client learns
+					// by the dropped connection and resends what is unacked.
+					c.refuse("telemetry refused by backend; not acknowledged", "messages", len(msgs), "error", err)
+				}
+				return
+			}
+		}
+		if err := writePubacks(cl, batch, &acks); err != nil {
+			return // the connection is gone; finish cleans up
+		}
+	}
+}
+
+// writePubacks writes the batch's PUBACKs, in order, with one write: one
+// TLS record and one syscall per batch instead of per message, which is
+// most of the server's CPU under load. It takes the client's lock as
+// mochi's WritePacket does, so it never interleaves with another packet.
+// mochi buffers output (Net.outbuf) only for its own routed publishes,
+// which device clients never get, so nothing is queued ahead of this.
+func writePubacks(cl *mqtt.Client, batch []pubItem, buf *[]byte) error {
+	b := (*buf)[:0]
+	for _, it := range batch {
+		if it.ack {
+			b = append(b, packets.Puback<<4, 2, byte(it.pid>>8), byte(it.pid))
+		}
+	}
+	*buf = b
+	if len(b) == 0 {
+		return nil
+	}
+	if cl.Closed() {
+		return mqtt.ErrConnectionClosed
+	}
+	cl.Lock()
+	defer cl.Unlock()
+	_, err := cl.Net.Conn.Write(b)
+	return err
+}
+
+func (c *conn) runRequests() {
+	defer c.wg.Done()
+	for {
+		select {
+		case f := <-c.rq:
+			ctx, cancel := context.WithTimeout(c.ctx, c.s.cfg.BackendTimeout)
+			f(ctx)
+			cancel()
+		case <-c.ctx.Done():
+			return
+		}
+	}
+}
+
+// target is the identity a request acts for: the connection's own, or
+// one an edge acts for (scope already checked by classify).
+func (c *conn) target(r request) Identity {
+	a := c.auth.Load()
+	if r.deviceID == a.id.DeviceID && r.moduleID == a.id.ModuleID {
+		return a.id
+	}
+	return Identity{DeviceID: r.deviceID, ModuleID: r.moduleID, AuthMethod: AuthOnBehalfOf, Via: a.id.ClientID()}
+}
+
+// send writes a PUBLISH to this client if it subscribed to a filter
+// matching topicName, at the lower of qos and the granted QoS. For QoS 1
+// the returned channel yields the PUBACK (nil) or why none will come.
+func (c *conn) send(topicName string, payload []byte, qos byte) (<-chan error, error) {
+	cl := c.cl.Load()
+	if cl == nil || c.ctx.Err() != nil {
+		return nil, ErrNotConnected
+	}
+	granted, ok := subscribedQoS(cl, topicName)
+	if !ok {
+		return nil, ErrNotSubscribed
+	}
+	qos = min(qos, granted)
+	pk := packets.Packet{
+		FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: qos},
+		TopicName:   topicName,
+		Payload:     payload,
+	}
+	var ch chan error
+	if qos > 0 {
+		ch = make(chan error, 1)
+		c.mu.Lock()
+		pid, err := c.nextPIDLocked()
+		if err != nil {
+			c.mu.Unlock()
+			return nil, err
+		}
+		c.acks[pid] = ch
+		c.mu.Unlock()
+		pk.PacketID = pid
+	}
+	if err := cl.WritePacket(pk); err != nil {
+		if qos > 0 {
+			c.mu.Lock()
+			if c.acks != nil {
+				delete(c.acks, pk.PacketID)
+			}
+			c.mu.Unlock()
+		}
+		return nil, fmt.Errorf("write to client: %w", err)
+	}
+	if qos == 0 {
+		ch = make(chan error, 1)
+		ch <- nil
+	}
+	return ch, nil
+}
+
+// nextPIDLocked picks a packet id not awaiting a PUBACK. mochi never
+// publishes to device clients itself (the gateway routes nothing through
+// it), so these ids cannot collide with its own.
+func (c *conn) nextPIDLocked() (uint16, error) {
+	if c.acks == nil {
+		return 0, ErrNotConnected
+	}
+	for range 1 << 16 {
+		c.lastPID++
+		if c.lastPID == 0 {
+			c.lastPID = 1
+		}
+		if _, busy := c.acks[c.lastPID]; !busy {
+			return c.lastPID, nil
+		}
+	}
+	return 0, errors.New("65535 messages awaiting acknowledgement")
+}
+
+// puback completes an outbound QoS 1 publish.
+func (c *conn) puback(pid uint16) {
+	c.mu.Lock()
+	ch := c.acks[pid]
+	delete(c.acks, pid)
+	c.mu.Unlock()
+	if ch != nil {
+		ch <- nil
+	}
+}
+
+// subscribedQoS reports whether cl holds a subscription matching topic,
+// and the best QoS granted for it.
+func subscribedQoS(cl *mqtt.Client, topicName string) (byte, bool) {
+	var qos byte
+	found := false
+	for filter, sub := range cl.State.Subscriptions.GetAll() {
+		if matchFilter(filter, topicName) {
+			found = true
+			qos = max(qos, sub.Qos)
+		}
+	}
+	return qos, found
+}
+
+// matchFilter reports whether an MQTT topic filter matches a topic name.
+// Topics starting with '$' are not matched by a leading wildcard
+// [MQTT-4.7.2-1].
+func matchFilter(filter, topicName string) bool {
+	if strings.HasPrefix(topicName, "$") && (strings.HasPrefix(filter, "+") || strings.HasPrefix(filter, "#")) {
+		return false
+	}
+	for {
+		f, frest, fmore := strings.Cut(filter, "/")
+		if f == "#" {
+			return true
+		}
+		t, trest, tmore := strings.Cut(topicName, "/")
+		if f != "+" && f != t {
+			return false
+		}
+		if !fmore || !tmore {
+			// "a/#" also matches "a" [MQTT-4.7.1-2].
+			return fmore == tmore || (fmore && frest == "#")
+		}
+		filter, topicName = frest, trest
+	}
+}
+
+// newCall registers a pending method call and returns its $rid.
+func (c *conn) newCall(target string) (string, *call, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.acks == nil {
+		return "", nil, ErrNotConnected
+	}
+	c.ridSeq++
+	rid := fmt.Sprintf("%x", c.ridSeq)
+	cl := &call{target: target, ch: make(chan methodResult, 1)}
+	c.calls[rid] = cl
+	return rid, cl, nil
+}
+
+func (c *conn) endCall(rid string) {
+	c.mu.Lock()
+	delete(c.calls, rid)
+	c.mu.Unlock()
+}
+
+// methodResponse hands a device's method response to the waiting call.
+func (c *conn) methodResponse(target, rid string, status int, payload []byte) {
+	c.mu.Lock()
+	cl := c.calls[rid]
+	if cl != nil && cl.target == target {
+		delete(c.calls, rid)
+	}
+	c.mu.Unlock()
+	if cl == nil || cl.target != target {
+		c.log.Debug("method response matches no pending call (late, or after a timeout)", "rid", rid, "identity", target)
+		return
+	}
+	cl.ch <- methodResult{status: status, payload: payload}
+}

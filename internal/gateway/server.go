@@ -1,0 +1,374 @@
+package gateway
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"sync"
+	"time"
+
+	mqtt "github.com/mochi-mqtt/server/v2"
+
+	"outpost/internal/message"
+)
+
+// Defaults for Config fields left zero.
+const (
+	// DefaultClockSkew is how far a device's clock may run behind ours:
+	// a SAS token is accepted until its expiry plus this, and a
+	// connection is dropped then. Five minutes, as is common for SAS.
+	DefaultClockSkew = 5 * time.Minute
+	// DefaultSessionExpiry is how long the subscriptions of a
+	// clean-session-0 client are kept after it disconnects.
+	DefaultSessionExpiry = 7 * 24 * time.Hour
+	// DefaultBatchMax bounds the messages handed to one Telemetry call.
+	DefaultBatchMax = 1024
+	// DefaultBackendTimeout bounds a single Backend call.
+	DefaultBackendTimeout = 30 * time.Second
+	// DefaultConnectTimeout bounds the TLS handshake plus CONNECT.
+	DefaultConnectTimeout = 30 * time.Second
+)
+
+// ErrServerClosed is returned by ServeMQTT after Shutdown.
+var ErrServerClosed = errors.New("gateway: server closed")
+
+// Config configures a Server.
+type Config struct {
+	// Backend serves identities, telemetry, twins and C2D. Required.
+	Backend Backend
+	// HubHostName is the hub's HostName, which must appear in MQTT
+	// usernames and SAS audiences; it may carry a :port, and hosts match
+	// with or without one. Required.
+	HubHostName string
+	// TLS holds the server certificate for ListenMQTTTLS. Client
+	// certificates are requested but not verified by TLS (X.509 devices
+	// may be self-signed and are checked by the backend, see VerifyX509):
+	// ClientAuth NoClientCert is raised to RequestClientCert.
+	TLS *tls.Config
+	// AllowPlainTCP lets ServeMQTT accept connections that are not TLS.
+	// Only for local tests: tokens would cross the network in clear.
+	AllowPlainTCP bool
+	// Logger receives connection and refusal logs. Default: discard.
+	Logger *slog.Logger
+	// Now is the clock for token checks. Default: time.Now.
+	Now func() time.Time
+	// ClockSkew: zero selects DefaultClockSkew; negative means none.
+	ClockSkew time.Duration
+	// MaxMessageSize bounds a message body. Default: message.MaxSize.
+	MaxMessageSize int
+	// SessionExpiry: zero selects DefaultSessionExpiry.
+	SessionExpiry time.Duration
+	// BatchMax bounds one Telemetry call. Default: DefaultBatchMax.
+	BatchMax int
+	// BackendTimeout bounds each Backend call. Default: DefaultBackendTimeout.
+	BackendTimeout time.Duration
+	// ConnectTimeout bounds TLS handshake plus CONNECT. Default: DefaultConnectTimeout.
+	ConnectTimeout time.Duration
+}
+
+// Server is the device endpoint. Create it with New, serve with ServeMQTT,
+// WebSocketHandler and DeviceHTTPHandler, stop it with Shutdown.
+type Server struct {
+	cfg   Config
+	log   *slog.Logger
+	skew  time.Duration
+	mochi *mqtt.Server
+
+	// ctx is cancelled by Shutdown; every connection derives from it.
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup // accept loops and connections
+
+	// clients maps *mqtt.Client to its *conn for the hooks.
+	clients sync.Map
+
+	shutdownOnce sync.Once
+	shutdownErr  error
+
+	// mu guards the following fields.
+	mu        sync.Mutex
+	closed    bool
+	listeners map[net.Listener]struct{}
+	conns     map[net.Conn]*conn
+	direct    map[string]*conn    // client id -> its current connection
+	viaEdge   map[string]*session // client id -> session reached through an edge
+
+	statsMu      sync.Mutex
+	authFailures map[AuthReason]uint64
+}
+
+// New validates cfg, fills defaults and starts the protocol engine.
+func New(cfg Config) (*Server, error) {
+	if cfg.Backend == nil {
+		return nil, errors.New("gateway: no backend")
+	}
+	if cfg.HubHostName == "" {
+		return nil, errors.New("gateway: no hub host name")
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if cfg.MaxMessageSize <= 0 {
+		cfg.MaxMessageSize = message.MaxSize
+	}
+	if cfg.SessionExpiry <= 0 {
+		cfg.SessionExpiry = DefaultSessionExpiry
+	}
+	if cfg.BatchMax <= 0 {
+		cfg.BatchMax = DefaultBatchMax
+	}
+	if cfg.BackendTimeout <= 0 {
+		cfg.BackendTimeout = DefaultBackendTimeout
+	}
+	if cfg.ConnectTimeout <= 0 {
+		cfg.ConnectTimeout = DefaultConnectTimeout
+	}
+	if cfg.TLS != nil {
+		cfg.TLS = cfg.TLS.Clone()
+		if cfg.TLS.ClientAuth == tls.NoClientCert {
+			cfg.TLS.ClientAuth = tls.RequestClientCert
+		}
+	}
+	s := &Server{
+		cfg:          cfg,
+		log:          cfg.Logger,
+		skew:         cfg.ClockSkew,
+		listeners:    map[net.Listener]struct{}{},
+		conns:        map[net.Conn]*conn{},
+		direct:       map[string]*conn{},
+		viaEdge:      map[string]*session{},
+		authFailures: map[AuthReason]uint64{},
+	}
+	switch {
+	case s.skew == 0:
+		s.skew = DefaultClockSkew
+	case s.skew < 0:
+		s.skew = 0
+	}
+	s.ctx, s.cancel = context.WithCancel(context.Background())
+
+	caps := mqtt.NewDefaultServerCapabilities()
+	caps.MinimumProtocolVersion = 4 // MQTT 3.1.1, the only version the IoT SDKs use
+	caps.MaximumQos = 1
+	caps.RetainAvailable = 0
+	caps.SharedSubAvailable = 0
+	caps.MaximumSessionExpiryInterval = uint32(cfg.SessionExpiry / time.Second)
+	// mochi gives every client, even a disconnected session it keeps, an
+	// outbound queue of this many slots; the gateway writes to clients
+	// directly and never routes through it, so keep it tiny.
+	caps.MaximumClientWritesPending = 16
+	// Refuse oversize packets from the fixed header, before reading them;
+	// the slack is for the topic and its property bag. Bodies between
+	// MaxMessageSize and this are refused in OnPacketRead, with a log.
+	caps.MaximumPacketSize = uint32(cfg.MaxMessageSize + 64*1024)
+	s.mochi = mqtt.New(&mqtt.Options{
+		Capabilities: caps,
+		Logger:       s.log.With("component", "mqtt"),
+		// $SYS topics are of no use to devices (they may not subscribe)
+		// and cost a ReadMemStats each time.
+		SysTopicResendInterval: 24 * 60 * 60,
+	})
+	if err := s.mochi.AddHook(&hook{s: s}, nil); err != nil {
+		s.cancel()
+		return nil, fmt.Errorf("add mqtt hook: %w", err)
+	}
+	if err := s.mochi.Serve(); err != nil {
+		s.cancel()
+		return nil, fmt.Errorf("start mqtt: %w", err)
+	}
+	return s, nil
+}
+
+// ListenMQTTTLS listens on addr with the configured TLS certificate, for
+// ServeMQTT.
+func (s *Server) ListenMQTTTLS(addr string) (net.Listener, error) {
+	if s.cfg.TLS == nil {
+		return nil, errors.New("listen mqtt: no tls config")
+	}
+	l, err := tls.Listen("tcp", addr, s.cfg.TLS)
+	if err != nil {
+		return nil, fmt.Errorf("listen mqtt: %w", err)
+	}
+	return l, nil
+}
+
+// ServeMQTT accepts MQTT connections on l until Shutdown, then returns
+// ErrServerClosed. l must yield TLS connections (see ListenMQTTTLS)
+// unless Config.AllowPlainTCP is set. ServeMQTT closes l.
+func (s *Server) ServeMQTT(l net.Listener) error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		l.Close()
+		return ErrServerClosed
+	}
+	s.listeners[l] = struct{}{}
+	s.wg.Add(1)
+	s.mu.Unlock()
+	defer s.wg.Done()
+	defer func() {
+		s.mu.Lock()
+		delete(s.listeners, l)
+		s.mu.Unlock()
+		l.Close()
+	}()
+
+	var backoff time.Duration
+	for {
+		nc, err := l.Accept()
+		if err != nil {
+			if s.ctx.Err() != nil {
+				return ErrServerClosed
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				// Temporary (e.g. out of file descriptors): back off,
+				// as net/http does, rather than spin or give up.
+				backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+				t := time.NewTimer(backoff)
+				select {
+				case <-t.C:
+				case <-s.ctx.Done():
+					t.Stop()
+					return ErrServerClosed
+				}
+				continue
+			}
+			return fmt.Errorf("accept mqtt: %w", err)
+		}
+		backoff = 0
+		transport := "mqtt"
+		if _, ok := nc.(*tls.Conn); !ok && !s.cfg.AllowPlainTCP {
+			s.log.Error("refusing plain-TCP MQTT connection; serve a TLS listener or set AllowPlainTCP", "remote", nc.RemoteAddr())
+			nc.Close()
+			continue
+		}
+		if !s.startConn() {
+			nc.Close()
+			return ErrServerClosed
+		}
+		go func() {
+			defer s.wg.Done()
+			s.serveConn(nc, transport, nil)
+		}()
+	}
+}
+
+// startConn reserves a place in s.wg for a connection, unless closed.
+func (s *Server) startConn() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return false
+	}
+	s.wg.Add(1)
+	return true
+}
+
+// serveConn runs one MQTT connection to its end. peer carries client
+// certificates when the transport (WebSocket) terminated TLS itself.
+func (s *Server) serveConn(nc net.Conn, transport string, peer *tls.ConnectionState) {
+	c := newConn(s, nc, transport, peer)
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		nc.Close()
+		return
+	}
+	s.conns[nc] = c
+	s.mu.Unlock()
+
+	// mochi sets no deadline before CONNECT; bound the handshake here so
+	// a silent socket cannot hold a goroutine. mochi replaces it with the
+	// keepalive deadline once the client is authenticated.
+	_ = nc.SetDeadline(time.Now().Add(s.cfg.ConnectTimeout))
+	err := s.mochi.EstablishConnection(transport, nc)
+	c.finish(err)
+
+	s.mu.Lock()
+	delete(s.conns, nc)
+	s.mu.Unlock()
+}
+
+// Shutdown stops accepting, drops every connection and waits for all
+// connection goroutines (including in-flight backend calls, which see
+// their context cancelled) or ctx. It is safe to call more than once.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.shutdownOnce.Do(func() {
+		s.cancel() // first, so accept loops know the closed listener is no error
+		s.mu.Lock()
+		s.closed = true
+		for l := range s.listeners {
+			l.Close()
+		}
+		conns := make([]*conn, 0, len(s.conns))
+		for _, c := range s.conns {
+			conns = append(conns, c)
+		}
+		s.mu.Unlock()
+		for _, c := range conns {
+			c.kill("server shutting down")
+		}
+		done := make(chan struct{})
+		go func() {
+			s.wg.Wait()
+			close(done)
+		}()
+		select {
+		case <-done:
+		case <-ctx.Done():
+			s.shutdownErr = fmt.Errorf("shutdown: %w", ctx.Err())
+			return
+		}
+		if err := s.mochi.Close(); err != nil {
+			s.shutdownErr = fmt.Errorf("shutdown: %w", err)
+		}
+	})
+	return s.shutdownErr
+}
+
+// Sessions returns the live session of deviceID/moduleID: its own
+// connection if it has one, else an edge connection that subscribed on
+// its behalf; nil when there is none.
+func (s *Server) Sessions(deviceID, moduleID string) Session {
+	cid := message.ClientID(deviceID, moduleID)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if c := s.direct[cid]; c != nil {
+		return c.auth.Load().self
+	}
+	if ss := s.viaEdge[cid]; ss != nil {
+		return ss
+	}
+	return nil
+}
+
+// DisconnectIdentity drops the connection of deviceID/moduleID, and ends
+// its sessions through edges, for example because the identity was
+// disabled or deleted. It returns whether there was anything to end.
+func (s *Server) DisconnectIdentity(deviceID, moduleID, reason string) bool {
+	cid := message.ClientID(deviceID, moduleID)
+	s.mu.Lock()
+	var conns []*conn
+	for _, c := range s.conns {
+		if c.clientID() == cid {
+			conns = append(conns, c)
+		}
+	}
+	obo := s.viaEdge[cid]
+	s.mu.Unlock()
+	for _, c := range conns {
+		c.kill(reason)
+	}
+	if obo != nil {
+		obo.Disconnect(reason)
+	}
+	return len(conns) > 0 || obo != nil
+}
