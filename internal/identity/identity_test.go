@@ -646,6 +646,7 @@ func TestETags(t *testing.T) {
 	}{
 		{"", "abc", true},
 		{"*", "abc", true},
+		{`"*"`, "abc", true}, // as the Azure SDKs send it
 		{`"abc"`, "abc", true},
 		{`abc`, "abc", true},
 		{`W/"abc"`, "abc", true},

@@ -189,11 +189,12 @@ func MatchETag(ifMatch, etag string) bool {
 	}
 	want := unquoteETag(etag)
 	for _, p := range strings.Split(ifMatch, ",") {
-		p = strings.TrimSpace(p)
+		// Azure's SDKs send the wildcard quoted ("*"), as they quote every etag.
+		p = unquoteETag(strings.TrimSpace(p))
 		if p == "*" {
 			return true
 		}
-		if p = unquoteETag(p); p != "" && p == want {
+		if p != "" && p == want {
 			return true
 		}
 	}
