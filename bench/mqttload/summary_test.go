@@ -1,0 +1,76 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"strings"
+	"testing"
+)
+
+func TestSummarize(t *testing.T) {
+	var in bytes.Buffer
+	enc := json.NewEncoder(&in)
+	// Three rounds, alternating targets as run.sh does. In round 3 the
+	// machine got busy: pairing keeps outpost's ratio at 2.
+	rounds := []struct{ mem, out float64 }{{100, 200}, {110, 220}, {50, 100}}
+	for _, r := range rounds {
+		enc.Encode(Result{Label: "mem", MsgsPerSec: r.mem, P50us: 1000, P99us: 3000})
+		enc.Encode(Result{Label: "outpost", MsgsPerSec: r.out, P50us: 500, P99us: 1500})
+	}
+	tests := []struct {
+		name      string
+		in        string
+		baselines []string
+		want      []string // substrings of the output
+		wantErr   string
+	}{
+		{"ratios", in.String(), []string{"mem", "absent"}, []string{
+			"| target | runs | msg/s (median) | PUBACK p50 | PUBACK p99 | × mem | × absent |",
+			"| mem | 3 | 100 | 1.00 ms | 3.00 ms | 1.00 | – |",
+			"| outpost | 3 | 200 | 0.50 ms | 1.50 ms | 2.00 | – |",
+		}, ""},
+		{"no baseline", in.String(), nil, []string{"| outpost | 3 | 200 | 0.50 ms | 1.50 ms |\n"}, ""},
+		{"empty", "", nil, nil, "no results"},
+		{"bad json", "{\n", nil, nil, "line 1"},
+		{"no label", `{"msgsPerSec":1}`, nil, nil, "no label"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var out bytes.Buffer
+			err := summarize(strings.NewReader(tt.in), &out, tt.baselines)
+			if tt.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+					t.Fatalf("err = %v, want %q", err, tt.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, w := range tt.want {
+				if !strings.Contains(out.String(), w) {
+					t.Errorf("output lacks %q:\n%s", w, out.String())
+				}
+			}
+		})
+	}
+}
+
+func TestMedianOf(t *testing.T) {
+	tests := []struct {
+		in   []float64
+		want float64
+	}{
+		{nil, 0},
+		{[]float64{3}, 3},
+		{[]float64{5, 1, 3}, 3},
+		{[]float64{4, 1, 3, 2}, 2.5},
+	}
+	for _, tt := range tests {
+		t.Run("", func(t *testing.T) {
+			if got := medianOf(tt.in); got != tt.want {
+				t.Errorf("medianOf(%v) = %v, want %v", tt.in, got, tt.want)
+			}
+		})
+	}
+}

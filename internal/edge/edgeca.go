@@ -1,0 +1,102 @@
+package edge
+
+import (
+	"context"
+	"crypto/tls"
+	"encoding/json"
+	"errors"
+	"fmt"
+
+	"outpost/internal/certs"
+	"outpost/internal/edge/store"
+)
+
+// storedCA is the edge CA as kept in the store (sealed: it holds the key).
+type storedCA struct {
+	ChainPEM string `json:"chainPEM"` // edge CA first, then intermediates
+	RootPEM  string `json:"rootPEM"`
+	KeyPEM   string `json:"keyPEM"`
+}
+
+// loadEdgeCA returns the operator's CA when configured, else the one the
+// hub signed at first sync, else nil (not obtained yet).
+func (e *Edge) loadEdgeCA() (*certs.CA, error) {
+	if e.cfg.EdgeCACert != "" {
+		ca, err := certs.LoadCA(e.cfg.EdgeCACert, e.cfg.EdgeCAKey)
+		if err != nil {
+			return nil, fmt.Errorf("edge CA: %w", err)
+		}
+		return ca, nil
+	}
+	v, err := e.st.Get([]byte(kvEdgeCA))
+	if errors.Is(err, store.ErrNotFound) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("edge CA: %w", err)
+	}
+	plain, err := e.seal.open(kvEdgeCA, v)
+	if err != nil {
+		return nil, fmt.Errorf("edge CA: %w", err)
+	}
+	var s storedCA
+	if err := json.Unmarshal(plain, &s); err != nil {
+		return nil, fmt.Errorf("edge CA: %w", err)
+	}
+	key, err := certs.ParseKeyPEM([]byte(s.KeyPEM))
+	if err != nil {
+		return nil, fmt.Errorf("edge CA: %w", err)
+	}
+	ca, err := certs.CAFromPEM([]byte(s.ChainPEM), key)
+	if err != nil {
+		return nil, fmt.Errorf("edge CA: %w", err)
+	}
+	return ca, nil
+}
+
+// obtainEdgeCA has the hub sign a new edge CA (CN = the edge's id) and
+// keeps it, sealed, in the store.
+func (e *Edge) obtainEdgeCA(ctx context.Context) (*certs.CA, error) {
+	csr, key, err := certs.NewCSR(e.cfg.DeviceID)
+	if err != nil {
+		return nil, fmt.Errorf("edge CA: %w", err)
+	}
+	chain, root, err := e.up.SignEdgeCA(ctx, csr)
+	if err != nil {
+		return nil, fmt.Errorf("edge CA: hub signing: %w", err)
+	}
+	ca, err := certs.CAFromPEM(chain, key)
+	if err != nil {
+		return nil, fmt.Errorf("edge CA from hub: %w", err)
+	}
+	keyPEM, err := certs.EncodeKeyPEM(key)
+	if err != nil {
+		return nil, fmt.Errorf("edge CA: %w", err)
+	}
+	plain, err := json.Marshal(storedCA{ChainPEM: string(chain), RootPEM: string(root), KeyPEM: string(keyPEM)})
+	if err != nil {
+		return nil, fmt.Errorf("edge CA: %w", err)
+	}
+	if err := e.st.Put([]byte(kvEdgeCA), e.seal.seal(kvEdgeCA, plain)); err != nil {
+		return nil, fmt.Errorf("edge CA: %w", err)
+	}
+	e.log.Info("edge CA obtained from the hub", "subject", ca.Cert.Subject.CommonName, "notAfter", ca.Cert.NotAfter)
+	return ca, nil
+}
+
+// serverTLS issues the edge's server certificate from its CA, for its
+// host name, localhost and 127.0.0.1; children verify it up to the hub's
+// root.
+func (e *Edge) serverTLS(ca *certs.CA) (*tls.Config, error) {
+	cert, _, _, err := ca.IssueServer([]string{e.cfg.Hostname, "localhost", "127.0.0.1"}, 0)
+	if err != nil {
+		return nil, fmt.Errorf("server certificate: %w", err)
+	}
+	return &tls.Config{
+		Certificates: []tls.Certificate{cert},
+		MinVersion:   tls.VersionTLS12,
+		// X.509 children are verified by the backend (thumbprint or hub
+		// root), so certificates are requested, not verified by TLS.
+		ClientAuth: tls.RequestClientCert,
+	}, nil
+}

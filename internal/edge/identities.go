@@ -1,0 +1,271 @@
+package edge
+
+import (
+	"context"
+	"crypto/x509"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"outpost/internal/certs"
+	"outpost/internal/gateway"
+	"outpost/internal/identity"
+	"outpost/internal/message"
+)
+
+// KV keys of the edge's own state in the store.
+const (
+	kvSynced     = "edge/synced"     // syncMarker, JSON
+	kvIdentities = "edge/identities" // Snapshot, JSON, sealed
+	kvEdgeCA     = "edge/ca"         // storedCA, JSON, sealed
+	kvConfig     = "edge/config"     // storedConfig, JSON
+	kvTwinPrefix = "twin/"           // + client id: cached twin body
+	kvPendPrefix = "twin-pending/"   // + client id: reported patch held offline
+)
+
+// Refresh limits for identities that fail to authenticate: a client
+// retrying with a bad key must not turn into a sync storm.
+const (
+	refreshPerIdentity = 10 * time.Second
+	refreshOverall     = time.Second
+	refreshTimeout     = 5 * time.Second
+)
+
+// syncMarker records the first successful sync. Its presence is what
+// lets the edge start offline.
+type syncMarker struct {
+	EdgeID      string    `json:"edgeId"`
+	HubHostName string    `json:"hubHostName"`
+	SyncedAt    time.Time `json:"syncedAt"`
+}
+
+// idCache is an immutable view of a snapshot, replaced whole on sync.
+type idCache struct {
+	snap     *Snapshot
+	devices  map[string]*identity.Device
+	modules  map[string]*identity.Module // by client id
+	rootPool *x509.CertPool              // hub root, for X.509 CA identities
+}
+
+func newIDCache(snap *Snapshot) (*idCache, error) {
+	c := &idCache{
+		snap:    snap,
+		devices: make(map[string]*identity.Device, len(snap.Devices)+1),
+		modules: make(map[string]*identity.Module, len(snap.Modules)),
+	}
+	edge := snap.Edge
+	c.devices[edge.DeviceID] = &edge
+	for i := range snap.Devices {
+		d := &snap.Devices[i]
+		if d.IsEdge() {
+			continue // only non-edge devices can be children
+		}
+		c.devices[d.DeviceID] = d
+	}
+	for i := range snap.Modules {
+		m := &snap.Modules[i]
+		if c.devices[m.DeviceID] == nil {
+			continue
+		}
+		c.modules[message.ClientID(m.DeviceID, m.ModuleID)] = m
+	}
+	if snap.RootCA != "" {
+		pool, err := certs.Pool([]byte(snap.RootCA))
+		if err != nil {
+			return nil, fmt.Errorf("hub root CA: %w", err)
+		}
+		c.rootPool = pool
+	}
+	return c, nil
+}
+
+// lookup finds an identity that may connect to this edge: a child device
+// or a module of the edge or of a child. The edge device itself may not
+// connect to its own hub.
+func (c *idCache) lookup(deviceID, moduleID string) (auth identity.Authentication, err error) {
+	d := c.devices[deviceID]
+	if d == nil || (moduleID == "" && deviceID == c.snap.Edge.DeviceID) {
+		return auth, gateway.AuthFailed(gateway.ReasonNotFound, errors.New("not in the edge's identity cache"))
+	}
+	if !d.Enabled() {
+		return auth, gateway.AuthFailed(gateway.ReasonDisabled, fmt.Errorf("device %s is disabled", deviceID))
+	}
+	if moduleID == "" {
+		return d.Authentication, nil
+	}
+	m := c.modules[message.ClientID(deviceID, moduleID)]
+	if m == nil {
+		return auth, gateway.AuthFailed(gateway.ReasonNotFound, errors.New("module not in the edge's identity cache"))
+	}
+	return m.Authentication, nil
+}
+
+// verify authenticates credentials against the cache.
+func (c *idCache) verify(cr gateway.Credentials, hubHost string, now time.Time) (gateway.Identity, error) {
+	auth, err := c.lookup(cr.DeviceID, cr.ModuleID)
+	if err != nil {
+		return gateway.Identity{}, err
+	}
+	id := gateway.Identity{DeviceID: cr.DeviceID, ModuleID: cr.ModuleID}
+	if cr.Token != nil {
+		keys := identity.Keys(auth)
+		if len(keys) == 0 {
+			return id, gateway.AuthFailed(gateway.ReasonWrongMethod, fmt.Errorf("identity authenticates with %s, not a SAS token", auth.Type))
+		}
+		if err := gateway.VerifySAS(cr.Token, keys, hubHost, cr.DeviceID, cr.ModuleID, now, gateway.DefaultClockSkew); err != nil {
+			return id, err
+		}
+		id.AuthMethod = gateway.AuthSAS
+		id.TokenExpiry = cr.Token.Expiry
+		return id, nil
+	}
+	var thumbs []string
+	var pool *x509.CertPool
+	switch auth.Type {
+	case identity.AuthSelfSigned:
+		thumbs = []string{auth.X509Thumbprint.PrimaryThumbprint, auth.X509Thumbprint.SecondaryThumbprint}
+		id.AuthMethod = gateway.AuthX509Thumbprint
+	case identity.AuthCA:
+		pool = c.rootPool
+		id.AuthMethod = gateway.AuthX509CA
+		if pool == nil {
+			return id, gateway.AuthFailed(gateway.ReasonBadCert, errors.New("no hub root CA in the identity cache"))
+		}
+	default:
+		return id, gateway.AuthFailed(gateway.ReasonWrongMethod, fmt.Errorf("identity authenticates with %q, not a certificate", auth.Type))
+	}
+	if err := gateway.VerifyX509(cr.PeerCerts, thumbs, pool, cr.ClientID, now); err != nil {
+		return id, err
+	}
+	return id, nil
+}
+
+// loadIdentities reads the sealed snapshot.
+func (e *Edge) loadIdentities() (*idCache, error) {
+	v, err := e.st.Get([]byte(kvIdentities))
+	if err != nil {
+		return nil, err
+	}
+	plain, err := e.seal.open(kvIdentities, v)
+	if err != nil {
+		return nil, fmt.Errorf("identity cache: %w", err)
+	}
+	var snap Snapshot
+	if err := json.Unmarshal(plain, &snap); err != nil {
+		return nil, fmt.Errorf("identity cache: %w", err)
+	}
+	return newIDCache(&snap)
+}
+
+// syncIdentities fetches the identities in scope, persists them sealed,
+// puts them in force and drops the live connections of identities that
+// were removed or disabled. Syncs are serialized.
+func (e *Edge) syncIdentities(ctx context.Context, reason string) error {
+	e.syncMu.Lock()
+	defer e.syncMu.Unlock()
+	snap, err := e.up.SyncIdentities(ctx)
+	if err != nil {
+		return fmt.Errorf("sync identities: %w", err)
+	}
+	if snap.Edge.DeviceID != e.cfg.DeviceID {
+		return fmt.Errorf("sync identities: hub answered for edge %q, not %q", snap.Edge.DeviceID, e.cfg.DeviceID)
+	}
+	if snap.SyncedAt.IsZero() {
+		snap.SyncedAt = e.now()
+	}
+	c, err := newIDCache(snap)
+	if err != nil {
+		return fmt.Errorf("sync identities: %w", err)
+	}
+	plain, err := json.Marshal(snap)
+	if err != nil {
+		return fmt.Errorf("sync identities: %w", err)
+	}
+	if err := e.st.Put([]byte(kvIdentities), e.seal.seal(kvIdentities, plain)); err != nil {
+		return fmt.Errorf("sync identities: %w", err)
+	}
+	e.ids.Store(c)
+	e.mu.Lock()
+	e.lastSync = e.now()
+	e.mu.Unlock()
+	e.log.Info("identities synced", "reason", reason, "devices", len(c.devices)-1, "modules", len(c.modules))
+	e.dropRevoked(c)
+	return nil
+}
+
+// dropRevoked ends the connections of identities the cache no longer
+// lets in.
+func (e *Edge) dropRevoked(c *idCache) {
+	gw := e.gw.Load()
+	if gw == nil {
+		return
+	}
+	e.mu.Lock()
+	var gone []gateway.Identity
+	for _, s := range e.sessions {
+		id := s.Identity()
+		if _, err := c.lookup(id.DeviceID, id.ModuleID); err != nil {
+			gone = append(gone, id)
+		}
+	}
+	e.mu.Unlock()
+	for _, id := range gone {
+		e.log.Info("dropping client: identity removed or disabled at the hub", "client", id.ClientID())
+		gw.DisconnectIdentity(id.DeviceID, id.ModuleID, "identity removed or disabled at the hub")
+	}
+}
+
+// refreshAllowed rate-limits syncs triggered by failed authentications.
+func (e *Edge) refreshAllowed(clientID string) bool {
+	if !e.up.State().Connected {
+		return false
+	}
+	now := e.now()
+	e.limMu.Lock()
+	defer e.limMu.Unlock()
+	if now.Sub(e.lastRefresh) < refreshOverall {
+		return false
+	}
+	if t, ok := e.refreshTried[clientID]; ok && now.Sub(t) < refreshPerIdentity {
+		return false
+	}
+	if len(e.refreshTried) > 10000 {
+		for k, t := range e.refreshTried {
+			if now.Sub(t) >= refreshPerIdentity {
+				delete(e.refreshTried, k)
+			}
+		}
+	}
+	e.refreshTried[clientID] = now
+	e.lastRefresh = now
+	return true
+}
+
+// authenticate serves gateway.Authenticator from the cache, refreshing
+// it from the hub (when online, rate-limited) when an identity fails:
+// it may have been added, re-enabled or given new keys.
+func (e *Edge) authenticate(ctx context.Context, cr gateway.Credentials) (gateway.Identity, error) {
+	c := e.ids.Load()
+	if c == nil {
+		return gateway.Identity{}, gateway.AuthFailed(gateway.ReasonBackend, errors.New("edge has no identity cache"))
+	}
+	id, err := c.verify(cr, e.cfg.HubHostName, e.now())
+	if err == nil {
+		return id, nil
+	}
+	var ae *gateway.AuthError
+	if !errors.As(err, &ae) || ae.Reason == gateway.ReasonExpired || ae.Reason == gateway.ReasonWrongAudience {
+		return gateway.Identity{}, err
+	}
+	if !e.refreshAllowed(cr.ClientID) {
+		return gateway.Identity{}, err
+	}
+	sctx, cancel := context.WithTimeout(ctx, refreshTimeout)
+	defer cancel()
+	if serr := e.syncIdentities(sctx, "authentication failed for "+cr.ClientID); serr != nil {
+		e.log.Warn("identity refresh after a failed authentication did not complete", "client", cr.ClientID, "error", serr)
+		return gateway.Identity{}, err
+	}
+	return e.ids.Load().verify(cr, e.cfg.HubHostName, e.now())
+}

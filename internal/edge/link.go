@@ -1,0 +1,105 @@
+package edge
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+
+	"outpost/internal/edge/upstream"
+	"outpost/internal/gateway"
+)
+
+// NewUpstreamLink makes the edge's real Uplink: internal/edge/upstream's
+// Link. It is Config.NewUplink's default.
+func NewUpstreamLink(d UplinkDeps) (Uplink, error) {
+	onState := d.OnState
+	l, err := upstream.New(upstream.Config{
+		HubHostName: d.HubHostName,
+		DeviceID:    d.DeviceID,
+		Key:         d.Key,
+		Addr:        d.Addr,
+		RootCAs:     d.RootCAs,
+		Store:       d.Store,
+		Local:       d.Local,
+		Logger:      d.Logger,
+		Now:         d.Now,
+		OnState: func(s upstream.State) {
+			if onState != nil {
+				onState(LinkState(s))
+			}
+		},
+	})
+	if err != nil {
+		return nil, err
+	}
+	return upstreamLink{l}, nil
+}
+
+// upstreamLink adapts *upstream.Link to Uplink: the same calls, with the
+// link's types and errors mapped to the edge's.
+type upstreamLink struct{ l *upstream.Link }
+
+func (u upstreamLink) Run(ctx context.Context) error { return u.l.Run(ctx) }
+func (u upstreamLink) State() LinkState              { return LinkState(u.l.State()) }
+func (u upstreamLink) Attach(deviceID, moduleID string) {
+	u.l.Attach(deviceID, moduleID)
+}
+func (u upstreamLink) Detach(deviceID, moduleID string) {
+	u.l.Detach(deviceID, moduleID)
+}
+func (u upstreamLink) Kick() { u.l.Kick() }
+
+func (u upstreamLink) SyncIdentities(ctx context.Context) (*Snapshot, error) {
+	s, err := u.l.SyncIdentities(ctx)
+	if err != nil {
+		return nil, linkErr(err)
+	}
+	out := Snapshot(*s)
+	return &out, nil
+}
+
+func (u upstreamLink) SignEdgeCA(ctx context.Context, csrPEM []byte) ([]byte, []byte, error) {
+	chain, root, err := u.l.SignEdgeCA(ctx, csrPEM)
+	return chain, root, linkErr(err)
+}
+
+func (u upstreamLink) TwinGet(ctx context.Context, deviceID, moduleID string) ([]byte, error) {
+	b, err := u.l.TwinGet(ctx, deviceID, moduleID)
+	return b, linkErr(err)
+}
+
+func (u upstreamLink) TwinReported(ctx context.Context, deviceID, moduleID string, patch []byte) (int64, error) {
+	v, err := u.l.TwinReported(ctx, deviceID, moduleID, patch)
+	return v, linkErr(err)
+}
+
+// linkErr maps the link's errors: ErrOffline to the edge's, and a hub's
+// refusal to a gateway.StatusError, which the device then sees as is
+// (anything else makes the edge answer from its caches).
+func linkErr(err error) error {
+	if err == nil {
+		return nil
+	}
+	if errors.Is(err, upstream.ErrOffline) {
+		return fmt.Errorf("%w: %v", ErrOffline, err)
+	}
+	var se *upstream.StatusError
+	if errors.As(err, &se) && se.Status >= 400 && se.Status < 500 {
+		var body struct {
+			ErrorCode any    `json:"errorCode"`
+			Message   string `json:"message"`
+		}
+		_ = json.Unmarshal([]byte(se.Body), &body)
+		code := fmt.Sprint(body.ErrorCode)
+		if body.ErrorCode == nil {
+			code = "ArgumentInvalid"
+		}
+		msg := body.Message
+		if msg == "" {
+			msg = se.Body
+		}
+		return &gateway.StatusError{Status: se.Status, Code: code, Message: msg}
+	}
+	return err
+}

@@ -1,0 +1,90 @@
+package edge
+
+import (
+	"context"
+	"crypto/x509"
+	"errors"
+	"log/slog"
+	"time"
+
+	"outpost/internal/edge/store"
+	"outpost/internal/identity"
+	"outpost/internal/message"
+)
+
+// Uplink is what the edge needs of its link to the parent hub
+// (internal/edge/upstream's Link, through a thin adapter, or a fake in
+// tests). Declared here, where it is used, so the edge core can be built
+// and tested without a hub.
+type Uplink interface {
+	// Run connects and reconnects until ctx ends.
+	Run(ctx context.Context) error
+	// State is the link's current state.
+	State() LinkState
+	// SyncIdentities fetches the identities in the edge's scope; it fails
+	// fast (ErrOffline) when the link is down.
+	SyncIdentities(ctx context.Context) (*Snapshot, error)
+	// SignEdgeCA has the hub sign the edge CA's CSR.
+	SignEdgeCA(ctx context.Context, csrPEM []byte) (chainPEM, rootPEM []byte, err error)
+	// TwinGet and TwinReported act on behalf of a local client.
+	TwinGet(ctx context.Context, deviceID, moduleID string) ([]byte, error)
+	TwinReported(ctx context.Context, deviceID, moduleID string, patch []byte) (int64, error)
+	// Attach and Detach tell the hub a local client came or went, so
+	// cloud-to-device traffic for it is routed through the edge.
+	Attach(deviceID, moduleID string)
+	Detach(deviceID, moduleID string)
+	// Kick wakes the drain of the "$upstream" queue.
+	Kick()
+}
+
+// UplinkDeps is what the edge hands the function that makes its Uplink
+// (it maps onto upstream.Config).
+type UplinkDeps struct {
+	HubHostName string
+	DeviceID    string
+	Key         string
+	// Addr is the dial address (--upstream-addr); empty: HubHostName.
+	Addr    string
+	RootCAs *x509.CertPool
+	Logger  *slog.Logger
+	Now     func() time.Time
+	// Store holds the "$upstream" queue the link drains.
+	Store *store.Store
+	// Local is the edge, which serves deliveries from the cloud.
+	Local Local
+	// OnState must be called on every link state change.
+	OnState func(LinkState)
+}
+
+// Local is what the link calls for traffic from the cloud to local
+// clients; *Edge implements it (it matches upstream.Local).
+type Local interface {
+	DeliverC2D(ctx context.Context, deviceID string, msg *message.Message) error
+	InvokeMethod(ctx context.Context, deviceID, moduleID, name string, payload []byte) (status int, resp []byte, err error)
+	DesiredPatch(deviceID, moduleID string, version int64, patch []byte)
+	EdgeHubDesired(desired []byte)
+}
+
+// LinkState mirrors upstream.State.
+type LinkState struct {
+	Connected      bool
+	Since          time.Time
+	LastError      string
+	OfflinePeriods int
+	LastOffline    time.Duration
+}
+
+// Snapshot mirrors upstream.Snapshot: the identities in the edge's scope,
+// with their keys and thumbprints, and the hub's root CA.
+type Snapshot struct {
+	Edge        identity.Device   `json:"edge"`
+	Devices     []identity.Device `json:"devices"`
+	Modules     []identity.Module `json:"modules"`
+	RootCA      string            `json:"rootCA"`
+	HubHostName string            `json:"hubHostName"`
+	SyncedAt    time.Time         `json:"syncedAt"`
+}
+
+// ErrOffline is what an Uplink returns (wrapped or not) when the link is
+// down; an adapter maps upstream.ErrOffline to it.
+var ErrOffline = errors.New("upstream link is down")

@@ -1,0 +1,374 @@
+package upstream
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+var (
+	errConnClosed = errors.New("connection closed")
+	errNoIDs      = errors.New("no free packet ids")
+)
+
+// dialError marks a failure to reach the parent at the TCP level, the only
+// failure a cheap TCP probe can tell has gone away.
+type dialError struct{ err error }
+
+func (e *dialError) Error() string { return "dial: " + e.err.Error() }
+func (e *dialError) Unwrap() error { return e.err }
+
+// RefusedError is a CONNACK with a non-zero return code [MQTT 3.2.2.3].
+// Retrying helps only for code 3 (server unavailable).
+type RefusedError struct{ Code byte }
+
+func (e *RefusedError) Error() string {
+	reasons := [...]string{1: "unacceptable protocol version", 2: "identifier rejected",
+		3: "server unavailable", 4: "bad user name or password", 5: "not authorized"}
+	if int(e.Code) < len(reasons) && reasons[e.Code] != "" {
+		return "connection refused: " + reasons[e.Code]
+	}
+	return fmt.Sprintf("connection refused: code %d", e.Code)
+}
+
+// maxPendingWrite is how much encoded output may wait for the socket
+// before writers block, which pushes back on the drain when the link is
+// slower than the store.
+const maxPendingWrite = 1 << 20
+
+// mconn is one MQTT connection. Writes are gathered in a buffer that one
+// flusher goroutine writes out, so many small publishes share TLS records
+// and syscalls; one reader goroutine decodes what the server sends.
+type mconn struct {
+	nc        net.Conn
+	br        *bufio.Reader
+	keepAlive time.Duration
+	onPublish func(packet) // runs on the reader goroutine
+
+	done chan struct{} // closed when the connection ends
+	wake chan struct{} // output is pending
+	wg   sync.WaitGroup
+
+	lastRead  atomic.Int64 // unix nanoseconds
+	lastWrite atomic.Int64
+
+	mu sync.Mutex
+	// mu guards the following fields.
+	space   *sync.Cond // signalled when out shrinks or the conn ends
+	out     []byte
+	spare   []byte
+	nextID  uint16
+	waiting map[uint16]chan<- error // PUBACK, SUBACK and UNSUBACK waiters
+	err     error                   // why the connection ended
+}
+
+// connectParams is what dialMQTT needs to open a connection.
+type connectParams struct {
+	addr      string
+	tls       *tls.Config
+	clientID  string
+	username  string
+	password  string
+	keepAlive time.Duration
+	timeout   time.Duration
+}
+
+// dialMQTT dials, handshakes TLS and exchanges CONNECT/CONNACK. The
+// connection's goroutines start with start.
+func dialMQTT(ctx context.Context, p connectParams) (*mconn, error) {
+	ctx, cancel := context.WithTimeout(ctx, p.timeout)
+	defer cancel()
+	var d net.Dialer
+	raw, err := d.DialContext(ctx, "tcp", p.addr)
+	if err != nil {
+		return nil, &dialError{err}
+	}
+	tc := tls.Client(raw, p.tls)
+	if err := tc.HandshakeContext(ctx); err != nil {
+		_ = raw.Close()
+		return nil, fmt.Errorf("tls handshake: %w", err)
+	}
+	dl, _ := ctx.Deadline()
+	_ = tc.SetDeadline(dl)
+	ka := uint16(min((p.keepAlive+time.Second-1)/time.Second, 65535))
+	if _, err := tc.Write(connectPacket(p.clientID, p.username, p.password, ka, true)); err != nil {
+		_ = tc.Close()
+		return nil, fmt.Errorf("send connect: %w", err)
+	}
+	br := bufio.NewReaderSize(tc, 64<<10)
+	ack, err := readPacket(br)
+	if err != nil {
+		_ = tc.Close()
+		return nil, fmt.Errorf("read connack: %w", err)
+	}
+	if ack.typ != pktConnack {
+		_ = tc.Close()
+		return nil, fmt.Errorf("read connack: got packet type %d", ack.typ)
+	}
+	if ack.code != 0 {
+		_ = tc.Close()
+		return nil, &RefusedError{Code: ack.code}
+	}
+	_ = tc.SetDeadline(time.Time{})
+	c := &mconn{
+		nc:        tc,
+		br:        br,
+		keepAlive: p.keepAlive,
+		done:      make(chan struct{}),
+		wake:      make(chan struct{}, 1),
+		waiting:   make(map[uint16]chan<- error),
+	}
+	c.space = sync.NewCond(&c.mu)
+	now := time.Now().UnixNano()
+	c.lastRead.Store(now)
+	c.lastWrite.Store(now)
+	return c, nil
+}
+
+// start runs the reader and flusher; onPublish receives inbound PUBLISHes.
+func (c *mconn) start(onPublish func(packet)) {
+	c.onPublish = onPublish
+	c.wg.Add(2)
+	go c.readLoop()
+	go c.flushLoop()
+}
+
+// fail ends the connection once, failing every waiter.
+func (c *mconn) fail(err error) {
+	c.mu.Lock()
+	if c.err != nil {
+		c.mu.Unlock()
+		return
+	}
+	c.err = err
+	waiting := c.waiting
+	c.waiting = nil
+	c.out = nil
+	c.space.Broadcast()
+	c.mu.Unlock()
+	close(c.done)
+	_ = c.nc.Close()
+	for _, ch := range waiting {
+		ch <- fmt.Errorf("%w: %v", errConnClosed, err)
+	}
+}
+
+// Err returns why the connection ended, nil while it is up.
+func (c *mconn) Err() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.err
+}
+
+// close ends the connection, sending DISCONNECT first when graceful, and
+// waits for its goroutines.
+func (c *mconn) close(graceful bool) {
+	if graceful && c.Err() == nil {
+		_ = c.nc.SetWriteDeadline(time.Now().Add(200 * time.Millisecond))
+		_, _ = c.nc.Write(disconnectPacket)
+	}
+	c.fail(errConnClosed)
+	c.wg.Wait()
+}
+
+func (c *mconn) readLoop() {
+	defer c.wg.Done()
+	for {
+		// The deadline catches a link that went silent: the flusher pings
+		// after half the keepalive, so a live server always answers in time.
+		if c.br.Buffered() == 0 {
+			_ = c.nc.SetReadDeadline(time.Now().Add(c.keepAlive))
+		}
+		p, err := readPacket(c.br)
+		if err != nil {
+			c.fail(fmt.Errorf("read: %w", err))
+			return
+		}
+		c.lastRead.Store(time.Now().UnixNano())
+		switch p.typ {
+		case pktPuback, pktUnsuback:
+			c.resolve(p.id, nil)
+		case pktSuback:
+			var err error
+			for _, code := range p.codes {
+				if code == 0x80 {
+					err = errors.New("subscription refused")
+				}
+			}
+			c.resolve(p.id, err)
+		case pktPublish:
+			c.onPublish(p)
+		case pktPingresp:
+		default:
+			c.fail(fmt.Errorf("unexpected packet type %d", p.typ))
+			return
+		}
+	}
+}
+
+func (c *mconn) resolve(id uint16, err error) {
+	c.mu.Lock()
+	ch := c.waiting[id]
+	delete(c.waiting, id)
+	c.mu.Unlock()
+	if ch != nil {
+		ch <- err
+	}
+}
+
+func (c *mconn) flushLoop() {
+	defer c.wg.Done()
+	tick := time.NewTicker(c.keepAlive / 4)
+	defer tick.Stop()
+	var lastPing time.Time
+	for {
+		select {
+		case <-c.done:
+			return
+		case <-c.wake:
+		case now := <-tick.C:
+			half := c.keepAlive / 2
+			idle := now.Sub(time.Unix(0, c.lastWrite.Load())) >= half ||
+				now.Sub(time.Unix(0, c.lastRead.Load())) >= half
+			if idle && now.Sub(lastPing) >= half {
+				lastPing = now
+				// Not write: the flusher must never wait for room it frees.
+				c.mu.Lock()
+				c.out = append(c.out, pingreqPacket...)
+				c.mu.Unlock()
+			}
+		}
+		for {
+			c.mu.Lock()
+			buf := c.out
+			c.out = c.spare[:0]
+			c.spare = nil
+			c.space.Broadcast()
+			c.mu.Unlock()
+			if len(buf) == 0 {
+				break
+			}
+			_ = c.nc.SetWriteDeadline(time.Now().Add(c.keepAlive))
+			if _, err := c.nc.Write(buf); err != nil {
+				c.fail(fmt.Errorf("write: %w", err))
+				return
+			}
+			c.lastWrite.Store(time.Now().UnixNano())
+			if cap(buf) <= 4*maxPendingWrite {
+				c.mu.Lock()
+				c.spare = buf[:0]
+				c.mu.Unlock()
+			}
+		}
+	}
+}
+
+// waitSpaceLocked waits for room in the output buffer; the caller holds mu.
+func (c *mconn) waitSpaceLocked() error {
+	for c.err == nil && len(c.out) >= maxPendingWrite {
+		c.space.Wait()
+	}
+	return c.err
+}
+
+func (c *mconn) signal() {
+	select {
+	case c.wake <- struct{}{}:
+	default:
+	}
+}
+
+// write appends encoded packets to the output.
+func (c *mconn) write(enc func([]byte) []byte) error {
+	c.mu.Lock()
+	if err := c.waitSpaceLocked(); err != nil {
+		c.mu.Unlock()
+		return err
+	}
+	c.out = enc(c.out)
+	c.mu.Unlock()
+	c.signal()
+	return nil
+}
+
+// allocLocked reserves a packet id whose outcome goes to ch.
+func (c *mconn) allocLocked(ch chan<- error) (uint16, error) {
+	if len(c.waiting) >= 65535 {
+		return 0, errNoIDs
+	}
+	for {
+		c.nextID++
+		if c.nextID != 0 && c.waiting[c.nextID] == nil {
+			c.waiting[c.nextID] = ch
+			return c.nextID, nil
+		}
+	}
+}
+
+// publish1 sends a QoS 1 PUBLISH; ch (buffered) receives nil on PUBACK or
+// the error that ended the connection, exactly once.
+func (c *mconn) publish1(topic string, payload []byte, ch chan<- error) error {
+	c.mu.Lock()
+	if err := c.waitSpaceLocked(); err != nil {
+		c.mu.Unlock()
+		return err
+	}
+	id, err := c.allocLocked(ch)
+	if err != nil {
+		c.mu.Unlock()
+		return err
+	}
+	c.out = appendPublish(c.out, topic, 1, id, payload)
+	c.mu.Unlock()
+	c.signal()
+	return nil
+}
+
+// publish0 sends a QoS 0 PUBLISH.
+func (c *mconn) publish0(topic string, payload []byte) error {
+	return c.write(func(b []byte) []byte { return appendPublish(b, topic, 0, 0, payload) })
+}
+
+// puback acknowledges an inbound QoS 1 PUBLISH.
+func (c *mconn) puback(id uint16) error {
+	return c.write(func(b []byte) []byte { return appendPuback(b, id) })
+}
+
+// request sends a SUBSCRIBE or UNSUBSCRIBE built by enc for a fresh id
+// and waits for its ack.
+func (c *mconn) request(ctx context.Context, enc func(id uint16) []byte) error {
+	ch := make(chan error, 1)
+	c.mu.Lock()
+	if err := c.waitSpaceLocked(); err != nil {
+		c.mu.Unlock()
+		return err
+	}
+	id, err := c.allocLocked(ch)
+	if err != nil {
+		c.mu.Unlock()
+		return err
+	}
+	c.out = append(c.out, enc(id)...)
+	c.mu.Unlock()
+	c.signal()
+	select {
+	case err := <-ch:
+		return err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func (c *mconn) subscribe(ctx context.Context, filters []string, qos []byte) error {
+	return c.request(ctx, func(id uint16) []byte { return subscribePacket(id, filters, qos) })
+}
+
+func (c *mconn) unsubscribe(ctx context.Context, filters []string) error {
+	return c.request(ctx, func(id uint16) []byte { return unsubscribePacket(id, filters) })
+}

@@ -1,0 +1,218 @@
+package upstream
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+
+	"outpost/internal/message"
+	"outpost/internal/topic"
+)
+
+// Topics of Outpost's own request/reply extension (see internal/gateway).
+const (
+	extReqPrefix  = "$outpost/req/"
+	extResPrefix  = "$outpost/res/"
+	extResFilter  = "$outpost/res/#"
+	edgeHubModule = "$edgeHub"
+)
+
+// session is one connection's worth of work. Its goroutines end with it;
+// Link.session owns it and waits for them in stop.
+type session struct {
+	l      *Link
+	c      *mconn
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+	events chan func() // desired patches, in arrival order
+
+	// drained is 1 + the highest store sequence whose PUBACK arrived with
+	// all before it; 0 while none has.
+	drained atomic.Uint64
+	ackWake chan struct{}
+
+	mu sync.Mutex
+	// mu guards the following fields.
+	subs     map[string]*subState
+	attached map[string]attachment // what the reconciler subscribed for
+	c2d      map[string][]c2dItem  // per-device C2D queues being delivered
+}
+
+// subState is a filter subscribed, or being subscribed, on this connection.
+type subState struct {
+	done chan struct{}
+	err  error
+}
+
+func newSession(ctx context.Context, l *Link, c *mconn) *session {
+	s := &session{
+		l:        l,
+		c:        c,
+		events:   make(chan func(), 256),
+		ackWake:  make(chan struct{}, 1),
+		subs:     map[string]*subState{},
+		attached: map[string]attachment{},
+		c2d:      map[string][]c2dItem{},
+	}
+	s.ctx, s.cancel = context.WithCancel(ctx)
+	return s
+}
+
+func (s *session) start() {
+	s.c.start(s.inbound)
+	inflight := make(chan flight, s.l.cfg.Window-1)
+	s.wg.Go(func() { s.runEvents() })
+	s.wg.Go(func() { s.reconcile() })
+	s.wg.Go(func() { s.publishLoop(inflight) })
+	s.wg.Go(func() { s.ackLoop(inflight) })
+	s.wg.Go(func() { s.storeAckLoop() })
+}
+
+// stop ends the session: the connection first, so nothing new arrives,
+// then its goroutines; acks that arrived are written to the store so only
+// what was in flight is sent again.
+func (s *session) stop(graceful bool) {
+	s.cancel()
+	s.c.close(graceful)
+	s.wg.Wait()
+	s.flushStoreAck(0)
+	s.l.reader.Rewind()
+}
+
+// inbound handles a PUBLISH from the parent, on the reader goroutine.
+func (s *session) inbound(p packet) {
+	ackNow := p.qos > 0
+	defer func() {
+		if ackNow {
+			_ = s.c.puback(p.id)
+		}
+	}()
+	if rest, ok := strings.CutPrefix(p.topic, extResPrefix); ok {
+		st, q, _ := strings.Cut(rest, "/?")
+		status, err := strconv.Atoi(st)
+		bag, berr := topic.DecodeBag(q)
+		if err != nil || berr != nil {
+			s.l.log.Debug("bad extension reply topic", "topic", clip(p.topic))
+			return
+		}
+		s.l.resolve(bag["$rid"], reply{status: status, body: p.payload})
+		return
+	}
+	tp, err := topic.Parse(p.topic)
+	if err != nil {
+		s.l.log.Debug("unknown topic from parent", "topic", clip(p.topic), "error", err)
+		return
+	}
+	switch {
+	case tp.Kind == topic.KindTwinResponse && tp.OnBehalfOf != "":
+		s.l.resolve(tp.RID, reply{status: tp.Status, version: tp.Version, body: p.payload})
+	case tp.Kind == topic.KindC2D:
+		if p.qos > 0 {
+			ackNow = false // acked once the child has it
+		}
+		s.queueC2D(tp, p)
+	case tp.Kind == topic.KindMethodRequest && tp.OnBehalfOf != "":
+		s.wg.Go(func() { s.invoke(tp, p.payload) })
+	case tp.Kind == topic.KindTwinDesired && tp.OnBehalfOf != "":
+		d, m, v, body := tp.DeviceID, tp.ModuleID, tp.Version, p.payload
+		fn := func() { s.l.cfg.Local.DesiredPatch(d, m, v, body) }
+		if d == s.l.cfg.DeviceID && m == edgeHubModule {
+			fn = func() { s.l.cfg.Local.EdgeHubDesired(body) }
+		}
+		s.event(fn)
+	default:
+		s.l.log.Debug("unexpected topic from parent", "topic", clip(p.topic))
+	}
+}
+
+// event queues fn for the events goroutine, which keeps desired patches
+// in the order the parent sent them.
+func (s *session) event(fn func()) {
+	select {
+	case s.events <- fn:
+	case <-s.ctx.Done():
+	}
+}
+
+func (s *session) runEvents() {
+	for {
+		select {
+		case fn := <-s.events:
+			fn()
+		case <-s.ctx.Done():
+			return
+		}
+	}
+}
+
+// c2dItem is a C2D message waiting for its child.
+type c2dItem struct {
+	id  uint16
+	qos byte
+	msg *message.Message
+}
+
+// queueC2D delivers C2D messages of one device in order, on a goroutine
+// per device that has some pending, so a slow child holds up only itself.
+func (s *session) queueC2D(tp topic.Topic, p packet) {
+	d := tp.DeviceID
+	msg := &message.Message{DeviceID: d, Body: p.payload}
+	topic.ToMessage(tp.Bag, msg)
+	s.mu.Lock()
+	q, busy := s.c2d[d]
+	s.c2d[d] = append(q, c2dItem{id: p.id, qos: p.qos, msg: msg})
+	s.mu.Unlock()
+	if !busy {
+		s.wg.Go(func() { s.deliverC2D(d) })
+	}
+}
+
+func (s *session) deliverC2D(d string) {
+	for {
+		s.mu.Lock()
+		q := s.c2d[d]
+		if len(q) == 0 {
+			delete(s.c2d, d)
+			s.mu.Unlock()
+			return
+		}
+		it := q[0]
+		s.c2d[d] = q[1:]
+		s.mu.Unlock()
+		if s.ctx.Err() != nil {
+			continue // unacked: the hub delivers it again
+		}
+		if err := s.l.cfg.Local.DeliverC2D(s.ctx, d, it.msg); err != nil {
+			s.l.log.Info("c2d not delivered locally; left for redelivery", "device", d, "error", err)
+			continue
+		}
+		if it.qos > 0 {
+			_ = s.c.puback(it.id)
+		}
+	}
+}
+
+func (s *session) invoke(tp topic.Topic, payload []byte) {
+	status, resp, err := s.l.cfg.Local.InvokeMethod(s.ctx, tp.DeviceID, tp.ModuleID, tp.MethodName, payload)
+	if err != nil {
+		if s.ctx.Err() != nil {
+			return // the link went down; the hub fails the call
+		}
+		status = http.StatusNotFound
+		if errors.Is(err, context.DeadlineExceeded) {
+			status = http.StatusGatewayTimeout
+		}
+		resp, _ = json.Marshal(map[string]string{"message": err.Error()})
+		s.l.log.Info("method failed locally", "identity", tp.OnBehalfOf, "method", tp.MethodName, "error", err)
+	}
+	if err := s.c.publish0(topic.OBOMethodResponse(tp.OnBehalfOf, status, tp.RID), resp); err != nil {
+		s.l.log.Debug("method response not sent", "identity", tp.OnBehalfOf, "error", err)
+	}
+}
+

@@ -1,0 +1,328 @@
+package dataplane
+
+import (
+	"context"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"math"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"outpost/internal/gateway"
+	"outpost/internal/message"
+)
+
+var (
+	errQueueFull = func(d string, n int) error {
+		return &gateway.StatusError{Status: http.StatusForbidden, Code: "DeviceMaximumQueueDepthExceeded",
+			Message: fmt.Sprintf("device %s has %d messages pending: the queue is full", d, n)}
+	}
+	errLockLost = &gateway.StatusError{Status: http.StatusPreconditionFailed, Code: "DeviceMessageLockLost",
+		Message: "the lock token is not valid, or the lock expired"}
+)
+
+// SendC2D queues msg for deviceID and returns once it is stored. The
+// message lives until System.Expiry (RFC 3339) when set, else for the
+// configured C2DTTL. Its id is System.MessageID, made up when empty.
+// Errors are *gateway.StatusError where the caller is at fault: 404 for
+// an unknown device, 400 for a bad expiry or size, 403 when the device
+// already has MaxC2DPending messages queued.
+func (p *Plane) SendC2D(ctx context.Context, deviceID string, msg *message.Message) error {
+	if _, err := p.h.GetDevice(deviceID); err != nil {
+		return asStatus(err)
+	}
+	if len(msg.Body) > MaxC2DSize {
+		return &gateway.StatusError{Status: http.StatusRequestEntityTooLarge, Code: "MessageTooLarge",
+			Message: fmt.Sprintf("c2d message body is %d bytes: the limit is %d", len(msg.Body), MaxC2DSize)}
+	}
+	now := p.now().UTC()
+	ttl := p.cfg.C2DTTL
+	if msg.System.Expiry != "" {
+		exp, err := time.Parse(time.RFC3339Nano, msg.System.Expiry)
+		if err != nil {
+			return badArgument("expiry %q is not an RFC 3339 time", msg.System.Expiry)
+		}
+		if ttl = exp.Sub(now); ttl <= 0 {
+			return badArgument("expiry %s is in the past", msg.System.Expiry)
+		}
+		if ttl > MaxC2DTTL {
+			return badArgument("expiry %s is more than %v away", msg.System.Expiry, MaxC2DTTL)
+		}
+	} else {
+		msg.System.Expiry = now.Add(ttl).Format(time.RFC3339Nano)
+	}
+	// JetStream counts TTLs in whole seconds, at least one.
+	ttl = time.Duration(math.Ceil(ttl.Seconds())) * time.Second
+	msg.DeviceID, msg.ModuleID = deviceID, ""
+	if msg.System.MessageID == "" {
+		msg.System.MessageID = message.NewID()
+	}
+	msg.System.To = "/devices/" + deviceID + "/messages/deviceBound"
+	msg.System.EnqueuedTime = now
+	msg.System.ConnDeviceID, msg.System.ConnModuleID = "", ""
+	nm, err := encodeMsg(c2dSubject(deviceID), msg)
+	if err != nil {
+		return err
+	}
+	_, err = p.js.PublishMsg(ctx, nm, jetstream.WithExpectStream(StreamC2D), jetstream.WithMsgTTL(ttl))
+	var apiErr *jetstream.APIError
+	if errors.As(err, &apiErr) && strings.Contains(apiErr.Description, "maximum messages per subject") {
+		return errQueueFull(deviceID, p.cfg.MaxC2DPending)
+	}
+	if err != nil {
+		return fmt.Errorf("queue c2d message: %w", err)
+	}
+	return nil
+}
+
+// deliverC2D sends a connected device its queue over MQTT, in order, one
+// message at a time, and deletes each once the device acknowledged it.
+// It runs until the session ends; unacknowledged messages are sent again
+// at the next connection.
+func (p *Plane) deliverC2D(ctx context.Context, s gateway.Session) {
+	d := s.Identity().DeviceID
+	subj := c2dSubject(d)
+	// The stream's subject is also a core NATS subject: every replica
+	// sees a new message for d as it is published, which wakes this loop.
+	wake := make(chan struct{}, 1)
+	sub, err := p.nc.Subscribe(subj, func(*nats.Msg) {
+		select {
+		case wake <- struct{}{}:
+		default:
+		}
+	})
+	if err != nil {
+		p.log.Error("c2d delivery: subscribe", "device", d, "err", err)
+		return
+	}
+	defer sub.Unsubscribe()
+	log := p.log.With("device", d, "via", s.Identity().Via)
+	next := uint64(1)
+	var retry time.Duration
+	for {
+		raw, err := p.c2d.GetMsg(ctx, next, jetstream.WithGetMsgSubject(subj))
+		if errors.Is(err, jetstream.ErrMsgNotFound) {
+			if !waitWake(ctx, wake, 0) {
+				return
+			}
+			continue
+		}
+		if err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			log.Warn("c2d delivery: read queue", "err", err)
+			if !waitWake(ctx, nil, time.Second) {
+				return
+			}
+			continue
+		}
+		msg, err := decodeMsg(raw.Header, raw.Data)
+		if err != nil {
+			log.Error("c2d delivery: dropping undecodable message", "seq", raw.Sequence, "err", err)
+			p.deleteC2D(raw.Sequence)
+			next = raw.Sequence + 1
+			continue
+		}
+		select {
+		case err = <-s.SendC2D(msg):
+		case <-ctx.Done():
+			return
+		}
+		switch {
+		case err == nil:
+			p.deleteC2D(raw.Sequence)
+			next, retry = raw.Sequence+1, 0
+		case errors.Is(err, gateway.ErrNotSubscribed):
+			// A device subscribes after CONNACK, and the gateway does not
+			// announce subscriptions: look again, less and less often.
+			retry = min(max(2*retry, 50*time.Millisecond), 5*time.Second)
+			if !waitWake(ctx, wake, retry) {
+				return
+			}
+		case errors.Is(err, gateway.ErrNotConnected):
+			return
+		default:
+			log.Warn("c2d delivery: dropping message the device cannot take", "seq", raw.Sequence, "err", err)
+			p.deleteC2D(raw.Sequence)
+			next = raw.Sequence + 1
+		}
+	}
+}
+
+// waitWake waits for a wake-up, or d when d > 0, or ctx; it reports
+// false when ctx ended.
+func waitWake(ctx context.Context, wake <-chan struct{}, d time.Duration) bool {
+	var timer <-chan time.Time
+	if d > 0 {
+		t := time.NewTimer(d)
+		defer t.Stop()
+		timer = t.C
+	}
+	select {
+	case <-wake:
+		return true
+	case <-timer:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
+
+func (p *Plane) deleteC2D(seq uint64) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := p.c2d.DeleteMsg(ctx, seq); err != nil && !errors.Is(err, jetstream.ErrMsgNotFound) {
+		// Expired or settled by another path meanwhile: nothing left to do.
+		p.log.Debug("c2d: delete message", "seq", seq, "err", err)
+	}
+}
+
+// httpsConsumer names the durable consumer an HTTPS device polls through.
+func httpsConsumer(deviceID string) string { return "https-" + enc(deviceID) }
+
+func (p *Plane) consumerFor(ctx context.Context, deviceID string) (jetstream.Consumer, error) {
+	if c, ok := p.consumers.Load(deviceID); ok {
+		return c.(jetstream.Consumer), nil
+	}
+	c, err := p.c2d.CreateOrUpdateConsumer(ctx, jetstream.ConsumerConfig{
+		Durable:       httpsConsumer(deviceID),
+		FilterSubject: c2dSubject(deviceID),
+		AckPolicy:     jetstream.AckExplicitPolicy,
+		AckWait:       p.cfg.LockTimeout,
+		MaxDeliver:    p.cfg.MaxDeliveryCount,
+		DeliverPolicy: jetstream.DeliverAllPolicy,
+		MaxAckPending: p.cfg.MaxC2DPending,
+		// Devices are told to poll every 25 minutes; a consumer unused
+		// for a day is removed, and made again on the next poll.
+		InactiveThreshold: 24 * time.Hour,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("c2d consumer: %w", err)
+	}
+	p.consumers.Store(deviceID, c)
+	return c, nil
+}
+
+// C2DReceive locks the device's next C2D message for LockTimeout. The
+// lock token is the JetStream acknowledgement subject, base64url.
+func (p *Plane) C2DReceive(ctx context.Context, id gateway.Identity) (*message.Message, string, error) {
+	if id.ModuleID != "" {
+		return nil, "", badArgument("modules receive no cloud-to-device messages")
+	}
+	var m jetstream.Msg
+	for attempt := 0; ; attempt++ {
+		c, err := p.consumerFor(ctx, id.DeviceID)
+		if err != nil {
+			return nil, "", err
+		}
+		batch, err := c.FetchNoWait(1)
+		if err == nil {
+			for got := range batch.Messages() {
+				m = got
+			}
+			err = batch.Error()
+		}
+		if err == nil || errors.Is(err, jetstream.ErrNoMessages) {
+			break
+		}
+		// The consumer may have been removed for inactivity: make it
+		// again, once.
+		p.consumers.Delete(id.DeviceID)
+		if attempt > 0 {
+			return nil, "", fmt.Errorf("c2d receive: %w", err)
+		}
+	}
+	if m == nil {
+		return nil, "", nil
+	}
+	msg, err := decodeMsg(m.Headers(), m.Data())
+	if err != nil {
+		_ = m.Term()
+		return nil, "", err
+	}
+	return msg, base64.RawURLEncoding.EncodeToString([]byte(m.Reply())), nil
+}
+
+// ackSubject is what a lock token holds: the parts of a JetStream
+// acknowledgement subject the plane checks.
+type ackSubject struct {
+	reply     string
+	stream    string
+	consumer  string
+	delivered uint64
+	seq       uint64
+	at        time.Time
+}
+
+// parseAck reads $JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ns>.<pending>
+// and its newer form with domain and account hash after ACK.
+func parseAck(reply string) (ackSubject, bool) {
+	t := strings.Split(reply, ".")
+	if len(t) < 9 || t[0] != "$JS" || t[1] != "ACK" {
+		return ackSubject{}, false
+	}
+	if len(t) >= 11 {
+		t = t[2:] // domain and account hash
+	}
+	a := ackSubject{reply: reply, stream: t[2], consumer: t[3]}
+	var err1, err2, err3 error
+	var ns int64
+	a.delivered, err1 = strconv.ParseUint(t[4], 10, 64)
+	a.seq, err2 = strconv.ParseUint(t[5], 10, 64)
+	ns, err3 = strconv.ParseInt(t[7], 10, 64)
+	if err1 != nil || err2 != nil || err3 != nil {
+		return ackSubject{}, false
+	}
+	a.at = time.Unix(0, ns)
+	return a, true
+}
+
+// C2DSettle completes (deletes), rejects (deletes) or abandons (offers
+// again) a locked message. An abandon of the last allowed delivery drops
+// the message.
+func (p *Plane) C2DSettle(ctx context.Context, id gateway.Identity, lock string, action gateway.Settle) error {
+	raw, err := base64.RawURLEncoding.DecodeString(lock)
+	if err != nil {
+		return errLockLost
+	}
+	a, ok := parseAck(string(raw))
+	if !ok || a.stream != StreamC2D || a.consumer != httpsConsumer(id.DeviceID) {
+		return errLockLost
+	}
+	// JetStream's clock stamps the delivery; compare with the real one.
+	if time.Since(a.at) > p.cfg.LockTimeout {
+		return errLockLost
+	}
+	ack := func(verb string) error {
+		if err := p.nc.Publish(a.reply, []byte(verb)); err != nil {
+			return fmt.Errorf("c2d %s: %w", action, err)
+		}
+		return nil
+	}
+	switch action {
+	case gateway.Complete:
+		err = ack("+ACK")
+	case gateway.Reject:
+		err = ack("+TERM")
+	case gateway.Abandon:
+		if a.delivered < uint64(p.cfg.MaxDeliveryCount) {
+			return ack("-NAK")
+		}
+		p.log.Info("c2d message abandoned at its last delivery: dropped", "device", id.DeviceID, "seq", a.seq, "deliveries", a.delivered)
+		err = ack("+TERM")
+	default:
+		return badArgument("unknown settle action %v", action)
+	}
+	if err != nil {
+		return err
+	}
+	p.deleteC2D(a.seq)
+	return nil
+}

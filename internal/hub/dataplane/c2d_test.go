@@ -1,0 +1,264 @@
+package dataplane
+
+import (
+	"fmt"
+	"net/http"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"outpost/internal/client"
+	"outpost/internal/message"
+	"outpost/internal/service"
+)
+
+func TestC2DOverMQTT(t *testing.T) {
+	e := newEnv(t)
+	d := e.device("c2d-dev", false)
+	ctx := ctxT(t)
+
+	// Queued while offline, delivered in order at connect.
+	for i := range 3 {
+		if _, err := e.svc.SendC2D(ctx, "c2d-dev", service.C2DMessage{Body: []byte("m" + strconv.Itoa(i)), Properties: map[string]string{"n": strconv.Itoa(i)}, CorrelationID: "corr"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := e.pendingC2D("c2d-dev"); n != 3 {
+		t.Fatalf("pending %d; want 3", n)
+	}
+	got := make(chan *message.Message, 10)
+	e.deviceClient(d, func(c *client.Client) { c.OnC2D(func(m *message.Message) { got <- m }) })
+	next := func() *message.Message {
+		t.Helper()
+		select {
+		case m := <-got:
+			return m
+		case <-time.After(10 * time.Second):
+			t.Fatal("no c2d message arrived")
+			return nil
+		}
+	}
+	for i := range 3 {
+		m := next()
+		if string(m.Body) != "m"+strconv.Itoa(i) || m.Properties["n"] != strconv.Itoa(i) || m.System.CorrelationID != "corr" || m.System.MessageID == "" {
+			t.Errorf("message %d: body %q props %v system %+v", i, m.Body, m.Properties, m.System)
+		}
+	}
+	// Acknowledged messages leave the queue.
+	checkFor(t, 10*time.Second, func() error {
+		if n := e.pendingC2D("c2d-dev"); n != 0 {
+			return fmt.Errorf("%d still pending", n)
+		}
+		return nil
+	})
+	// Pushed at once while connected.
+	id, err := e.svc.SendC2D(ctx, "c2d-dev", service.C2DMessage{Body: []byte("live"), MessageID: "mine"})
+	if err != nil || id != "mine" {
+		t.Fatalf("send: %q %v", id, err)
+	}
+	if m := next(); string(m.Body) != "live" || m.System.MessageID != "mine" {
+		t.Errorf("live message %q id %q", m.Body, m.System.MessageID)
+	}
+}
+
+func TestC2DQueueLimit(t *testing.T) {
+	e := newEnv(t)
+	e.device("full-dev", false)
+	ctx := ctxT(t)
+	for i := range DefaultMaxC2DPending {
+		if _, err := e.svc.SendC2D(ctx, "full-dev", service.C2DMessage{Body: []byte(strconv.Itoa(i))}); err != nil {
+			t.Fatalf("message %d: %v", i, err)
+		}
+	}
+	_, err := e.svc.SendC2D(ctx, "full-dev", service.C2DMessage{Body: []byte("one too many")})
+	if st, code := serviceStatus(err); st != http.StatusForbidden || code != "DeviceMaximumQueueDepthExceeded" {
+		t.Fatalf("51st message: %v; want 403 DeviceMaximumQueueDepthExceeded", err)
+	}
+	// Another device's queue is its own.
+	e.device("other-dev", false)
+	if _, err := e.svc.SendC2D(ctx, "other-dev", service.C2DMessage{Body: []byte("x")}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.svc.SendC2D(ctx, "ghost", service.C2DMessage{Body: []byte("x")}); !service.IsNotFound(err) {
+		t.Errorf("c2d to an unknown device: %v; want 404", err)
+	}
+	if _, err := e.svc.SendC2D(ctx, "other-dev", service.C2DMessage{Body: make([]byte, MaxC2DSize+1)}); err == nil {
+		t.Error("an oversize c2d message was accepted")
+	}
+}
+
+func TestC2DExpiry(t *testing.T) {
+	e := newEnv(t, func(c *Config) { c.C2DTTL = time.Second })
+	e.device("ttl-dev", false)
+	ctx := ctxT(t)
+	tests := []struct {
+		name   string
+		expiry time.Time
+	}{
+		{"default ttl", time.Time{}},
+		{"message expiry", time.Now().Add(1500 * time.Millisecond)},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			if _, err := e.svc.SendC2D(ctx, "ttl-dev", service.C2DMessage{Body: []byte("short"), Expiry: tc.expiry}); err != nil {
+				t.Fatal(err)
+			}
+			if n := e.pendingC2D("ttl-dev"); n != 1 {
+				t.Fatalf("pending %d right after send; want 1", n)
+			}
+			checkFor(t, 15*time.Second, func() error {
+				if n := e.pendingC2D("ttl-dev"); n != 0 {
+					return fmt.Errorf("%d pending", n)
+				}
+				return nil
+			})
+		})
+	}
+	_, err := e.svc.SendC2D(ctx, "ttl-dev", service.C2DMessage{Body: []byte("late"), Expiry: time.Now().Add(-time.Minute)})
+	if st, _ := serviceStatus(err); st != http.StatusBadRequest {
+		t.Errorf("already expired message: %v; want 400", err)
+	}
+}
+
+func TestC2DOverHTTPS(t *testing.T) {
+	e := newEnv(t, func(c *Config) { c.MaxDeliveryCount = 3 })
+	d := e.device("poll-dev", false)
+	ctx := ctxT(t)
+	base := "/devices/poll-dev/messages/devicebound"
+	send := func(body string) {
+		t.Helper()
+		if _, err := e.svc.SendC2D(ctx, "poll-dev", service.C2DMessage{Body: []byte(body), Properties: map[string]string{"k": body}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// receive returns the body and lock of the next message, "" on 204.
+	receive := func() (string, string) {
+		t.Helper()
+		resp := e.deviceHTTP(http.MethodGet, base+"?api-version=2021-04-12", d)
+		switch resp.StatusCode {
+		case http.StatusNoContent:
+			return "", ""
+		case http.StatusOK:
+		default:
+			t.Fatalf("receive: %d %s", resp.StatusCode, readAll(t, resp.Body))
+		}
+		body := readAll(t, resp.Body)
+		if resp.Header.Get("iothub-app-k") != body || resp.Header.Get("iothub-messageid") == "" {
+			t.Errorf("receive headers %v", resp.Header)
+		}
+		return body, strings.Trim(resp.Header.Get("ETag"), `"`)
+	}
+	settle := func(method, path string) int {
+		t.Helper()
+		return e.deviceHTTP(method, path, d).StatusCode
+	}
+
+	if body, _ := receive(); body != "" {
+		t.Fatalf("empty queue gave %q", body)
+	}
+	t.Run("complete", func(t *testing.T) {
+		send("a")
+		body, lock := receive()
+		if body != "a" {
+			t.Fatalf("got %q; want a", body)
+		}
+		if b, _ := receive(); b != "" {
+			t.Errorf("a locked message was offered again: %q", b)
+		}
+		if st := settle(http.MethodDelete, base+"/"+lock); st != http.StatusNoContent {
+			t.Fatalf("complete: %d", st)
+		}
+		if n := e.pendingC2D("poll-dev"); n != 0 {
+			t.Errorf("%d pending after complete", n)
+		}
+	})
+	t.Run("reject", func(t *testing.T) {
+		send("b")
+		_, lock := receive()
+		if st := settle(http.MethodDelete, base+"/"+lock+"?reject"); st != http.StatusNoContent {
+			t.Fatalf("reject: %d", st)
+		}
+		if b, _ := receive(); b != "" {
+			t.Errorf("rejected message offered again: %q", b)
+		}
+		if n := e.pendingC2D("poll-dev"); n != 0 {
+			t.Errorf("%d pending after reject", n)
+		}
+	})
+	t.Run("abandon until max delivery count", func(t *testing.T) {
+		send("c")
+		for i := range 3 {
+			var body, lock string
+			checkFor(t, 5*time.Second, func() error {
+				if body, lock = receive(); body != "c" {
+					return fmt.Errorf("delivery %d: got %q", i+1, body)
+				}
+				return nil
+			})
+			if st := settle(http.MethodPost, base+"/"+lock+"/abandon"); st != http.StatusNoContent {
+				t.Fatalf("abandon %d: %d", i+1, st)
+			}
+		}
+		if n := e.pendingC2D("poll-dev"); n != 0 {
+			t.Errorf("%d pending after the last allowed delivery was abandoned; want it dropped", n)
+		}
+		if b, _ := receive(); b != "" {
+			t.Errorf("message offered a fourth time: %q", b)
+		}
+	})
+	t.Run("bad lock", func(t *testing.T) {
+		if st := settle(http.MethodDelete, base+"/bm90LWEtbG9jaw"); st != http.StatusPreconditionFailed {
+			t.Errorf("settle with a made-up lock: %d; want 412", st)
+		}
+	})
+	t.Run("another device's lock", func(t *testing.T) {
+		other := e.device("other-poller", false)
+		send("d")
+		_, lock := receive()
+		if st := e.deviceHTTP(http.MethodDelete, "/devices/other-poller/messages/devicebound/"+lock, other).StatusCode; st != http.StatusPreconditionFailed {
+			t.Errorf("settling another device's lock: %d; want 412", st)
+		}
+		if st := settle(http.MethodDelete, base+"/"+lock); st != http.StatusNoContent {
+			t.Errorf("owner's complete after the refused attempt: %d", st)
+		}
+	})
+}
+
+func TestParseAck(t *testing.T) {
+	tests := []struct {
+		reply    string
+		ok       bool
+		consumer string
+		seq      uint64
+	}{
+		{"$JS.ACK.C2D.https-ZA.2.17.3.1700000000000000000.0", true, "https-ZA", 17},
+		{"$JS.ACK.hub.ACCHASH.C2D.https-ZA.1.9.1.1700000000000000000.4.rnd", true, "https-ZA", 9},
+		{"$JS.ACK.C2D.x", false, "", 0},
+		{"_INBOX.abc", false, "", 0},
+		{"$JS.ACK.C2D.https-ZA.two.17.3.1700000000000000000.0", false, "", 0},
+	}
+	for _, tc := range tests {
+		t.Run(tc.reply, func(t *testing.T) {
+			a, ok := parseAck(tc.reply)
+			if ok != tc.ok || a.consumer != tc.consumer || a.seq != tc.seq {
+				t.Errorf("parseAck = %+v, %v; want consumer %q seq %d ok %v", a, ok, tc.consumer, tc.seq, tc.ok)
+			}
+			if ok && a.stream != StreamC2D {
+				t.Errorf("stream %q", a.stream)
+			}
+		})
+	}
+}
+
+func FuzzParseAck(f *testing.F) {
+	f.Add("$JS.ACK.C2D.https-ZA.2.17.3.1700000000000000000.0")
+	f.Add("$JS.ACK.hub.ACC.C2D.c.1.9.1.1.4.r")
+	f.Add("....")
+	f.Fuzz(func(t *testing.T, s string) {
+		a, ok := parseAck(s)
+		if ok && a.reply != s {
+			t.Errorf("reply %q; want %q", a.reply, s)
+		}
+	})
+}

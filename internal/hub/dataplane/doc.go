@@ -1,0 +1,45 @@
+// Package dataplane is the hub's data plane: the gateway.Backend that the
+// shared device endpoint calls, built on the hub's JetStream state, and
+// the service-side calls that reach devices (direct methods, cloud-to-
+// device messages, the telemetry read API).
+//
+// # Telemetry
+//
+// Device and module telemetry and module outputs go to the stream
+// TELEMETRY, one subject per identity: tel.{enc(device)} or
+// tel.{enc(device)}.{enc(module)}, where enc is base64url without padding
+// (raw ids may hold characters NATS subjects forbid). The body is the NATS
+// payload as sent; the envelope (ids, application and system properties,
+// enqueued time) travels in the Outpost-Msg header as JSON. Telemetry
+// returns only once every message of a batch has its PubAck, so a PUBACK
+// to the device means the stream holds the message.
+//
+// Messages an edge replays after a reconnect carry $outpost-eid and
+// $outpost-seq (its store sequence): for an edge connection they become
+// System.EdgeID/EdgeSeq and the header Nats-Msg-Id "e/{edge}/{seq}", and
+// the stream's duplicate window (two hours) drops replays.
+//
+// # Presence, methods and desired properties
+//
+// Each replica keeps the sessions connected to it. For each it subscribes
+// outpost.method.{enc(clientId)}, so a method call made on any replica
+// reaches the device by NATS request/reply, and announces the connection
+// on outpost.presence.{enc(clientId)} so a caller waiting for the device
+// to connect (connectTimeoutInSeconds) learns of it at once. A watcher on
+// the twins bucket pushes desired patches to the sessions held here; a
+// watcher on the registry drops the connections of deleted or disabled
+// identities, and of the edge whose scope they leave.
+//
+// # Cloud-to-device
+//
+// C2D messages sit in the stream C2D, subject c2d.{enc(device)}, at most
+// MaxC2DPending (50) per device (DiscardNewPerSubject: a full queue
+// refuses new messages with 403 DeviceMaximumQueueDepthExceeded), each
+// with a per-message TTL (Nats-TTL; default one hour, or the message's
+// expiry). An MQTT device is sent its queue in order at connect and
+// whenever a message arrives; a message leaves the stream when the device
+// acknowledges it. An HTTPS device polls through a durable consumer of its
+// own: a fetch is a lock (the consumer's ack wait, LockTimeout), and the
+// lock token is the JetStream ack subject, so any replica can settle it.
+// After MaxDeliveryCount deliveries an abandoned message is dropped.
+package dataplane

@@ -1,0 +1,297 @@
+package dataplane
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"outpost/internal/gateway"
+	"outpost/internal/message"
+)
+
+// liveSession is a session this replica holds, with what it started for
+// it: the method subscription and the C2D delivery.
+type liveSession struct {
+	s      gateway.Session
+	sub    *nats.Subscription
+	cancel context.CancelFunc
+	once   sync.Once
+}
+
+func (l *liveSession) stop() {
+	l.once.Do(func() {
+		if l.sub != nil {
+			_ = l.sub.Unsubscribe()
+		}
+		l.cancel()
+	})
+}
+
+// Connected makes the session reachable for method calls from any
+// replica, announces it to callers waiting for it, and starts sending a
+// device its C2D queue.
+func (p *Plane) Connected(s gateway.Session) {
+	id := s.Identity()
+	cid := id.ClientID()
+	ctx, cancel := context.WithCancel(p.ctx)
+	l := &liveSession{s: s, cancel: cancel}
+	sub, err := p.nc.Subscribe(methodSubject(cid), func(m *nats.Msg) { p.serveMethod(ctx, l, m) })
+	if err != nil {
+		p.log.Error("subscribe for direct methods", "identity", cid, "err", err)
+	}
+	l.sub = sub
+	p.mu.Lock()
+	if p.closed {
+		p.mu.Unlock()
+		l.stop()
+		return
+	}
+	old := p.live[cid]
+	p.live[cid] = l
+	p.mu.Unlock()
+	if old != nil {
+		old.stop()
+	}
+	if err := p.nc.Publish(presenceSubject(cid), nil); err != nil {
+		p.log.Warn("announce connection", "identity", cid, "err", err)
+	}
+	if id.ModuleID == "" && p.goStart() {
+		go func() {
+			defer p.wg.Done()
+			p.deliverC2D(ctx, s)
+		}()
+	}
+}
+
+// Disconnected stops what Connected started, unless a newer session of
+// the same identity has replaced it already.
+func (p *Plane) Disconnected(s gateway.Session) {
+	cid := s.Identity().ClientID()
+	p.mu.Lock()
+	l := p.live[cid]
+	if l == nil || l.s != s {
+		p.mu.Unlock()
+		return
+	}
+	delete(p.live, cid)
+	p.mu.Unlock()
+	l.stop()
+}
+
+// methodCall and methodReply travel between replicas.
+type methodCall struct {
+	Name      string `json:"name"`
+	Payload   []byte `json:"payload"`
+	TimeoutMs int64  `json:"timeoutMs"`
+}
+
+type methodReply struct {
+	Status  int    `json:"status"`
+	Payload []byte `json:"payload"`
+	Error   string `json:"error,omitempty"`
+}
+
+const (
+	replyNotConnected = "notConnected"
+	replyTimeout      = "timeout"
+)
+
+// serveMethod runs a method call that another replica (or this one)
+// forwarded to the session held here.
+func (p *Plane) serveMethod(ctx context.Context, l *liveSession, m *nats.Msg) {
+	var call methodCall
+	if err := json.Unmarshal(m.Data, &call); err != nil || call.TimeoutMs <= 0 {
+		respond(m, methodReply{Error: "bad method request"})
+		return
+	}
+	if !p.goStart() {
+		respond(m, methodReply{Error: replyNotConnected})
+		return
+	}
+	go func() {
+		defer p.wg.Done()
+		cctx, cancel := context.WithTimeout(ctx, time.Duration(call.TimeoutMs)*time.Millisecond)
+		defer cancel()
+		status, payload, err := l.s.InvokeMethod(cctx, call.Name, call.Payload)
+		rep := methodReply{Status: status, Payload: payload}
+		switch {
+		case err == nil:
+		case errors.Is(err, context.DeadlineExceeded):
+			rep.Error = replyTimeout
+		case errors.Is(err, gateway.ErrNotConnected), errors.Is(err, gateway.ErrNotSubscribed), errors.Is(err, context.Canceled):
+			rep.Error = replyNotConnected
+		default:
+			rep.Error = err.Error()
+		}
+		respond(m, rep)
+	}()
+}
+
+func respond(m *nats.Msg, rep methodReply) {
+	b, _ := json.Marshal(rep)
+	_ = m.Respond(b)
+}
+
+// MethodRequest is the body of POST /twins/{id}[/modules/{m}]/methods.
+type MethodRequest struct {
+	MethodName string          `json:"methodName"`
+	Payload    json.RawMessage `json:"payload,omitempty"`
+	// ResponseTimeoutInSeconds: default 30, 1 to 300.
+	ResponseTimeoutInSeconds int `json:"responseTimeoutInSeconds,omitempty"`
+	// ConnectTimeoutInSeconds is how long to wait for the device to
+	// connect: default 0, at most 300.
+	ConnectTimeoutInSeconds int `json:"connectTimeoutInSeconds,omitempty"`
+}
+
+// MethodResponse is the device's answer.
+type MethodResponse struct {
+	Status  int             `json:"status"`
+	Payload json.RawMessage `json:"payload"`
+}
+
+// Method timeouts, in seconds, as IoT Hub bounds them (IoT Hub's minimum
+// response timeout is 5 s; ours is 1 s).
+const (
+	defaultMethodTimeout = 30
+	maxMethodTimeout     = 300
+)
+
+// subscribeRetry is how soon a call is retried while the device is
+// connected but has not subscribed to methods yet.
+const subscribeRetry = 200 * time.Millisecond
+
+var (
+	errDeviceNotOnline = func(cid string) error {
+		return &gateway.StatusError{Status: http.StatusNotFound, Code: "DeviceNotOnline",
+			Message: fmt.Sprintf("device %s is not connected, or not subscribed to methods", cid)}
+	}
+	errGatewayTimeout = func(cid, name string) error {
+		return &gateway.StatusError{Status: http.StatusGatewayTimeout, Code: "GatewayTimeout",
+			Message: fmt.Sprintf("%s did not answer method %s in time", cid, name)}
+	}
+)
+
+func badArgument(format string, args ...any) error {
+	return &gateway.StatusError{Status: http.StatusBadRequest, Code: "ArgumentInvalid", Message: fmt.Sprintf(format, args...)}
+}
+
+// InvokeMethod calls a direct method on a device or module connected to
+// any replica and returns its answer. Errors are *gateway.StatusError:
+// 400 for a bad request, 404 DeviceNotFound/ModuleNotFound, 404
+// DeviceNotOnline when it is not connected (after waiting up to
+// ConnectTimeoutInSeconds), 504 GatewayTimeout when it does not answer in
+// ResponseTimeoutInSeconds.
+func (p *Plane) InvokeMethod(ctx context.Context, deviceID, moduleID string, req MethodRequest) (MethodResponse, error) {
+	if req.MethodName == "" || strings.ContainsAny(req.MethodName, "/?#+\x00") {
+		return MethodResponse{}, badArgument("methodName %q: empty, or holds / ? # +", req.MethodName)
+	}
+	respT, connT := req.ResponseTimeoutInSeconds, req.ConnectTimeoutInSeconds
+	if respT == 0 {
+		respT = defaultMethodTimeout
+	}
+	if respT < 1 || respT > maxMethodTimeout {
+		return MethodResponse{}, badArgument("responseTimeoutInSeconds %d: want 1 to %d", respT, maxMethodTimeout)
+	}
+	if connT < 0 || connT > maxMethodTimeout {
+		return MethodResponse{}, badArgument("connectTimeoutInSeconds %d: want 0 to %d", connT, maxMethodTimeout)
+	}
+	payload := []byte(req.Payload)
+	if len(payload) == 0 {
+		payload = []byte("null")
+	}
+	if !json.Valid(payload) {
+		return MethodResponse{}, badArgument("payload is not JSON")
+	}
+	if moduleID == "" {
+		if _, err := p.h.GetDevice(deviceID); err != nil {
+			return MethodResponse{}, asStatus(err)
+		}
+	} else if _, err := p.h.GetModule(deviceID, moduleID); err != nil {
+		return MethodResponse{}, asStatus(err)
+	}
+	cid := message.ClientID(deviceID, moduleID)
+	data, _ := json.Marshal(methodCall{Name: req.MethodName, Payload: payload, TimeoutMs: int64(respT) * 1000})
+
+	// Listen for the device's arrival before the first attempt, so a
+	// connection between the two is not missed.
+	connectBy := time.Now().Add(time.Duration(connT) * time.Second)
+	var presence *nats.Subscription
+	if connT > 0 {
+		var err error
+		if presence, err = p.nc.SubscribeSync(presenceSubject(cid)); err != nil {
+			return MethodResponse{}, fmt.Errorf("invoke method: %w", err)
+		}
+		defer presence.Unsubscribe()
+	}
+	for {
+		// The serving replica enforces the response timeout; the slack
+		// covers the hop there and back.
+		rctx, cancel := context.WithTimeout(ctx, time.Duration(respT)*time.Second+5*time.Second)
+		msg, err := p.nc.RequestWithContext(rctx, methodSubject(cid), data)
+		cancel()
+		var rep methodReply
+		noResponders := errors.Is(err, nats.ErrNoResponders)
+		switch {
+		case noResponders:
+			rep.Error = replyNotConnected
+		case err != nil && ctx.Err() != nil:
+			return MethodResponse{}, ctx.Err()
+		case errors.Is(err, context.DeadlineExceeded), errors.Is(err, nats.ErrTimeout):
+			return MethodResponse{}, errGatewayTimeout(cid, req.MethodName)
+		case err != nil:
+			return MethodResponse{}, fmt.Errorf("invoke method: %w", err)
+		default:
+			if err := json.Unmarshal(msg.Data, &rep); err != nil {
+				return MethodResponse{}, fmt.Errorf("invoke method: bad reply: %w", err)
+			}
+		}
+		switch rep.Error {
+		case "":
+			return MethodResponse{Status: rep.Status, Payload: jsonPayload(rep.Payload)}, nil
+		case replyTimeout:
+			return MethodResponse{}, errGatewayTimeout(cid, req.MethodName)
+		case replyNotConnected:
+			left := time.Until(connectBy)
+			if presence == nil || left <= 0 {
+				return MethodResponse{}, errDeviceNotOnline(cid)
+			}
+			if !noResponders {
+				// Connected but not yet subscribed to methods, as a
+				// device is between CONNACK and its SUBSCRIBE: try
+				// again shortly.
+				left = min(left, subscribeRetry)
+			}
+			wctx, cancel := context.WithTimeout(ctx, left)
+			_, err := presence.NextMsgWithContext(wctx)
+			cancel()
+			if ctx.Err() != nil {
+				return MethodResponse{}, ctx.Err()
+			}
+			if err != nil && !time.Now().Before(connectBy) {
+				return MethodResponse{}, errDeviceNotOnline(cid)
+			}
+		default:
+			return MethodResponse{}, badArgument("%s", rep.Error)
+		}
+	}
+}
+
+// jsonPayload is a device's response as JSON: as sent when it is JSON,
+// else as a JSON string; an empty response is null.
+func jsonPayload(b []byte) json.RawMessage {
+	if len(b) == 0 {
+		return json.RawMessage("null")
+	}
+	if json.Valid(b) {
+		return json.RawMessage(b)
+	}
+	s, _ := json.Marshal(string(b))
+	return s
+}

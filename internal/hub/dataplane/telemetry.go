@@ -1,0 +1,278 @@
+package dataplane
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"outpost/internal/gateway"
+	"outpost/internal/message"
+)
+
+// Edge replay keys (edge contract item 1).
+const (
+	PropEdgeID  = "$outpost-eid"
+	PropEdgeSeq = "$outpost-seq"
+)
+
+// HeaderEnvelope carries a stored message's ids and properties as JSON;
+// the NATS payload is the body, unchanged.
+const HeaderEnvelope = "Outpost-Msg"
+
+// envelope is everything of a message but its body.
+type envelope struct {
+	DeviceID   string            `json:"deviceId"`
+	ModuleID   string            `json:"moduleId,omitempty"`
+	Properties map[string]string `json:"properties,omitempty"`
+	System     message.System    `json:"systemProperties"`
+}
+
+// encodeMsg builds the NATS message that stores msg on subject.
+func encodeMsg(subject string, msg *message.Message) (*nats.Msg, error) {
+	// json.Marshal escapes control characters, so the header value never
+	// holds CR or LF.
+	env, err := json.Marshal(envelope{DeviceID: msg.DeviceID, ModuleID: msg.ModuleID, Properties: msg.Properties, System: msg.System})
+	if err != nil {
+		return nil, fmt.Errorf("encode message: %w", err)
+	}
+	nm := nats.NewMsg(subject)
+	nm.Header.Set(HeaderEnvelope, string(env))
+	nm.Data = msg.Body
+	return nm, nil
+}
+
+// decodeMsg reverses encodeMsg.
+func decodeMsg(h nats.Header, data []byte) (*message.Message, error) {
+	raw := h.Get(HeaderEnvelope)
+	if raw == "" {
+		return nil, errors.New("decode message: no " + HeaderEnvelope + " header")
+	}
+	var env envelope
+	if err := json.Unmarshal([]byte(raw), &env); err != nil {
+		return nil, fmt.Errorf("decode message: %w", err)
+	}
+	return &message.Message{DeviceID: env.DeviceID, ModuleID: env.ModuleID, Body: data, Properties: env.Properties, System: env.System}, nil
+}
+
+// Telemetry writes msgs to the telemetry stream and returns once all of
+// them are acknowledged by JetStream. Publishing is asynchronous, so a
+// batch costs one round of acknowledgements, not one per message.
+func (p *Plane) Telemetry(ctx context.Context, via gateway.Identity, msgs []*message.Message) error {
+	now := p.now().UTC()
+	futures := make([]jetstream.PubAckFuture, 0, len(msgs))
+	for _, m := range msgs {
+		m.System.EnqueuedTime = now
+		var msgID string
+		if via.Edge {
+			msgID = p.takeEdgeKeys(via, m)
+		}
+		nm, err := encodeMsg(telemetrySubject(m.DeviceID, m.ModuleID), m)
+		if err != nil {
+			return err
+		}
+		opts := []jetstream.PublishOpt{jetstream.WithExpectStream(StreamTelemetry), jetstream.WithStallWait(5 * time.Second)}
+		if msgID != "" {
+			opts = append(opts, jetstream.WithMsgID(msgID))
+		}
+		f, err := p.js.PublishMsgAsync(nm, opts...)
+		if err != nil {
+			return fmt.Errorf("store telemetry: %w", err)
+		}
+		futures = append(futures, f)
+	}
+	for _, f := range futures {
+		select {
+		case <-f.Ok():
+		case err := <-f.Err():
+			return fmt.Errorf("store telemetry: %w", err)
+		case <-ctx.Done():
+			return fmt.Errorf("store telemetry: %w", ctx.Err())
+		}
+	}
+	return nil
+}
+
+// takeEdgeKeys moves an edge's replay keys out of m's application
+// properties and returns the message id JetStream de-duplicates by. The
+// edge id is the authenticated connection's: an edge cannot speak for
+// another edge's sequence space.
+func (p *Plane) takeEdgeKeys(via gateway.Identity, m *message.Message) string {
+	eid, hasEID := m.Properties[PropEdgeID]
+	seqText, hasSeq := m.Properties[PropEdgeSeq]
+	if !hasEID || !hasSeq {
+		return ""
+	}
+	seq, err := strconv.ParseUint(seqText, 10, 64)
+	if err != nil {
+		p.log.Warn("edge message with a bad sequence; stored without de-duplication", "edge", via.DeviceID, "seq", seqText)
+		return ""
+	}
+	if eid != via.DeviceID {
+		p.log.Warn("edge message names another edge; using the connection's id", "edge", via.DeviceID, "eid", eid)
+	}
+	delete(m.Properties, PropEdgeID)
+	delete(m.Properties, PropEdgeSeq)
+	if len(m.Properties) == 0 {
+		m.Properties = nil
+	}
+	m.System.EdgeID, m.System.EdgeSeq = via.DeviceID, seq
+	return "e/" + via.DeviceID + "/" + strconv.FormatUint(seq, 10)
+}
+
+// Event is one stored telemetry message as the events API serves it: the
+// message (body base64 in JSON) and its stream sequence number.
+type Event struct {
+	message.Message
+	SequenceNumber uint64 `json:"sequenceNumber"`
+}
+
+// DefaultConsumerGroup reads from now on, with a consumer of its own per
+// reader, as IoT Hub's $Default group does for a new reader.
+const DefaultConsumerGroup = "$Default"
+
+// EventsOptions selects what Events reads.
+type EventsOptions struct {
+	// DeviceID limits the stream to one device and its modules.
+	DeviceID string
+	// FromStart reads from the oldest retained message instead of now.
+	FromStart bool
+	// ConsumerGroup other than "" or $Default names a durable reader:
+	// each group keeps its own position, and readers sharing a group
+	// share its messages; a new group starts as FromStart says.
+	ConsumerGroup string
+}
+
+// Events reads the telemetry stream and calls fn for every message, in
+// order, until ctx ends (then it returns nil) or fn or the stream fails.
+// ready, when not nil, is called once the reader is in place: messages
+// stored after it returns are seen.
+func (p *Plane) Events(ctx context.Context, opts EventsOptions, ready func(), fn func(Event) error) error {
+	filters := []string{subjTelemetry + ">"}
+	if opts.DeviceID != "" {
+		filters = []string{telemetrySubject(opts.DeviceID, ""), telemetrySubject(opts.DeviceID, "") + ".>"}
+	}
+	policy := jetstream.DeliverNewPolicy
+	if opts.FromStart {
+		policy = jetstream.DeliverAllPolicy
+	}
+	var (
+		cons    jetstream.Consumer
+		err     error
+		durable = opts.ConsumerGroup != "" && opts.ConsumerGroup != DefaultConsumerGroup
+	)
+	if durable {
+		cons, err = p.groupConsumer(ctx, opts, filters, policy)
+	} else {
+		// An ephemeral consumer of our own, made now: an ordered consumer
+		// is made at its first fetch and re-made at each, and from "new"
+		// each time until it has read something, which loses what
+		// arrives in between.
+		cons, err = p.tel.CreateConsumer(ctx, jetstream.ConsumerConfig{
+			FilterSubjects:    filters,
+			DeliverPolicy:     policy,
+			AckPolicy:         jetstream.AckNonePolicy,
+			MemoryStorage:     true,
+			InactiveThreshold: time.Minute,
+		})
+		if err == nil {
+			name := cons.CachedInfo().Name
+			defer func() {
+				dctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+				defer cancel()
+				_ = p.tel.DeleteConsumer(dctx, name)
+			}()
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("read events: %w", err)
+	}
+	if ready != nil {
+		ready()
+	}
+	it, err := cons.Messages(jetstream.PullMaxMessages(256))
+	if err != nil {
+		return fmt.Errorf("read events: %w", err)
+	}
+	// Stopping the iterator ends its pull requests, so a group's messages
+	// go to its remaining readers rather than to this one's dead inbox.
+	ctx, cancel := context.WithCancel(ctx)
+	stopped := make(chan struct{})
+	defer func() {
+		cancel()
+		<-stopped
+	}()
+	go func() {
+		defer close(stopped)
+		<-ctx.Done()
+		it.Stop()
+	}()
+	for {
+		m, err := it.Next()
+		if err != nil {
+			if ctx.Err() != nil || errors.Is(err, jetstream.ErrMsgIteratorClosed) {
+				return nil
+			}
+			return fmt.Errorf("read events: %w", err)
+		}
+		ev, err := eventOf(m)
+		if err != nil {
+			p.log.Warn("skip undecodable telemetry", "subject", m.Subject(), "err", err)
+		} else if err := fn(ev); err != nil {
+			return err
+		}
+		if durable {
+			if err := m.Ack(); err != nil && ctx.Err() == nil {
+				return fmt.Errorf("read events: ack: %w", err)
+			}
+		}
+	}
+}
+
+func eventOf(m jetstream.Msg) (Event, error) {
+	msg, err := decodeMsg(m.Headers(), m.Data())
+	if err != nil {
+		return Event{}, err
+	}
+	ev := Event{Message: *msg}
+	if md, err := m.Metadata(); err == nil {
+		ev.SequenceNumber = md.Sequence.Stream
+	}
+	return ev, nil
+}
+
+// groupConsumer returns the durable consumer of a consumer group, made on
+// first use. Its name encodes the group and the device filter, since a
+// durable's filter cannot change.
+func (p *Plane) groupConsumer(ctx context.Context, opts EventsOptions, filters []string, policy jetstream.DeliverPolicy) (jetstream.Consumer, error) {
+	name := "cg-" + enc(opts.ConsumerGroup)
+	if opts.DeviceID != "" {
+		name += "-" + enc(opts.DeviceID)
+	}
+	if c, err := p.tel.Consumer(ctx, name); err == nil {
+		return c, nil
+	} else if !errors.Is(err, jetstream.ErrConsumerNotFound) {
+		return nil, err
+	}
+	c, err := p.tel.CreateConsumer(ctx, jetstream.ConsumerConfig{
+		Durable:        name,
+		Description:    "consumer group " + strings.ReplaceAll(opts.ConsumerGroup, "\n", " "),
+		FilterSubjects: filters,
+		DeliverPolicy:  policy,
+		AckPolicy:      jetstream.AckExplicitPolicy,
+		AckWait:        30 * time.Second,
+		// A group nobody reads for as long as the stream keeps messages
+		// has nothing left to resume.
+		InactiveThreshold: p.cfg.Retention,
+	})
+	if errors.Is(err, jetstream.ErrConsumerExists) {
+		return p.tel.Consumer(ctx, name)
+	}
+	return c, err
+}

@@ -1,0 +1,242 @@
+package dataplane
+
+import (
+	"context"
+	"encoding/base64"
+	"net"
+	"strings"
+	"testing"
+	"time"
+
+	"outpost/internal/client"
+	"outpost/internal/message"
+	"outpost/internal/sas"
+	"outpost/internal/service"
+	"outpost/internal/topic"
+)
+
+func TestTelemetryStoredBeforeAck(t *testing.T) {
+	e := newEnv(t)
+	d := e.device("dev-1", false)
+	m := e.module("dev-1", "mod(1)")
+	dc := e.deviceClient(d, nil)
+	mc := e.moduleClient(m, nil)
+	ctx := ctxT(t)
+	before := time.Now().Add(-time.Second)
+
+	tests := []struct {
+		name       string
+		send       func() error
+		subject    string
+		wantModule string
+		wantOutput string
+	}{
+		{"device", func() error {
+			return dc.Send(ctx, &message.Message{Body: []byte(`{"t":1}`), Properties: map[string]string{"alert": "yes"},
+				System: message.System{MessageID: "m1", ContentType: "application/json", ConnDeviceID: "spoofed"}})
+		}, telemetrySubject("dev-1", ""), "", ""},
+		{"module", func() error {
+			return mc.Send(ctx, &message.Message{Body: []byte("plain")})
+		}, telemetrySubject("dev-1", "mod(1)"), "mod(1)", ""},
+		{"module output", func() error {
+			return mc.SendOutput(ctx, "out1", &message.Message{Body: []byte("routed")})
+		}, telemetrySubject("dev-1", "mod(1)"), "mod(1)", "out1"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			n := len(e.stored(tc.subject))
+			if err := tc.send(); err != nil {
+				t.Fatal(err)
+			}
+			// The PUBACK came back: the stream must hold the message now,
+			// without waiting.
+			got := e.stored(tc.subject)
+			if len(got) != n+1 {
+				t.Fatalf("stream holds %d messages on %s after the ack; want %d", len(got), tc.subject, n+1)
+			}
+			msg := got[n]
+			if msg.DeviceID != "dev-1" || msg.ModuleID != tc.wantModule {
+				t.Errorf("origin %s/%s; want dev-1/%s", msg.DeviceID, msg.ModuleID, tc.wantModule)
+			}
+			if msg.System.ConnDeviceID != "dev-1" || msg.System.ConnModuleID != tc.wantModule {
+				t.Errorf("connection ids %q/%q; want dev-1/%q", msg.System.ConnDeviceID, msg.System.ConnModuleID, tc.wantModule)
+			}
+			if msg.System.EnqueuedTime.Before(before) || msg.System.EnqueuedTime.After(time.Now().Add(time.Second)) {
+				t.Errorf("enqueued time %v is not now", msg.System.EnqueuedTime)
+			}
+			if msg.System.OutputName != tc.wantOutput {
+				t.Errorf("output %q; want %q", msg.System.OutputName, tc.wantOutput)
+			}
+		})
+	}
+	got := e.stored(telemetrySubject("dev-1", ""))[0]
+	if got.System.MessageID != "m1" || got.System.ContentType != "application/json" || got.Properties["alert"] != "yes" || string(got.Body) != `{"t":1}` {
+		t.Errorf("stored message %+v lost properties or body", got)
+	}
+}
+
+func TestSubjectsEncodeIDs(t *testing.T) {
+	tests := []struct{ d, m string }{
+		{"a.b", ""},
+		{"x*>$ (1)", "m.1"},
+		{"dev", "$edgeHub"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.d, func(t *testing.T) {
+			got := strings.Split(strings.TrimPrefix(telemetrySubject(tc.d, tc.m), subjTelemetry), ".")
+			want := []string{tc.d}
+			if tc.m != "" {
+				want = append(want, tc.m)
+			}
+			if len(got) != len(want) {
+				t.Fatalf("subject tokens %q; want %d", got, len(want))
+			}
+			for i, tok := range got {
+				b, err := base64.RawURLEncoding.DecodeString(tok)
+				if err != nil || string(b) != want[i] {
+					t.Errorf("token %q decodes to %q (%v); want %q", tok, b, err, want[i])
+				}
+			}
+		})
+	}
+}
+
+// An edge replays the same stored message (same eid/seq) after a crash:
+// the stream keeps one. A device that is not an edge gets its properties
+// kept as they are.
+func TestEdgeReplayDeduplicated(t *testing.T) {
+	e := newEnv(t)
+	edge := e.device("edge-1", true)
+	e.device("child-1", false)
+	plain := e.device("plain-1", false)
+	if err := e.h.AddChildren(context.Background(), "edge-1", []string{"child-1"}, false); err != nil {
+		t.Fatal(err)
+	}
+	ec := e.deviceClient(edge, nil)
+	pc := e.deviceClient(plain, nil)
+	ctx := ctxT(t)
+
+	bag := topic.EncodeBag(map[string]string{PropEdgeID: "edge-1", PropEdgeSeq: "7", "k": "v"})
+	childTopic := "devices/child-1/messages/events/" + bag
+	for i := range 3 {
+		if err := ec.Publish(ctx, childTopic, 1, []byte("once")); err != nil {
+			t.Fatalf("publish %d: %v", i, err)
+		}
+	}
+	other := topic.EncodeBag(map[string]string{PropEdgeID: "edge-1", PropEdgeSeq: "8"})
+	if err := ec.Publish(ctx, "devices/child-1/messages/events/"+other, 1, []byte("next")); err != nil {
+		t.Fatal(err)
+	}
+	got := e.stored(telemetrySubject("child-1", ""))
+	if len(got) != 2 {
+		t.Fatalf("stream holds %d messages; want 2 (a replay must be dropped)", len(got))
+	}
+	m := got[0]
+	if m.System.EdgeID != "edge-1" || m.System.EdgeSeq != 7 || string(m.Body) != "once" {
+		t.Errorf("edge ids %q/%d body %q; want edge-1/7 once", m.System.EdgeID, m.System.EdgeSeq, m.Body)
+	}
+	if _, ok := m.Properties[PropEdgeID]; ok || m.Properties["k"] != "v" {
+		t.Errorf("properties %v: replay keys must be gone, others kept", m.Properties)
+	}
+	if m.System.ConnDeviceID != "child-1" {
+		t.Errorf("connection device %q; want the child", m.System.ConnDeviceID)
+	}
+
+	// Not an edge: the keys are application properties like any other.
+	for range 2 {
+		if err := pc.Publish(ctx, "devices/plain-1/messages/events/"+bag, 1, []byte("x")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	pg := e.stored(telemetrySubject("plain-1", ""))
+	if len(pg) != 2 || pg[0].Properties[PropEdgeID] != "edge-1" || pg[0].System.EdgeID != "" {
+		t.Errorf("plain device: %d messages, properties %v; want 2 with the keys kept", len(pg), pg[0].Properties)
+	}
+}
+
+// TestMonitorEvents reads the stream through the service REST API, as
+// `outpost monitor-events` does.
+func TestMonitorEvents(t *testing.T) {
+	e := newEnv(t)
+	d1 := e.device("d1", false)
+	d2 := e.device("d2", false)
+	c1 := e.deviceClient(d1, nil)
+	c2 := e.deviceClient(d2, nil)
+	ctx := ctxT(t)
+	send := func(c *client.Client, body string) {
+		t.Helper()
+		if err := c.Send(ctx, &message.Message{Body: []byte(body), Properties: map[string]string{"p": body}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	send(c1, "old-1")
+
+	// read collects n events with opts, sending with trigger once the
+	// reader is in place.
+	read := func(t *testing.T, opts service.EventsOptions, n int, trigger func()) []service.Event {
+		t.Helper()
+		rctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+		defer cancel()
+		var got []service.Event
+		errc := make(chan error, 1)
+		go func() {
+			errc <- e.svc.MonitorEvents(rctx, opts, func() {
+				if trigger != nil {
+					go trigger()
+				}
+			}, func(ev service.Event) error {
+				got = append(got, ev)
+				if len(got) == n {
+					cancel()
+				}
+				return nil
+			})
+		}()
+		if err := <-errc; err != nil {
+			t.Fatalf("monitor: %v", err)
+		}
+		if len(got) != n {
+			t.Fatalf("got %d events; want %d", len(got), n)
+		}
+		return got
+	}
+
+	t.Run("from now", func(t *testing.T) {
+		got := read(t, service.EventsOptions{}, 2, func() { send(c1, "new-1"); send(c2, "new-2") })
+		if string(got[0].Body) != "new-1" || string(got[1].Body) != "new-2" {
+			t.Errorf("bodies %q %q; want new-1 new-2", got[0].Body, got[1].Body)
+		}
+		if got[1].DeviceID != "d2" || got[1].Properties["p"] != "new-2" || got[1].System.EnqueuedTime.IsZero() || got[1].SequenceNumber == 0 {
+			t.Errorf("event %+v lacks origin, properties, enqueued time or sequence", got[1])
+		}
+	})
+	t.Run("from start, one device", func(t *testing.T) {
+		got := read(t, service.EventsOptions{DeviceID: "d1", FromStart: true}, 2, nil)
+		if string(got[0].Body) != "old-1" || string(got[1].Body) != "new-1" {
+			t.Errorf("bodies %q %q; want old-1 new-1", got[0].Body, got[1].Body)
+		}
+	})
+	t.Run("consumer group keeps its position", func(t *testing.T) {
+		opts := service.EventsOptions{FromStart: true, ConsumerGroup: "analytics"}
+		first := read(t, opts, 3, nil)
+		if string(first[0].Body) != "old-1" || string(first[2].Body) != "new-2" {
+			t.Fatalf("first read %q..%q; want old-1..new-2", first[0].Body, first[2].Body)
+		}
+		second := read(t, opts, 1, func() { send(c2, "new-3") })
+		if string(second[0].Body) != "new-3" {
+			t.Errorf("second read of the group starts at %q; want new-3, where the first stopped", second[0].Body)
+		}
+	})
+	t.Run("unauthorized", func(t *testing.T) {
+		_, port, _ := net.SplitHostPort(e.https.Listener.Addr().String())
+		bad, err := service.New(service.Config{RootCAs: e.pool,
+			ConnectionString: "HostName=localhost:" + port + ";SharedAccessKeyName=iothubowner;SharedAccessKey=" + sas.GenerateKey()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		err = bad.MonitorEvents(ctx, service.EventsOptions{}, nil, func(service.Event) error { return nil })
+		if st, _ := serviceStatus(err); st != 401 {
+			t.Errorf("monitor with a wrong key: %v; want 401", err)
+		}
+	})
+}

@@ -1,0 +1,108 @@
+package dataplane
+
+import (
+	"encoding/json"
+	"fmt"
+	"testing"
+	"time"
+
+	"outpost/internal/client"
+	"outpost/internal/service"
+)
+
+type desiredUpdate struct {
+	patch   map[string]any
+	version int64
+}
+
+func TestTwinsOverMQTT(t *testing.T) {
+	e := newEnv(t)
+	d := e.device("twin-dev", false)
+	m := e.module("twin-dev", "mod")
+	ctx := ctxT(t)
+
+	clients := map[string]*client.Client{}
+	updates := map[string]chan desiredUpdate{}
+	for _, cid := range []string{"device", "module"} {
+		ch := make(chan desiredUpdate, 8)
+		updates[cid] = ch
+		setup := func(c *client.Client) {
+			c.OnDesired(func(p map[string]any, v int64) { ch <- desiredUpdate{p, v} })
+		}
+		if cid == "device" {
+			clients[cid] = e.deviceClient(d, setup)
+		} else {
+			clients[cid] = e.moduleClient(m, setup)
+		}
+	}
+
+	for _, tc := range []struct{ name, module string }{{"device", ""}, {"module", "mod"}} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := clients[tc.name]
+			desired, reported, err := c.GetTwin(ctx)
+			if err != nil {
+				t.Fatalf("get twin: %v", err)
+			}
+			v0 := reported["$version"]
+			if desired["$version"] == nil || v0 == nil {
+				t.Fatalf("twin sections lack $version: %v %v", desired, reported)
+			}
+			v, err := c.UpdateReported(ctx, map[string]any{"temp": 21})
+			if err != nil {
+				t.Fatalf("reported patch: %v", err)
+			}
+			if fmt.Sprint(v) == fmt.Sprint(v0) {
+				t.Errorf("reported version stayed %v after a patch", v)
+			}
+			tw, err := e.svc.GetTwin(ctx, "twin-dev", tc.module)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if fmt.Sprint(tw.Properties.Reported["temp"]) != "21" {
+				t.Errorf("service sees reported %v; want temp 21", tw.Properties.Reported)
+			}
+
+			// Desired through the service API reaches the connection now.
+			e.session("twin-dev", tc.module)
+			up, err := e.svc.UpdateTwin(ctx, "twin-dev", tc.module, service.NewTwinPatch(nil, map[string]any{"rate": 5}), "")
+			if err != nil {
+				t.Fatal(err)
+			}
+			select {
+			case u := <-updates[tc.name]:
+				if fmt.Sprint(u.patch["rate"]) != "5" {
+					t.Errorf("desired patch %v; want rate 5", u.patch)
+				}
+				want, _ := up.Properties.Desired["$version"].(float64)
+				if float64(u.version) != want {
+					t.Errorf("desired patch version %d; want the twin's %v", u.version, want)
+				}
+			case <-time.After(10 * time.Second):
+				t.Fatal("no desired update reached the device")
+			}
+			desired, _, err = c.GetTwin(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if b, _ := json.Marshal(desired["rate"]); string(b) != "5" {
+				t.Errorf("twin GET desired %v; want rate 5", desired)
+			}
+		})
+	}
+}
+
+func TestTwinReportedRefused(t *testing.T) {
+	e := newEnv(t)
+	d := e.device("bad-twin", false)
+	c := e.deviceClient(d, nil)
+	deep := map[string]any{}
+	cur := deep
+	for range 12 {
+		n := map[string]any{}
+		cur["a"] = n
+		cur = n
+	}
+	if _, err := c.UpdateReported(ctxT(t), deep); err == nil {
+		t.Fatal("a reported patch nested beyond the limit was accepted")
+	}
+}
