@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"strconv"
+	"time"
 
 	"outpost/internal/edge/store"
 	"outpost/internal/message"
@@ -121,6 +122,7 @@ func (s *session) ackLoop(inflight <-chan flight) {
 			return
 		}
 		s.drained.Store(f.seq + 1)
+		s.pubacks.Add(1)
 		select {
 		case s.ackWake <- struct{}{}:
 		default:
@@ -128,15 +130,42 @@ func (s *session) ackLoop(inflight <-chan flight) {
 	}
 }
 
+// Store acks are batched: each costs a scan of the queue's head, so the
+// loop writes one per ackBatch PUBACKs, or ackDelay after the first one
+// not yet written. What is not written when the edge crashes is sent
+// again, and the hub drops it as a replay.
+const ackDelay = 20 * time.Millisecond
+
 // storeAckLoop deletes acknowledged entries from the store. It runs apart
 // from ackLoop so that store acks coalesce while PUBACKs keep arriving.
 func (s *session) storeAckLoop() {
-	var acked uint64
+	batch := uint64(max(s.l.cfg.Window/2, 1))
+	var acked, flushedAt uint64 // store mark, and the PUBACK count when written
+	timer := time.NewTimer(ackDelay)
+	timer.Stop()
+	armed := false
+	flush := func() {
+		if armed {
+			timer.Stop()
+			armed = false
+		}
+		flushedAt = s.pubacks.Load()
+		acked = s.flushStoreAck(acked)
+	}
 	for {
 		select {
 		case <-s.ackWake:
-			acked = s.flushStoreAck(acked)
+			if s.pubacks.Load()-flushedAt >= batch {
+				flush()
+			} else if !armed {
+				timer.Reset(ackDelay)
+				armed = true
+			}
+		case <-timer.C:
+			armed = false
+			flush()
 		case <-s.ctx.Done():
+			timer.Stop()
 			return
 		}
 	}

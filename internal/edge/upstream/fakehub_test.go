@@ -61,9 +61,9 @@ type fakeHub struct {
 	twins     map[string]string // client id -> twin document
 	reported  map[string]int64
 	pid       uint16
-	pubacks   map[uint16]time.Time       // C2D packet id -> when the edge acked it
+	pubacks   map[uint16]time.Time         // C2D packet id -> when the edge acked it
 	methodRes map[string]chan methodResult // by $rid
-	refuse    bool                          // refuse connects (bad credentials)
+	refuse    bool                         // refuse connects (bad credentials)
 }
 
 type methodResult struct {

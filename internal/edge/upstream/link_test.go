@@ -521,7 +521,10 @@ func TestRequests(t *testing.T) {
 			call func(ctx context.Context) error
 		}{
 			{"twin get", func(ctx context.Context) error { _, err := e.link.TwinGet(ctx, "child1", ""); return err }},
-			{"twin reported", func(ctx context.Context) error { _, err := e.link.TwinReported(ctx, "child1", "", []byte(`{}`)); return err }},
+			{"twin reported", func(ctx context.Context) error {
+				_, err := e.link.TwinReported(ctx, "child1", "", []byte(`{}`))
+				return err
+			}},
 			{"sync identities", func(ctx context.Context) error { _, err := e.link.SyncIdentities(ctx); return err }},
 		}
 		for _, c := range calls {

@@ -105,10 +105,10 @@ func (s *session) reconcile() {
 	eh := message.ClientID(l.cfg.DeviceID, edgeHubModule)
 	own := []string{extResFilter, topic.OBOTwinDesiredFilter(eh), topic.OBOTwinResponseFilter(eh)}
 	if err := s.ensureSub(s.ctx, own, []byte{0, 0, 0}); err != nil {
-		if s.ctx.Err() == nil {
-			l.log.Warn("upstream subscribe failed", "error", err)
+		if s.ctx.Err() != nil || s.c.Err() != nil {
+			return
 		}
-		return
+		l.log.Warn("upstream subscribe refused", "error", err)
 	}
 	s.wg.Go(func() { s.fetchEdgeHubTwin() })
 	have := map[string]attachment{}
@@ -130,20 +130,19 @@ func (s *session) reconcile() {
 				remove = append(remove, f...)
 			}
 		}
+		// A refusal is not retried on this connection: it would be
+		// refused again. The next connection tries afresh.
 		if len(add) > 0 {
 			if err := s.ensureSub(s.ctx, add, addQoS); err != nil {
-				if s.ctx.Err() == nil {
-					l.log.Warn("upstream subscribe for local clients failed", "error", err)
+				if s.ctx.Err() != nil || s.c.Err() != nil {
+					return
 				}
-				return
+				l.log.Warn("upstream subscribe for local clients refused", "error", err)
 			}
 		}
 		if len(remove) > 0 {
 			if err := s.unsubscribe(s.ctx, remove); err != nil {
-				if s.ctx.Err() == nil {
-					l.log.Warn("upstream unsubscribe failed", "error", err)
-				}
-				return
+				return // only a dead connection fails an unsubscribe
 			}
 		}
 		have = want

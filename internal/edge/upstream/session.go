@@ -35,6 +35,7 @@ type session struct {
 	// drained is 1 + the highest store sequence whose PUBACK arrived with
 	// all before it; 0 while none has.
 	drained atomic.Uint64
+	pubacks atomic.Uint64 // PUBACKs of drained entries
 	ackWake chan struct{}
 
 	mu sync.Mutex
@@ -215,4 +216,3 @@ func (s *session) invoke(tp topic.Topic, payload []byte) {
 		s.l.log.Debug("method response not sent", "identity", tp.OnBehalfOf, "error", err)
 	}
 }
-
