@@ -359,11 +359,20 @@ async function closeClient(client) {
 
 /**
  * Whether a monitor-events body is text. DESIGN.md does not fix the
- * encoding of "body", so accept the text itself or its base64.
+ * encoding of "body": accept the text itself, its base64, or, for a JSON
+ * payload, the decoded JSON value (as `az iot hub monitor-events` shows it).
  */
 function bodyIs(ev, text) {
   if (ev.body === text) return true;
-  return typeof ev.body === 'string' && Buffer.from(ev.body, 'base64').toString('utf8') === text;
+  if (typeof ev.body === 'string' && Buffer.from(ev.body, 'base64').toString('utf8') === text) return true;
+  if (ev.body !== null && typeof ev.body === 'object') {
+    try {
+      return require('node:util').isDeepStrictEqual(ev.body, JSON.parse(text));
+    } catch {
+      return false;
+    }
+  }
+  return false;
 }
 
 function portOf(addr) {

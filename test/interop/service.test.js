@@ -48,6 +48,7 @@ describe('service SDK (azure-iothub)', { timeout: 90000 }, () => {
     });
   });
 
+  // Registry.list requests GET /devices/ (with the trailing slash).
   it('lists devices with Registry.list (GET /devices/)', async () => {
     const id = uniqueId('svc-list');
     await registry.create({ deviceId: id });

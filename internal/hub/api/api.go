@@ -97,6 +97,8 @@ func (a *Handler) Register(mux *http.ServeMux) {
 		h       http.HandlerFunc
 	}{
 		{"GET /devices", a.listDevices},
+		// azure-iothub's Registry.list asks for the collection with a trailing slash.
+		{"GET /devices/{$}", a.listDevices},
 		{"POST /devices", a.bulk},
 		{"POST /devices/query", a.query},
 		{"PUT /devices/{id}", a.putDevice},

@@ -213,6 +213,7 @@ func TestDevices(t *testing.T) {
 		{"update with etag", "PUT", "/devices/d*1", map[string]any{"deviceId": "d*1", "status": "disabled"}, []string{"If-Match", `"` + d.ETag + `"`}, 200, ""},
 		{"old etag now stale", "PUT", "/devices/d*1", map[string]any{"deviceId": "d*1"}, []string{"If-Match", d.ETag}, 412, "PreconditionFailed"},
 		{"list", "GET", "/devices", nil, nil, 200, ""},
+		{"list with trailing slash", "GET", "/devices/", nil, nil, 200, ""},
 		{"delete", "DELETE", "/devices/d*1", nil, []string{"If-Match", "*"}, 204, ""},
 		{"gone", "GET", "/devices/d*1", nil, nil, 404, "DeviceNotFound"},
 	}
