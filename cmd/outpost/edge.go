@@ -2,15 +2,24 @@ package main
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
 	"log/slog"
 	"os"
+	"path/filepath"
+	"sort"
 	"time"
 
 	"outpost/internal/certs"
 	"outpost/internal/edge"
+	"outpost/internal/identity"
+	"outpost/internal/manifest"
+	"outpost/internal/service"
+	"outpost/internal/twin"
 )
 
 type edgeFlags struct {
@@ -25,11 +34,18 @@ type edgeFlags struct {
 	identityRefresh time.Duration
 	edgeCACert      string
 	edgeCAKey       string
+	stateDir        string
 }
 
-// runEdge runs the edge hub. As in IoT Edge, the storage folder may come
-// from the storageFolder environment variable; the flag wins.
+// runEdge runs the edge hub (`outpost edge --connection-string …`), or
+// applies a deployment manifest (`outpost edge set-modules …`). As in IoT
+// Edge, the storage folder may come from the storageFolder environment
+// variable; the flag wins over it, and both win over the edgeHub
+// module's env.storageFolder of the last deployment the edge fetched.
 func runEdge(ctx context.Context, args []string) error {
+	if len(args) > 0 && args[0] == "set-modules" {
+		return runEdgeSetModules(ctx, args[1:])
+	}
 	var f edgeFlags
 	fs := flag.NewFlagSet("edge", flag.ContinueOnError)
 	fs.StringVar(&f.connString, "connection-string", "", "the edge device's connection string: HostName=…;DeviceId=…;SharedAccessKey=… (required)")
@@ -43,6 +59,7 @@ func runEdge(ctx context.Context, args []string) error {
 	fs.DurationVar(&f.identityRefresh, "identity-refresh", edge.DefaultIdentityRefresh, "how often to re-sync identities while online")
 	fs.StringVar(&f.edgeCACert, "edge-ca-cert", "", "PEM file of your own edge CA certificate (default: the hub signs one at first sync)")
 	fs.StringVar(&f.edgeCAKey, "edge-ca-key", "", "PEM file of your own edge CA's private key")
+	fs.StringVar(&f.stateDir, "state-dir", "", "folder where the edge keeps the edgeHub environment of its last deployment (default: the user's config folder/outpost)")
 	if err := fs.Parse(args); err != nil {
 		return errUsage
 	}
@@ -55,6 +72,17 @@ func runEdge(ctx context.Context, args []string) error {
 	}
 	cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
 	cfg.NewUplink = edge.NewUpstreamLink
+	envFile := deploymentEnvFile(f.stateDir, cfg.HubHostName, cfg.DeviceID)
+	cfg.OnEdgeHubEnv = func(env map[string]string) {
+		if err := writeDeploymentEnv(envFile, env); err != nil {
+			cfg.Logger.Error("saving the edgeHub environment of the deployment", "file", envFile, "error", err)
+			return
+		}
+		if sf := env["storageFolder"]; sf != "" && sf != cfg.StorageDir {
+			cfg.Logger.Warn("the deployment sets the edgeHub storageFolder; it applies at the next start unless --storage-folder or $storageFolder is set",
+				"storageFolder", sf, "inUse", cfg.StorageDir)
+		}
+	}
 
 	e, err := edge.New(cfg)
 	if err != nil {
@@ -89,7 +117,17 @@ func (f edgeFlags) config() (edge.Config, error) {
 		cfg.StorageDir = os.Getenv("storageFolder")
 	}
 	if cfg.StorageDir == "" {
-		return cfg, errors.New("edge: --storage-folder (or the storageFolder environment variable) is required")
+		env, err := readDeploymentEnv(deploymentEnvFile(f.stateDir, cfg.HubHostName, cfg.DeviceID))
+		if err != nil {
+			return cfg, fmt.Errorf("edge: %w", err)
+		}
+		if sf := env["storageFolder"]; sf != "" {
+			fmt.Fprintf(os.Stderr, "edge: storage folder %s, from the edgeHub env.storageFolder of the last deployment\n", sf)
+			cfg.StorageDir = sf
+		}
+	}
+	if cfg.StorageDir == "" {
+		return cfg, errors.New("edge: --storage-folder (or the storageFolder environment variable, or a deployment's edgeHub env.storageFolder) is required")
 	}
 	caFile := f.hubCA
 	if caFile == "" {
@@ -124,4 +162,176 @@ func (f edgeFlags) config() (edge.Config, error) {
 	cfg.EdgeCACert = f.edgeCACert
 	cfg.EdgeCAKey = f.edgeCAKey
 	return cfg, nil
+}
+
+// deploymentEnvFile is where the edge keeps the edgeHub environment of
+// its last deployment: outside the storage folder, since it may name the
+// storage folder. The name hashes hub and device id, which are not safe
+// as file names.
+func deploymentEnvFile(stateDir, hubHost, deviceID string) string {
+	if stateDir == "" {
+		if d, err := os.UserConfigDir(); err == nil {
+			stateDir = filepath.Join(d, "outpost")
+		} else {
+			stateDir = filepath.Join(os.TempDir(), "outpost")
+		}
+	}
+	sum := sha256.Sum256([]byte(hubHost + "/" + deviceID))
+	return filepath.Join(stateDir, "edge-"+hex.EncodeToString(sum[:16])+".json")
+}
+
+type deploymentEnv struct {
+	EdgeHubEnv map[string]string `json:"edgeHubEnv"`
+}
+
+func readDeploymentEnv(file string) (map[string]string, error) {
+	b, err := os.ReadFile(file)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read deployment env: %w", err)
+	}
+	var d deploymentEnv
+	if err := json.Unmarshal(b, &d); err != nil {
+		return nil, fmt.Errorf("deployment env %s is corrupt: %w", file, err)
+	}
+	return d.EdgeHubEnv, nil
+}
+
+// writeDeploymentEnv replaces the file atomically.
+func writeDeploymentEnv(file string, env map[string]string) error {
+	b, err := json.MarshalIndent(deploymentEnv{EdgeHubEnv: env}, "", "  ")
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(filepath.Dir(file), 0o700); err != nil {
+		return err
+	}
+	tmp, err := os.CreateTemp(filepath.Dir(file), ".edge-env-*")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(tmp.Name())
+	if _, err := tmp.Write(b); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Sync(); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Close(); err != nil {
+		return err
+	}
+	return os.Rename(tmp.Name(), file)
+}
+
+// runEdgeSetModules is `outpost edge set-modules --device-id EDGE
+// --content deployment.json`, as `az iot edge set-modules`: it validates
+// an IoT Edge deployment manifest and writes each module's desired
+// properties into that module's twin at the hub, replacing what was
+// there. Modules the manifest names that have no identity yet get one,
+// as IoT Edge's agent would create them, so they can authenticate to
+// the edge.
+func runEdgeSetModules(ctx context.Context, args []string) error {
+	fs := newFlagSet("edge set-modules", "edge set-modules --device-id EDGE --content deployment.json")
+	var hub serviceFlags
+	hub.register(fs)
+	d := fs.String("device-id", "", "the edge device's id (required)")
+	content := fs.String("content", "", "the deployment manifest, a JSON file (required)")
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	if err := required("device-id", *d); err != nil {
+		return err
+	}
+	if err := required("content", *content); err != nil {
+		return err
+	}
+	data, err := os.ReadFile(*content)
+	if err != nil {
+		return fmt.Errorf("read --content: %w", err)
+	}
+	m, err := manifest.Parse(data)
+	if err != nil {
+		return err
+	}
+	c, err := hub.client()
+	if err != nil {
+		return err
+	}
+	dev, err := c.GetDevice(ctx, *d)
+	if err != nil {
+		return fmt.Errorf("device %s: %w", *d, err)
+	}
+	if !dev.IsEdge() {
+		return fmt.Errorf("device %s is not an IoT Edge device (create it with --edge-enabled)", *d)
+	}
+	names := make([]string, 0, len(m.Desired))
+	for n := range m.Desired {
+		names = append(names, n)
+	}
+	// The system modules first, $edgeHub last of them: the edge applies
+	// routes and TTL as soon as $edgeHub changes.
+	sort.Slice(names, func(i, j int) bool {
+		rank := func(n string) int {
+			switch n {
+			case manifest.EdgeAgent:
+				return 0
+			case manifest.EdgeHub:
+				return 2
+			}
+			return 1
+		}
+		if rank(names[i]) != rank(names[j]) {
+			return rank(names[i]) < rank(names[j])
+		}
+		return names[i] < names[j]
+	})
+	for _, n := range names {
+		if n != manifest.EdgeAgent && n != manifest.EdgeHub {
+			if _, err := c.GetModule(ctx, *d, n); service.IsNotFound(err) {
+				if _, err := c.CreateModule(ctx, identity.Module{DeviceID: *d, ModuleID: n}); err != nil {
+					return fmt.Errorf("create module %s: %w", n, err)
+				}
+			} else if err != nil {
+				return fmt.Errorf("module %s: %w", n, err)
+			}
+		}
+		if err := replaceDesired(ctx, c, *d, n, m.Desired[n]); err != nil {
+			return fmt.Errorf("module %s twin: %w", n, err)
+		}
+	}
+	ttl := "default"
+	if m.TTL > 0 {
+		ttl = fmt.Sprintf("%d s", int64(m.TTL/time.Second))
+	}
+	fmt.Fprintf(stdout, "deployment applied to %s: %d module twins, %d routes, store-and-forward TTL %s\n",
+		*d, len(names), len(m.Routes.Routes), ttl)
+	return nil
+}
+
+// replaceDesired makes a twin's desired properties exactly desired: a
+// PATCH of the differences, removed properties as null, conditional on
+// the etag read (retried when another writer got there first).
+func replaceDesired(ctx context.Context, c *service.Client, deviceID, moduleID string, desired map[string]any) error {
+	for attempt := 0; ; attempt++ {
+		t, err := c.GetTwin(ctx, deviceID, moduleID)
+		if err != nil {
+			return err
+		}
+		cur := t.Properties.Desired
+		if cur == nil {
+			cur = map[string]any{}
+		}
+		patch := twin.Diff(cur, desired)
+		if len(patch) == 0 {
+			return nil
+		}
+		_, err = c.UpdateTwin(ctx, deviceID, moduleID, service.NewTwinPatch(nil, patch), t.ETag)
+		if err == nil || !service.IsPreconditionFailed(err) || attempt >= 4 {
+			return err
+		}
+	}
 }

@@ -59,6 +59,11 @@ func runHub(ctx context.Context, args []string) error {
 		return err
 	}
 	defer srv.close()
+	dev, err := startDevicePlane(h, creds, f, log, srv)
+	if err != nil {
+		return err
+	}
+	defer dev.close()
 
 	host := hostWithPort(f.hostname, srv.httpsAddr)
 	cs := creds.ConnectionString(host)
@@ -79,7 +84,7 @@ func runHub(ctx context.Context, args []string) error {
 	}
 	shutCtx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	return srv.shutdown(shutCtx)
+	return errors.Join(dev.shutdown(shutCtx), srv.shutdown(shutCtx))
 }
 
 // hubServers are the hub's listeners. This is the seam the device
@@ -113,7 +118,7 @@ func startHubServers(h *hub.Hub, creds *hub.Credentials, f hubFlags, log *slog.L
 		done:      make(chan struct{}),
 		https: &http.Server{
 			Handler:           mux,
-			TLSConfig:         &tls.Config{Certificates: []tls.Certificate{creds.ServerCert}, MinVersion: tls.VersionTLS12},
+			TLSConfig:         &tls.Config{Certificates: []tls.Certificate{creds.ServerCert}, MinVersion: tls.VersionTLS12, ClientAuth: tls.RequestClientCert},
 			ReadHeaderTimeout: 10 * time.Second,
 			ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 		},

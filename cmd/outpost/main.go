@@ -25,13 +25,17 @@ type command struct {
 // and tests drive them.
 func commands() map[string]command {
 	return map[string]command{
-		"version":         {"print the version", runVersion},
-		"device-identity": {"manage devices and their parent/child relations", runDeviceIdentity},
-		"module-identity": {"manage modules", runModuleIdentity},
-		"query":           {"run an IoT Hub query", runQuery},
-		"device-twin":     {"show or update device and module twins", runDeviceTwin},
-		"hub":             {"run the cloud hub (registry, twins, service REST API)", runHub},
-		"edge":            {"run the edge hub (gateway, store-and-forward, offline cache)", runEdge},
+		"version":              {"print the version", runVersion},
+		"device-identity":      {"manage devices and their parent/child relations", runDeviceIdentity},
+		"module-identity":      {"manage modules", runModuleIdentity},
+		"query":                {"run an IoT Hub query", runQuery},
+		"device-twin":          {"show or update device and module twins", runDeviceTwin},
+		"hub":                  {"run the cloud hub (registry, twins, service REST API)", runHub},
+		"edge":                 {"run the edge hub (gateway, store-and-forward, offline cache)", runEdge},
+		"monitor-events":       {"stream telemetry as it reaches the hub", runMonitorEvents},
+		"invoke-device-method": {"call a direct method on a device or module", runInvokeMethod},
+		"c2d-message":          {"send cloud-to-device messages", runC2DMessage},
+		"simulate":             {"run simulated devices sending telemetry", runSimulate},
 	}
 }
 

@@ -9,6 +9,7 @@ import (
 	"outpost/internal/edge/store"
 	"outpost/internal/gateway"
 	"outpost/internal/message"
+	"outpost/internal/route"
 )
 
 // backend is the edge's gateway.Backend. It is a type of its own so the
@@ -45,9 +46,8 @@ func (b backend) Telemetry(ctx context.Context, via gateway.Identity, msgs []*me
 			continue
 		}
 		for _, r := range routes {
-			ep := r.Sink.String()
-			recs = append(recs, store.Record{Endpoint: ep, Msg: m, TTL: r.TTL})
-			upstream = upstream || ep == UpstreamEndpoint
+			recs = append(recs, store.Record{Endpoint: e.storeEndpoint(r), Msg: m, TTL: r.TTL})
+			upstream = upstream || r.Sink.Kind == route.Upstream
 		}
 	}
 	if len(recs) == 0 {
@@ -97,6 +97,7 @@ func (b backend) Connected(s gateway.Session) {
 	}
 	e.mu.Lock()
 	e.sessions[id.ClientID()] = s
+	e.wakeConnWaitersLocked()
 	e.mu.Unlock()
 	e.up.Attach(id.DeviceID, id.ModuleID)
 	e.startDeliveries()

@@ -75,8 +75,10 @@ func (e *Edge) EdgeHubDesired(doc []byte) {
 	delete(patch, "$metadata")
 
 	e.applyDesired(patch)
-	// New routes may name endpoints whose consumers are connected.
+	// New routes may name endpoints whose consumers are connected, and
+	// upstream endpoints the link must list again.
 	e.startDeliveries()
+	e.up.Kick()
 }
 
 func (e *Edge) applyDesired(patch map[string]any) {
@@ -146,15 +148,16 @@ func parseTTL(v any) (time.Duration, error) {
 	return time.Duration(n) * time.Second, nil
 }
 
-// configureEndpointsLocked gives each route's endpoint its priority;
-// when several routes share an endpoint, the highest priority wins.
+// configureEndpointsLocked gives each route's store endpoint its
+// priority; when several routes share an endpoint (routes into $upstream
+// while the link drains only UpstreamEndpoint), the highest wins.
 // TTLs travel with each message (store.Record.TTL, from Table.Match), so
 // endpoints keep the store's TTL.
 func (e *Edge) configureEndpointsLocked() {
 	e.routes.GlobalTTL = e.st.TTL()
 	best := map[string]int{}
 	for _, r := range e.routes.Routes {
-		ep := r.Sink.String()
+		ep := e.storeEndpoint(r)
 		if p, ok := best[ep]; !ok || r.Priority < p {
 			best[ep] = r.Priority
 		}

@@ -3,8 +3,10 @@ package edge
 import (
 	"context"
 	"errors"
+	"slices"
 	"time"
 
+	"outpost/internal/edge/store"
 	"outpost/internal/gateway"
 )
 
@@ -16,58 +18,82 @@ const (
 	deliverRetryMax = time.Second
 )
 
-// worker delivers one local endpoint to one session of its consumer.
+// worker delivers one local sink (all its priority endpoints) to one
+// session of its consumer.
 type worker struct {
 	sess   gateway.Session
+	eps    []string
 	cancel context.CancelFunc
 	done   chan struct{}
 }
 
-// localEndpoints lists the endpoints that deliver to local clients: those
-// the routes name and those already holding messages.
-func (e *Edge) localEndpoints() map[string]consumer {
-	out := map[string]consumer{}
+// localSink is a local destination and the store endpoints that hold
+// messages for it, one per route priority.
+type localSink struct {
+	c   consumer
+	eps []string // sorted
+}
+
+// localSinks lists the sinks that deliver to local clients, keyed by
+// sink name: those the routes name and those whose endpoints still hold
+// messages.
+func (e *Edge) localSinks() map[string]*localSink {
+	out := map[string]*localSink{}
 	add := func(ep string) {
-		if c, ok := e.consumerOf(ep); ok {
-			out[ep] = c
+		c, ok := e.consumerOf(ep)
+		if !ok {
+			return
+		}
+		s, _, _ := splitEndpoint(ep)
+		ls := out[s.String()]
+		if ls == nil {
+			ls = &localSink{c: c}
+			out[s.String()] = ls
+		}
+		if !slices.Contains(ls.eps, ep) {
+			ls.eps = append(ls.eps, ep)
 		}
 	}
 	for _, r := range e.routeTable().Routes {
-		add(r.Sink.String())
+		add(e.storeEndpoint(r))
 	}
 	for ep := range e.st.Stats() {
 		add(ep)
 	}
+	for _, ls := range out {
+		slices.Sort(ls.eps)
+	}
 	return out
 }
 
-// startDeliveries makes sure each local endpoint whose consumer is
-// connected has a worker on that consumer's current session.
+// startDeliveries makes sure each local sink whose consumer is connected
+// has a worker on that consumer's current session.
 func (e *Edge) startDeliveries() {
-	eps := e.localEndpoints()
+	sinks := e.localSinks()
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	for ep, c := range eps {
-		if s := e.sessions[c.clientID()]; s != nil {
-			e.startWorkerLocked(ep, c, s)
+	for name, ls := range sinks {
+		if s := e.sessions[ls.c.clientID()]; s != nil {
+			e.startWorkerLocked(name, ls, s)
 		}
 	}
 }
 
-func (e *Edge) startWorkerLocked(ep string, c consumer, s gateway.Session) {
+func (e *Edge) startWorkerLocked(name string, ls *localSink, s gateway.Session) {
 	if e.stopping || e.runCtx == nil {
 		return
 	}
-	prev := e.workers[ep]
-	if prev != nil && prev.sess == s {
+	prev := e.workers[name]
+	if prev != nil && prev.sess == s && slices.Equal(prev.eps, ls.eps) {
 		return
 	}
 	if prev != nil {
 		prev.cancel()
 	}
 	ctx, cancel := context.WithCancel(e.runCtx)
-	w := &worker{sess: s, cancel: cancel, done: make(chan struct{})}
-	e.workers[ep] = w
+	w := &worker{sess: s, eps: ls.eps, cancel: cancel, done: make(chan struct{})}
+	e.workers[name] = w
+	c := ls.c
 	e.wg.Add(1)
 	go func() {
 		defer e.wg.Done()
@@ -77,40 +103,49 @@ func (e *Edge) startWorkerLocked(ep string, c consumer, s gateway.Session) {
 			// Two readers of one endpoint would deliver out of order.
 			<-prev.done
 		}
-		e.deliver(ctx, ep, c, w.sess)
+		e.deliver(ctx, w.eps, c, w.sess)
 		e.mu.Lock()
-		if e.workers[ep] == w {
-			delete(e.workers, ep)
+		if e.workers[name] == w {
+			delete(e.workers, name)
 		}
 		e.mu.Unlock()
 	}()
 }
 
 func (e *Edge) stopWorkersLocked(s gateway.Session) {
-	for ep, w := range e.workers {
+	for name, w := range e.workers {
 		if w.sess == s {
 			w.cancel()
-			delete(e.workers, ep)
+			delete(e.workers, name)
 		}
 	}
 }
 
-// deliver sends ep's messages in stored order to s, a window at a time,
+// deliver sends the messages of a sink's endpoints to s, the highest
+// priority first and each endpoint in stored order, a window at a time,
 // acking each in the store once the client acknowledged it. It returns
 // when ctx ends or the session is gone; what was not acknowledged stays
 // stored for the client's return (within TTL).
-func (e *Edge) deliver(ctx context.Context, ep string, c consumer, s gateway.Session) {
-	r, err := e.st.NewReader(ep)
-	if err != nil {
-		e.log.Error("local delivery: open endpoint", "endpoint", ep, "error", err)
-		return
+func (e *Edge) deliver(ctx context.Context, eps []string, c consumer, s gateway.Session) {
+	readers := make(map[string]*store.Reader, len(eps))
+	list := make([]*store.Reader, 0, len(eps))
+	for _, ep := range eps {
+		r, err := e.st.NewReader(ep)
+		if err != nil {
+			e.log.Error("local delivery: open endpoint", "endpoint", ep, "error", err)
+			return
+		}
+		readers[ep] = r
+		list = append(list, r)
 	}
 	var wait time.Duration
 	for {
-		entries, err := r.Next(ctx, deliverBatch)
-		if err != nil {
+		entries, err := e.st.NextByPriority(ctx, list, deliverBatch)
+		if err != nil || len(entries) == 0 {
 			return
 		}
+		ep := entries[0].Endpoint
+		r := readers[ep]
 		// Send in order, stopping at the first send that fails at once
 		// (not subscribed yet): sending the rest would deliver them ahead
 		// of it if the client subscribes meanwhile.

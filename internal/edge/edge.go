@@ -32,6 +32,7 @@ import (
 	"outpost/internal/certs"
 	"outpost/internal/edge/store"
 	"outpost/internal/gateway"
+	"outpost/internal/metrics"
 	"outpost/internal/route"
 	"outpost/internal/sas"
 )
@@ -42,6 +43,7 @@ const (
 	DefaultStatusInterval  = 30 * time.Second
 	DefaultMQTTAddr        = ":8883"
 	DefaultHTTPSAddr       = ":443"
+	DefaultTwinTimeout     = 500 * time.Millisecond
 )
 
 // ErrNeverSynced is returned by Run when it ends before the edge ever
@@ -85,6 +87,17 @@ type Config struct {
 	HTTPSAddr string
 	// StatusInterval is how often the link and backlog are logged.
 	StatusInterval time.Duration
+	// TwinTimeout bounds a twin GET (when a cached twin can answer) or a
+	// reported patch (which can be held) through the link, so that a
+	// link cut but not yet noticed never holds a device. Default
+	// DefaultTwinTimeout.
+	TwinTimeout time.Duration
+	// OnEdgeHubEnv, when set, is called with the edgeHub module's
+	// environment (its "env" in the $edgeAgent desired properties, as a
+	// deployment manifest sets it) whenever the edge fetched it from the
+	// hub and it changed. cmd persists it, so that env.storageFolder
+	// applies at the next start.
+	OnEdgeHubEnv func(env map[string]string)
 	Logger         *slog.Logger
 	Now            func() time.Time
 	// NewUplink makes the link to the hub. Required: cmd wires
@@ -102,9 +115,15 @@ type Edge struct {
 	seal *sealer
 	up   Uplink
 
+	// upPriorities: the link drains "$upstream/pN" endpoints too. Set
+	// once in New.
+	upPriorities bool
+
 	ids atomic.Pointer[idCache]
 	ca  atomic.Pointer[certs.CA]
 	gw  atomic.Pointer[gateway.Server]
+
+	metrics *metrics.Metrics // set once in New
 
 	noRoute       atomic.Uint64
 	linkUps       atomic.Uint64
@@ -121,7 +140,13 @@ type Edge struct {
 	lastRefresh  time.Time
 	refreshTried map[string]time.Time
 
-	twinMu sync.Mutex // read-modify-write of the twin cache
+	twinMu   sync.Mutex    // read-modify-write of the twin cache
+	replayCh chan struct{} // poked when a reported patch was held while the link looked up
+
+	repMu sync.Mutex
+	// repMu guards repLocks, the per-client locks of reported patches on
+	// their way to the hub (see lockReported).
+	repLocks map[string]*refMutex
 
 	cfgMu sync.Mutex
 	// cfgMu guards the following fields.
@@ -132,7 +157,8 @@ type Edge struct {
 	mu sync.Mutex
 	// mu guards the following fields.
 	sessions map[string]gateway.Session // client id -> current session
-	workers  map[string]*worker         // endpoint -> delivery worker
+	workers  map[string]*worker         // local sink -> delivery worker
+	connWake chan struct{}              // closed at the next Connected; see sessionOrWake
 	lastSync time.Time
 	runCtx   context.Context
 	stopping bool
@@ -177,6 +203,9 @@ func New(cfg Config) (*Edge, error) {
 	}
 	if cfg.StatusInterval <= 0 {
 		cfg.StatusInterval = DefaultStatusInterval
+	}
+	if cfg.TwinTimeout <= 0 {
+		cfg.TwinTimeout = DefaultTwinTimeout
 	}
 	if cfg.MQTTAddr == "" {
 		cfg.MQTTAddr = DefaultMQTTAddr
@@ -228,10 +257,12 @@ func New(cfg Config) (*Edge, error) {
 		ready:        make(chan struct{}),
 		linkCh:       make(chan struct{}, 1),
 		refreshTried: map[string]time.Time{},
+		replayCh:     make(chan struct{}, 1),
+		repLocks:     map[string]*refMutex{},
 		sessions:     map[string]gateway.Session{},
 		workers:      map[string]*worker{},
 	}
-	if err := e.load(); err != nil {
+	if e.metrics, err = newMetrics(e); err != nil {
 		st.Close()
 		return nil, fmt.Errorf("edge: %w", err)
 	}
@@ -246,12 +277,23 @@ func New(cfg Config) (*Edge, error) {
 		Store:       st,
 		Local:       e,
 		OnState:     e.linkChanged,
+
+		UpstreamEndpoints: e.UpstreamEndpoints,
 	})
 	if err != nil {
 		st.Close()
 		return nil, fmt.Errorf("edge: upstream link: %w", err)
 	}
 	e.up = up
+	if d, ok := up.(EndpointDrainer); ok {
+		e.upPriorities = d.DrainsUpstreamEndpoints()
+	}
+	// Loaded after the link is made: the routes' store endpoints depend
+	// on whether it drains by priority.
+	if err := e.load(); err != nil {
+		st.Close()
+		return nil, fmt.Errorf("edge: %w", err)
+	}
 	return e, nil
 }
 
@@ -338,6 +380,7 @@ func (e *Edge) Gateway() *gateway.Server { return e.gw.Load() }
 // Link-up events are counted so that a drop and return between two looks
 // by maintain still counts as a reconnect.
 func (e *Edge) linkChanged(s LinkState) {
+	e.metrics.ObserveLink(metricsLink(s))
 	if s.Connected {
 		e.linkUps.Add(1)
 	}
@@ -483,7 +526,10 @@ func (e *Edge) maintain(ctx context.Context, justSynced bool) {
 	wasUp := e.up.State().Connected
 	ups := e.linkUps.Load()
 	e.logStatus("start")
-	if wasUp && !justSynced {
+	switch {
+	case wasUp && justSynced:
+		e.fetchEdgeAgent(ctx)
+	case wasUp:
 		e.online(ctx, "ready while online")
 	}
 	for {
@@ -498,6 +544,10 @@ func (e *Edge) maintain(ctx context.Context, justSynced bool) {
 			}
 		case <-status.C:
 			e.logStatus("periodic")
+		case <-e.replayCh:
+			if e.up.State().Connected {
+				e.replayReported(ctx)
+			}
 		case <-e.linkCh:
 			up, n := e.up.State().Connected, e.linkUps.Load()
 			reconnected := n != ups
@@ -513,12 +563,19 @@ func (e *Edge) maintain(ctx context.Context, justSynced bool) {
 	}
 }
 
-// online reconciles with the hub after (re)connecting.
+// online reconciles with the hub after (re)connecting: identities, then
+// the reported patches held offline (collapsed, one per client), then
+// the desired changes made at the hub meanwhile, then the edge's own
+// deployment ($edgeAgent).
 func (e *Edge) online(ctx context.Context, why string) {
 	if err := e.syncIdentities(ctx, why); err != nil {
 		e.log.Warn("identity sync after reconnect failed", "error", err)
 	}
-	e.replayReported(ctx)
+	if !e.replayReported(ctx) {
+		return
+	}
+	e.reconcileDesired(ctx)
+	e.fetchEdgeAgent(ctx)
 }
 
 // servers are the listeners of one Run.
@@ -546,6 +603,7 @@ func (e *Edge) listen() (*servers, error) {
 	}
 	gw, err := gateway.New(gateway.Config{
 		Backend:     backend{e},
+		Observer:    e.metrics,
 		HubHostName: e.cfg.HubHostName,
 		TLS:         tlsCfg,
 		Logger:      e.log.With("component", "gateway"),
@@ -568,6 +626,9 @@ func (e *Edge) listen() (*servers, error) {
 	mux := http.NewServeMux()
 	gw.RegisterDeviceHTTP(mux)
 	mux.HandleFunc("GET /status", e.serveStatus)
+	mux.Handle("GET /metrics", metricsHandler(e, e.metrics))
+	mux.HandleFunc("POST /twins/{d}/methods", e.serveInvoke)
+	mux.HandleFunc("POST /twins/{d}/modules/{m}/methods", e.serveInvoke)
 	s := &servers{
 		gw:   gw,
 		errc: make(chan error, 2),

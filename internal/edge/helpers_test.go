@@ -69,6 +69,8 @@ type fakeUplink struct {
 
 	onState func(LinkState)
 	kicks   atomic.Int64
+	// drains makes the fake an EndpointDrainer.
+	drains bool
 
 	mu       sync.Mutex
 	state    LinkState
@@ -153,6 +155,20 @@ func (f *fakeUplink) Detach(d, m string) {
 }
 
 func (f *fakeUplink) Kick() { f.kicks.Add(1) }
+
+func (f *fakeUplink) DrainsUpstreamEndpoints() bool { return f.drains }
+
+// drainingUplink makes the test edge's fake uplink drain by priority.
+func drainingUplink(c *Config) {
+	prev := c.NewUplink
+	c.NewUplink = func(d UplinkDeps) (Uplink, error) {
+		u, err := prev(d)
+		if err == nil {
+			u.(*fakeUplink).drains = true
+		}
+		return u, err
+	}
+}
 
 // fakeHub holds the registry the fake uplink syncs from.
 type fakeHub struct {

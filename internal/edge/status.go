@@ -141,7 +141,7 @@ func (e *Edge) statusAllowed(r *http.Request) bool {
 func (e *Edge) logStatus(why string) {
 	now := e.now()
 	ls := e.up.State()
-	up := e.st.Stats()[UpstreamEndpoint]
+	up := e.upstreamStats()
 	var oldest time.Duration
 	if !up.Oldest.IsZero() {
 		oldest = now.Sub(up.Oldest).Truncate(time.Second)

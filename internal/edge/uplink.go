@@ -33,7 +33,8 @@ type Uplink interface {
 	// cloud-to-device traffic for it is routed through the edge.
 	Attach(deviceID, moduleID string)
 	Detach(deviceID, moduleID string)
-	// Kick wakes the drain of the "$upstream" queue.
+	// Kick wakes the drain of the upstream queues (and makes it list
+	// UplinkDeps.UpstreamEndpoints again).
 	Kick()
 }
 
@@ -54,6 +55,19 @@ type UplinkDeps struct {
 	Local Local
 	// OnState must be called on every link state change.
 	OnState func(LinkState)
+	// UpstreamEndpoints lists the store endpoints to drain, highest
+	// priority first (Edge.UpstreamEndpoints). It changes when routes
+	// do; the edge Kicks the link then. A link that drains them all,
+	// with store.NextByPriority, says so by implementing
+	// EndpointDrainer; others drain UpstreamEndpoint alone, and the edge
+	// then queues every route into $upstream there.
+	UpstreamEndpoints func() []string
+}
+
+// EndpointDrainer is implemented by an Uplink that drains every endpoint
+// UplinkDeps.UpstreamEndpoints lists, serving them by store priority.
+type EndpointDrainer interface {
+	DrainsUpstreamEndpoints() bool
 }
 
 // Local is what the link calls for traffic from the cloud to local

@@ -44,6 +44,7 @@ type pubItem struct {
 	size int
 	pid  uint16
 	ack  bool
+	at   time.Time // when the PUBLISH was read; set only for an Observer
 }
 
 // call is a direct method request waiting for the device's response.
@@ -390,6 +391,9 @@ func (c *conn) finish(err error) {
 			reason = "connection closed by client"
 		case errors.Is(err, packets.ErrPacketTooLarge):
 			reason = fmt.Sprintf("message too large (limit %d bytes)", s.cfg.MaxMessageSize)
+			if s.cfg.Observer != nil {
+				s.cfg.Observer.ObserveRefused(RefusedTooLarge, 1)
+			}
 		case errors.Is(err, packets.ErrSessionTakenOver):
 			reason = "session taken over by a new connection"
 		default:
@@ -407,6 +411,10 @@ func (c *conn) publish(pk packets.Packet) {
 		return
 	}
 	ack := pk.FixedHeader.Qos == 1
+	var at time.Time
+	if ack && c.s.cfg.Observer != nil {
+		at = time.Now()
+	}
 	switch r.kind {
 	case reqTelemetry:
 		msg := &message.Message{DeviceID: r.deviceID, ModuleID: r.moduleID, Body: pk.Payload}
@@ -415,7 +423,7 @@ func (c *conn) publish(pk packets.Packet) {
 		// scope-checked identity an edge acts for), never the client.
 		msg.System.ConnDeviceID = r.deviceID
 		msg.System.ConnModuleID = r.moduleID
-		c.enqueue(pubItem{msg: msg, size: len(pk.Payload), pid: pk.PacketID, ack: ack})
+		c.enqueue(pubItem{msg: msg, size: len(pk.Payload), pid: pk.PacketID, ack: ack, at: at})
 		return
 	case reqMethodResponse:
 		c.methodResponse(message.ClientID(r.deviceID, r.moduleID), r.rid, r.status, pk.Payload)
@@ -426,7 +434,7 @@ func (c *conn) publish(pk packets.Packet) {
 	if ack {
 		// PUBACKs leave in PUBLISH order [MQTT-4.6.0-2], so even a request
 		// that is not telemetry is acknowledged through the pipeline.
-		c.enqueue(pubItem{pid: pk.PacketID, ack: true})
+		c.enqueue(pubItem{pid: pk.PacketID, ack: true, at: at})
 	}
 }
 
@@ -481,6 +489,7 @@ func (c *conn) runTelemetry(cl *mqtt.Client, via Identity) {
 			err := c.s.cfg.Backend.Telemetry(ctx, via, msgs)
 			cancel()
 			if err != nil {
+				c.s.observeRefusal(err, len(msgs))
 				if c.ctx.Err() == nil {
 					// MQTT 3.1.1 has no negative PUBACK: the client learns
 					// by the dropped connection and resends what is unacked.
@@ -491,6 +500,15 @@ func (c *conn) runTelemetry(cl *mqtt.Client, via Identity) {
 		}
 		if err := writePubacks(cl, batch, &acks); err != nil {
 			return // the connection is gone; finish cleans up
+		}
+		if o := c.s.cfg.Observer; o != nil {
+			o.ObserveAccepted(len(msgs))
+			now := time.Now()
+			for _, it := range batch {
+				if it.ack {
+					o.ObservePuback(now.Sub(it.at))
+				}
+			}
 		}
 	}
 }

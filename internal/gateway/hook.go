@@ -99,6 +99,9 @@ func (h *hook) OnPacketRead(cl *mqtt.Client, pk packets.Packet) (packets.Packet,
 			return pk, packets.ErrRejectPacket
 		}
 		if len(pk.Payload) > h.s.cfg.MaxMessageSize {
+			if o := h.s.cfg.Observer; o != nil {
+				o.ObserveRefused(RefusedTooLarge, 1)
+			}
 			c.refuse("message too large", "topic", pk.TopicName, "size", len(pk.Payload), "limit", h.s.cfg.MaxMessageSize)
 			return pk, packets.ErrRejectPacket
 		}

@@ -101,6 +101,9 @@ func (s *Server) httpTelemetry(w http.ResponseWriter, r *http.Request) {
 		var mbe *http.MaxBytesError
 		if errors.As(err, &mbe) {
 			s.log.Warn("refusing message: too large", "client", id.ClientID(), "transport", "https", "limit", s.cfg.MaxMessageSize)
+			if s.cfg.Observer != nil {
+				s.cfg.Observer.ObserveRefused(RefusedTooLarge, 1)
+			}
 			httpError(w, ErrMessageTooLarge)
 			return
 		}
@@ -126,10 +129,14 @@ func (s *Server) httpTelemetry(w http.ResponseWriter, r *http.Request) {
 	ctx, cancel := context.WithTimeout(r.Context(), s.cfg.BackendTimeout)
 	defer cancel()
 	if err := s.cfg.Backend.Telemetry(ctx, id, msgs); err != nil {
+		s.observeRefusal(err, len(msgs))
 		se := statusOf(err)
 		s.log.Warn("telemetry refused", "client", id.ClientID(), "transport", "https", "status", se.Status, "error", err)
 		httpError(w, se)
 		return
+	}
+	if s.cfg.Observer != nil {
+		s.cfg.Observer.ObserveAccepted(len(msgs))
 	}
 	w.WriteHeader(http.StatusNoContent)
 }

@@ -68,6 +68,9 @@ type Config struct {
 	BackendTimeout time.Duration
 	// ConnectTimeout bounds TLS handshake plus CONNECT. Default: DefaultConnectTimeout.
 	ConnectTimeout time.Duration
+	// Observer, when set, is told of PUBACKs and of accepted and refused
+	// telemetry, for metrics.
+	Observer Observer
 }
 
 // Server is the device endpoint. Create it with New, serve with ServeMQTT,

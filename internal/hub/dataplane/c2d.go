@@ -78,6 +78,12 @@ func (p *Plane) SendC2D(ctx context.Context, deviceID string, msg *message.Messa
 	if err != nil {
 		return fmt.Errorf("queue c2d message: %w", err)
 	}
+	// Stored: tell the replica holding the device's connection. The
+	// stream's own subject is no signal, since a core subscriber may see
+	// the message before the stream has stored it.
+	if err := p.nc.Publish(c2dWakeSubject(deviceID), nil); err != nil {
+		p.log.Warn("c2d: wake delivery", "device", deviceID, "err", err)
+	}
 	return nil
 }
 
@@ -88,10 +94,9 @@ func (p *Plane) SendC2D(ctx context.Context, deviceID string, msg *message.Messa
 func (p *Plane) deliverC2D(ctx context.Context, s gateway.Session) {
 	d := s.Identity().DeviceID
 	subj := c2dSubject(d)
-	// The stream's subject is also a core NATS subject: every replica
-	// sees a new message for d as it is published, which wakes this loop.
+	// SendC2D, on any replica, announces each message it stored.
 	wake := make(chan struct{}, 1)
-	sub, err := p.nc.Subscribe(subj, func(*nats.Msg) {
+	sub, err := p.nc.Subscribe(c2dWakeSubject(d), func(*nats.Msg) {
 		select {
 		case wake <- struct{}{}:
 		default:

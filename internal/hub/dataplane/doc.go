@@ -37,7 +37,8 @@
 // refuses new messages with 403 DeviceMaximumQueueDepthExceeded), each
 // with a per-message TTL (Nats-TTL; default one hour, or the message's
 // expiry). An MQTT device is sent its queue in order at connect and
-// whenever a message arrives; a message leaves the stream when the device
+// whenever a message arrives (SendC2D announces each stored message on
+// outpost.c2d.{enc(device)}); a message leaves the stream when the device
 // acknowledges it. An HTTPS device polls through a durable consumer of its
 // own: a fetch is a lock (the consumer's ack wait, LockTimeout), and the
 // lock token is the JetStream ack subject, so any replica can settle it.

@@ -1,6 +1,7 @@
 package dataplane
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -12,7 +13,6 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
-	"strconv"
 	"testing"
 	"time"
 
@@ -254,13 +254,21 @@ func (e *env) pendingC2D(deviceID string) int {
 // deviceHTTP sends a device HTTPS request signed with the device's key.
 func (e *env) deviceHTTP(method, path string, d identity.Device) *http.Response {
 	e.t.Helper()
+	return e.deviceHTTPBody(method, path, d, nil, nil)
+}
+
+func (e *env) deviceHTTPBody(method, path string, d identity.Device, body []byte, header http.Header) *http.Response {
+	e.t.Helper()
 	tok, err := sas.Sign(sas.DeviceResource(testHost, d.DeviceID, ""), d.Authentication.SymmetricKey.PrimaryKey, "", time.Now().Add(time.Hour))
 	if err != nil {
 		e.t.Fatal(err)
 	}
-	req, err := http.NewRequest(method, e.https.URL+path, nil)
+	req, err := http.NewRequest(method, e.https.URL+path, bytes.NewReader(body))
 	if err != nil {
 		e.t.Fatal(err)
+	}
+	for k, v := range header {
+		req.Header[k] = v
 	}
 	req.Header.Set("Authorization", tok)
 	hc := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: e.pool, ServerName: "localhost"}}}
@@ -288,5 +296,3 @@ func serviceStatus(err error) (int, string) {
 	}
 	return 0, ""
 }
-
-var _ = strconv.Itoa

@@ -25,13 +25,19 @@ type liveSession struct {
 	once   sync.Once
 }
 
-func (l *liveSession) stop() {
+// stop ends the method subscription and the C2D delivery. Only the first
+// call does anything; it reports a failed unsubscribe.
+func (l *liveSession) stop() error {
+	var err error
 	l.once.Do(func() {
-		if l.sub != nil {
-			_ = l.sub.Unsubscribe()
-		}
 		l.cancel()
+		if l.sub != nil {
+			if uerr := l.sub.Unsubscribe(); uerr != nil && !errors.Is(uerr, nats.ErrConnectionClosed) && !errors.Is(uerr, nats.ErrBadSubscription) {
+				err = fmt.Errorf("unsubscribe %s: %w", l.s.Identity().ClientID(), uerr)
+			}
+		}
 	})
+	return err
 }
 
 // Connected makes the session reachable for method calls from any
@@ -50,14 +56,16 @@ func (p *Plane) Connected(s gateway.Session) {
 	p.mu.Lock()
 	if p.closed {
 		p.mu.Unlock()
-		l.stop()
+		_ = l.stop() // never announced: nothing to report
 		return
 	}
 	old := p.live[cid]
 	p.live[cid] = l
 	p.mu.Unlock()
 	if old != nil {
-		old.stop()
+		if err := old.stop(); err != nil {
+			p.log.Warn("replaced session", "err", err)
+		}
 	}
 	if err := p.nc.Publish(presenceSubject(cid), nil); err != nil {
 		p.log.Warn("announce connection", "identity", cid, "err", err)
@@ -82,7 +90,9 @@ func (p *Plane) Disconnected(s gateway.Session) {
 	}
 	delete(p.live, cid)
 	p.mu.Unlock()
-	l.stop()
+	if err := l.stop(); err != nil {
+		p.log.Warn("session ended", "err", err)
+	}
 }
 
 // methodCall and methodReply travel between replicas.

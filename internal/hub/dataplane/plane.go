@@ -105,6 +105,7 @@ type Plane struct {
 	consumers sync.Map // device id -> jetstream.Consumer for HTTPS C2D
 
 	closeOnce sync.Once
+	closeErr  error
 }
 
 // New creates the streams if needed and starts the registry and twin
@@ -240,7 +241,8 @@ func (p *Plane) openStreams(ctx context.Context) error {
 func (p *Plane) SetGateway(s *gateway.Server) { p.gw.Store(s) }
 
 // Close stops the watchers, the method subscriptions and the C2D
-// deliveries, and waits for them. It is safe to call more than once.
+// deliveries, and waits for them. It is safe to call more than once; the
+// first call's outcome is returned each time.
 func (p *Plane) Close() error {
 	p.closeOnce.Do(func() {
 		p.mu.Lock()
@@ -248,13 +250,15 @@ func (p *Plane) Close() error {
 		live := p.live
 		p.live = map[string]*liveSession{}
 		p.mu.Unlock()
+		var errs []error
 		for _, l := range live {
-			l.stop()
+			errs = append(errs, l.stop())
 		}
 		p.cancel()
 		p.wg.Wait()
+		p.closeErr = errors.Join(errs...)
 	})
-	return nil
+	return p.closeErr
 }
 
 // goStart registers a goroutine with p.wg unless the plane is closing.
@@ -274,6 +278,7 @@ const (
 	subjC2D       = "c2d."
 	subjMethod    = "outpost.method."
 	subjPresence  = "outpost.presence."
+	subjC2DWake   = "outpost.c2d."
 )
 
 // enc makes an id a subject token: base64url without padding.
@@ -291,6 +296,8 @@ func c2dSubject(deviceID string) string { return subjC2D + enc(deviceID) }
 func methodSubject(clientID string) string { return subjMethod + enc(clientID) }
 
 func presenceSubject(clientID string) string { return subjPresence + enc(clientID) }
+
+func c2dWakeSubject(deviceID string) string { return subjC2DWake + enc(deviceID) }
 
 // asStatus turns the registry's and twins' errors into what a device or
 // service caller sees; other errors pass unchanged.

@@ -3,7 +3,9 @@ package dataplane
 import (
 	"context"
 	"encoding/base64"
+	"fmt"
 	"net"
+	"net/http"
 	"strings"
 	"testing"
 	"time"
@@ -239,4 +241,32 @@ func TestMonitorEvents(t *testing.T) {
 			t.Errorf("monitor with a wrong key: %v; want 401", err)
 		}
 	})
+}
+
+func TestTelemetryOverHTTPS(t *testing.T) {
+	e := newEnv(t)
+	d := e.device("https-dev", false)
+	path := "/devices/https-dev/messages/events?api-version=2021-04-12"
+	resp := e.deviceHTTPBody(http.MethodPost, path, d, []byte("single"), http.Header{"Iothub-App-Color": {"red"}, "Iothub-Messageid": {"h1"}})
+	if resp.StatusCode != http.StatusNoContent {
+		t.Fatalf("single: %d %s", resp.StatusCode, readAll(t, resp.Body))
+	}
+	batch := `[{"body":"` + base64.StdEncoding.EncodeToString([]byte("b1")) + `","properties":{"iothub-app-n":"1"}},` +
+		`{"body":"` + base64.StdEncoding.EncodeToString([]byte("b2")) + `","properties":{"iothub-app-n":"2"}}]`
+	resp = e.deviceHTTPBody(http.MethodPost, path, d, []byte(batch), http.Header{"Content-Type": {"application/vnd.microsoft.iothub.json"}})
+	if resp.StatusCode != http.StatusNoContent {
+		t.Fatalf("batch: %d %s", resp.StatusCode, readAll(t, resp.Body))
+	}
+	got := e.stored(telemetrySubject("https-dev", ""))
+	if len(got) != 3 {
+		t.Fatalf("stored %d messages; want 3", len(got))
+	}
+	if string(got[0].Body) != "single" || got[0].Properties["color"] != "red" || got[0].System.MessageID != "h1" {
+		t.Errorf("single message %q %v %+v", got[0].Body, got[0].Properties, got[0].System)
+	}
+	for i, m := range got[1:] {
+		if string(m.Body) != fmt.Sprintf("b%d", i+1) || m.Properties["n"] != fmt.Sprint(i+1) || m.System.EnqueuedTime.IsZero() || m.System.ConnDeviceID != "https-dev" {
+			t.Errorf("batch message %d: %q %v %+v", i, m.Body, m.Properties, m.System)
+		}
+	}
 }

@@ -1,0 +1,297 @@
+package edge
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"time"
+
+	"outpost/internal/gateway"
+	"outpost/internal/message"
+	"outpost/internal/sas"
+)
+
+// Local direct methods: a module (or child) calls a method on a child
+// device or on a module of this edge, online or offline. Two doors lead
+// here:
+//
+//   - HTTPS, as IoT Edge serves ModuleClient.invokeMethod:
+//     POST /twins/{d}[/modules/{m}]/methods on the edge's HTTPS listener,
+//     with the caller in x-ms-edge-moduleId ({d}/{m}) and its SAS token in
+//     Authorization;
+//   - MQTT, for Outpost's Go client: the extension request
+//     $outpost/req/invoke/?$rid= with an InvokeRequest body, answered on
+//     $outpost/res/{status}/?$rid=.
+//
+// Both answer {status, payload}, and fail as IoT Hub does: 404
+// DeviceNotOnline when the target is not connected (and subscribed to
+// methods) within connectTimeoutInSeconds, 504 GatewayTimeout when it
+// does not answer within responseTimeoutInSeconds, 404
+// DeviceNotFound/ModuleNotFound for a target outside the edge's scope.
+
+// ExtInvoke is the extension name of a local method call over MQTT.
+const ExtInvoke = "invoke"
+
+// Method call bounds, in seconds, as IoT Hub sets them.
+const (
+	defaultMethodTimeout = 30
+	maxMethodTimeout     = 300
+	// maxMethodBody bounds an HTTPS method request (IoT Hub allows a
+	// 128 KiB payload; the envelope adds a little).
+	maxMethodBody = 256 << 10
+	// methodSubscribeRetry is how soon a call is retried while the
+	// target is connected but has not subscribed to methods yet.
+	methodSubscribeRetry = 100 * time.Millisecond
+)
+
+// InvokeRequest is a local method call: the body of the $outpost/req/invoke
+// extension, and (without DeviceID and ModuleID, which the path carries)
+// of POST /twins/{d}[/modules/{m}]/methods.
+type InvokeRequest struct {
+	DeviceID   string          `json:"deviceId,omitempty"`
+	ModuleID   string          `json:"moduleId,omitempty"`
+	MethodName string          `json:"methodName"`
+	Payload    json.RawMessage `json:"payload,omitempty"`
+	// ResponseTimeoutInSeconds: 0 means 30; at most 300.
+	ResponseTimeoutInSeconds int `json:"responseTimeoutInSeconds,omitempty"`
+	// ConnectTimeoutInSeconds: how long to wait for the target to
+	// connect; 0 fails at once when it is not connected.
+	ConnectTimeoutInSeconds int `json:"connectTimeoutInSeconds,omitempty"`
+}
+
+// InvokeResult is the target's answer.
+type InvokeResult struct {
+	Status  int             `json:"status"`
+	Payload json.RawMessage `json:"payload"`
+}
+
+func badArgument(format string, args ...any) *gateway.StatusError {
+	return &gateway.StatusError{Status: http.StatusBadRequest, Code: "ArgumentInvalid", Message: fmt.Sprintf(format, args...)}
+}
+
+// Invoke calls a direct method on a child device or module connected to
+// this edge on behalf of caller. Errors are *gateway.StatusError (see
+// above), or ctx's error when the caller went away.
+func (e *Edge) Invoke(ctx context.Context, caller gateway.Identity, req InvokeRequest) (InvokeResult, error) {
+	if req.MethodName == "" || strings.ContainsAny(req.MethodName, "/?#+\x00") {
+		return InvokeResult{}, badArgument("methodName %q: empty, or holds / ? # +", req.MethodName)
+	}
+	respT, connT := req.ResponseTimeoutInSeconds, req.ConnectTimeoutInSeconds
+	if respT == 0 {
+		respT = defaultMethodTimeout
+	}
+	if respT < 1 || respT > maxMethodTimeout {
+		return InvokeResult{}, badArgument("responseTimeoutInSeconds %d: want 1 to %d", respT, maxMethodTimeout)
+	}
+	if connT < 0 || connT > maxMethodTimeout {
+		return InvokeResult{}, badArgument("connectTimeoutInSeconds %d: want 0 to %d", connT, maxMethodTimeout)
+	}
+	payload := []byte(req.Payload)
+	if len(payload) == 0 {
+		payload = []byte("null")
+	}
+	if !json.Valid(payload) {
+		return InvokeResult{}, badArgument("payload is not JSON")
+	}
+	if req.DeviceID == "" {
+		return InvokeResult{}, badArgument("no target deviceId")
+	}
+	cid := message.ClientID(req.DeviceID, req.ModuleID)
+	if err := e.inScope(req.DeviceID, req.ModuleID); err != nil {
+		return InvokeResult{}, err
+	}
+	notOnline := &gateway.StatusError{Status: http.StatusNotFound, Code: "DeviceNotOnline",
+		Message: fmt.Sprintf("%s is not connected to edge %s, or not subscribed to methods", cid, e.cfg.DeviceID)}
+	connectBy := e.now().Add(time.Duration(connT) * time.Second)
+	for {
+		s, wake := e.sessionOrWake(cid)
+		if s != nil {
+			rctx, cancel := context.WithTimeout(ctx, time.Duration(respT)*time.Second)
+			status, resp, err := s.InvokeMethod(rctx, req.MethodName, payload)
+			timedOut := rctx.Err() != nil
+			cancel()
+			switch {
+			case err == nil:
+				return InvokeResult{Status: status, Payload: jsonPayload(resp)}, nil
+			case errors.Is(err, gateway.ErrNotSubscribed), errors.Is(err, gateway.ErrNotConnected):
+				// Between CONNACK and its SUBSCRIBE, or just gone: wait
+				// within the connect timeout.
+			case timedOut && errors.Is(ctx.Err(), context.Canceled):
+				return InvokeResult{}, ctx.Err()
+			case timedOut:
+				return InvokeResult{}, &gateway.StatusError{Status: http.StatusGatewayTimeout, Code: "GatewayTimeout",
+					Message: fmt.Sprintf("%s did not answer method %s within %d s", cid, req.MethodName, respT)}
+			default:
+				return InvokeResult{}, fmt.Errorf("method %s on %s: %w", req.MethodName, cid, err)
+			}
+		}
+		left := connectBy.Sub(e.now())
+		if left <= 0 {
+			e.log.Debug("local method: target not online", "caller", caller.ClientID(), "target", cid, "method", req.MethodName)
+			return InvokeResult{}, notOnline
+		}
+		if s != nil {
+			left = min(left, methodSubscribeRetry)
+		}
+		t := time.NewTimer(left)
+		select {
+		case <-wake:
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+			return InvokeResult{}, ctx.Err()
+		}
+		t.Stop()
+	}
+}
+
+// inScope checks that an identity may be reached locally: a child of this
+// edge, or a module of the edge or of a child, enabled.
+func (e *Edge) inScope(deviceID, moduleID string) error {
+	c := e.ids.Load()
+	if c == nil {
+		return &gateway.StatusError{Status: http.StatusServiceUnavailable, Code: "ServerError", Message: "edge has no identity cache yet"}
+	}
+	if _, err := c.lookup(deviceID, moduleID); err != nil {
+		code := "DeviceNotFound"
+		if moduleID != "" {
+			code = "ModuleNotFound"
+		}
+		return &gateway.StatusError{Status: http.StatusNotFound, Code: code,
+			Message: fmt.Sprintf("%s is not in the scope of edge %s (only its child devices and the modules of it and its children are reachable locally), or is disabled",
+				message.ClientID(deviceID, moduleID), e.cfg.DeviceID)}
+	}
+	return nil
+}
+
+// sessionOrWake returns the live session of cid and a channel closed at
+// the next client connection, to wait on when it is not there (yet).
+func (e *Edge) sessionOrWake(cid string) (gateway.Session, <-chan struct{}) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.connWake == nil {
+		e.connWake = make(chan struct{})
+	}
+	return e.sessions[cid], e.connWake
+}
+
+// wakeConnWaitersLocked tells waiting method calls a client connected.
+func (e *Edge) wakeConnWaitersLocked() {
+	if e.connWake != nil {
+		close(e.connWake)
+		e.connWake = nil
+	}
+}
+
+// jsonPayload is a response as JSON: as sent when it is JSON, else as a
+// JSON string; an empty response is null.
+func jsonPayload(b []byte) json.RawMessage {
+	if len(b) == 0 {
+		return json.RawMessage("null")
+	}
+	if json.Valid(b) {
+		return json.RawMessage(b)
+	}
+	s, _ := json.Marshal(string(b))
+	return s
+}
+
+// Extension serves the edge's $outpost requests from local clients.
+func (b backend) Extension(ctx context.Context, id gateway.Identity, name string, payload []byte) ([]byte, error) {
+	switch name {
+	case ExtInvoke:
+		var req InvokeRequest
+		if err := json.Unmarshal(payload, &req); err != nil {
+			return nil, badArgument("invoke request: %v", err)
+		}
+		res, err := b.e.Invoke(ctx, id, req)
+		if err != nil {
+			return nil, err
+		}
+		return json.Marshal(res)
+	}
+	return nil, &gateway.StatusError{Status: http.StatusNotFound, Code: "NotFound", Message: fmt.Sprintf("no extension %q at the edge", name)}
+}
+
+var _ gateway.Extender = backend{}
+
+// serveInvoke answers POST /twins/{d}[/modules/{m}]/methods, as IoT
+// Edge's hub does for ModuleClient.invokeMethod.
+func (e *Edge) serveInvoke(w http.ResponseWriter, r *http.Request) {
+	caller, ok := e.httpCaller(r)
+	if !ok {
+		writeHTTPError(w, &gateway.StatusError{Status: http.StatusUnauthorized, Code: "IotHubUnauthorizedAccess",
+			Message: "Unauthorized: send x-ms-edge-moduleId: {deviceId}/{moduleId} and that module's SAS token in Authorization"})
+		return
+	}
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxMethodBody))
+	if err != nil {
+		writeHTTPError(w, badArgument("reading body: %v", err))
+		return
+	}
+	var req InvokeRequest
+	if err := json.Unmarshal(body, &req); err != nil {
+		writeHTTPError(w, badArgument("method request: %v", err))
+		return
+	}
+	req.DeviceID, req.ModuleID = r.PathValue("d"), r.PathValue("m")
+	res, err := e.Invoke(r.Context(), caller, req)
+	if err != nil {
+		var se *gateway.StatusError
+		if !errors.As(err, &se) {
+			if r.Context().Err() != nil {
+				return // the caller went away
+			}
+			e.log.Warn("local method failed", "caller", caller.ClientID(), "error", err)
+			se = &gateway.StatusError{Status: http.StatusInternalServerError, Code: "ServerError", Message: err.Error()}
+		}
+		writeHTTPError(w, se)
+		return
+	}
+	w.Header().Set("Content-Type", "application/json; charset=utf-8")
+	_ = json.NewEncoder(w).Encode(res)
+}
+
+// httpCaller authenticates the module (or child) named by
+// x-ms-edge-moduleId from the identity cache, by SAS token or client
+// certificate.
+func (e *Edge) httpCaller(r *http.Request) (gateway.Identity, bool) {
+	cid := r.Header.Get("x-ms-edge-moduleId")
+	d, m, _ := strings.Cut(cid, "/")
+	if d == "" || strings.Contains(m, "/") {
+		return gateway.Identity{}, false
+	}
+	cr := gateway.Credentials{ClientID: cid, DeviceID: d, ModuleID: m, Transport: "https"}
+	if r.TLS != nil {
+		cr.PeerCerts = r.TLS.PeerCertificates
+	}
+	if h := r.Header.Get("Authorization"); h != "" {
+		tok, err := sas.ParseToken(h)
+		if err != nil {
+			e.log.Warn("local method: bad token", "caller", cid, "error", err)
+			return gateway.Identity{}, false
+		}
+		cr.Token, cr.Password = tok, h
+	}
+	if cr.Token == nil && len(cr.PeerCerts) == 0 {
+		return gateway.Identity{}, false
+	}
+	id, err := e.authenticate(r.Context(), cr)
+	if err != nil {
+		e.log.Warn("local method: authentication failed", "caller", cid, "error", err)
+		return gateway.Identity{}, false
+	}
+	return id, true
+}
+
+// writeHTTPError answers in IoT Hub's error shape.
+func writeHTTPError(w http.ResponseWriter, se *gateway.StatusError) {
+	w.Header().Set("Content-Type", "application/json; charset=utf-8")
+	w.Header().Set("iothub-errorcode", se.Code)
+	w.WriteHeader(se.Status)
+	_ = json.NewEncoder(w).Encode(map[string]string{"Message": "ErrorCode:" + se.Code + ";" + se.Message})
+}

@@ -1,0 +1,5 @@
+//go:build race
+
+package outposttest
+
+func init() { raceEnabled = true }
