@@ -8,7 +8,10 @@
 // refuses to serve. From then on it starts, restarts and runs without the
 // link for as long as it is offline: clients authenticate from the cache,
 // telemetry is acknowledged once it is durable in the store, and the
-// link drains the "$upstream" queue whenever it is up.
+// link drains the upstream queues whenever it is up. Modules and children
+// reach each other through routes and local direct methods
+// (docs/edge-local.md); twins are served from a cache while offline and
+// reconciled on reconnect.
 //
 // Lock order: cfgMu, then mu; twinMu, syncMu and limMu are never held
 // together with another. No lock is held while calling the Uplink or a
@@ -98,8 +101,8 @@ type Config struct {
 	// hub and it changed. cmd persists it, so that env.storageFolder
 	// applies at the next start.
 	OnEdgeHubEnv func(env map[string]string)
-	Logger         *slog.Logger
-	Now            func() time.Time
+	Logger       *slog.Logger
+	Now          func() time.Time
 	// NewUplink makes the link to the hub. Required: cmd wires
 	// internal/edge/upstream here; tests a fake.
 	NewUplink func(UplinkDeps) (Uplink, error)
@@ -545,8 +548,11 @@ func (e *Edge) maintain(ctx context.Context, justSynced bool) {
 		case <-status.C:
 			e.logStatus("periodic")
 		case <-e.replayCh:
+			// A patch was held although the link looked up: try again
+			// with the short twin timeout, so that a hanging link
+			// holds this loop no longer than it held the device.
 			if e.up.State().Connected {
-				e.replayReported(ctx)
+				e.replayReported(ctx, e.cfg.TwinTimeout)
 			}
 		case <-e.linkCh:
 			up, n := e.up.State().Connected, e.linkUps.Load()
@@ -571,7 +577,7 @@ func (e *Edge) online(ctx context.Context, why string) {
 	if err := e.syncIdentities(ctx, why); err != nil {
 		e.log.Warn("identity sync after reconnect failed", "error", err)
 	}
-	if !e.replayReported(ctx) {
+	if !e.replayReported(ctx, replayTimeout) {
 		return
 	}
 	e.reconcileDesired(ctx)

@@ -437,15 +437,17 @@ func TestOfflineTwin(t *testing.T) {
 	te := startEdge(t, hub, t.TempDir(), true)
 	var mu sync.Mutex
 	var replayed []string
-	te.up.twinGet = func(ctx context.Context, d, m string) ([]byte, error) {
-		return []byte(`{"desired":{"mode":"eco","$version":4},"reported":{"fw":"1.0","$version":7}}`), nil
-	}
-	te.up.twinReported = func(ctx context.Context, d, m string, patch []byte) (int64, error) {
-		mu.Lock()
-		defer mu.Unlock()
-		replayed = append(replayed, string(patch))
-		return 9, nil
-	}
+	te.up.set(func(f *fakeUplink) {
+		f.twinGet = func(ctx context.Context, d, m string) ([]byte, error) {
+			return []byte(`{"desired":{"mode":"eco","$version":4},"reported":{"fw":"1.0","$version":7}}`), nil
+		}
+		f.twinReported = func(ctx context.Context, d, m string, patch []byte) (int64, error) {
+			mu.Lock()
+			defer mu.Unlock()
+			replayed = append(replayed, string(patch))
+			return 9, nil
+		}
+	})
 	te.awaitReady()
 	c := te.connect("child1", "", key)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)

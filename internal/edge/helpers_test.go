@@ -23,7 +23,7 @@ import (
 const hubHost = "hub.test"
 
 // checkFor polls f until it returns nil or timeout passes.
-func checkFor(t *testing.T, timeout time.Duration, f func() error) {
+func checkFor(t testing.TB, timeout time.Duration, f func() error) {
 	t.Helper()
 	deadline := time.Now().Add(timeout)
 	wait := 5 * time.Millisecond
@@ -63,6 +63,7 @@ func (l *logBuf) String() string {
 type fakeUplink struct {
 	hub *fakeHub
 
+	// Function fields: set them with set once the edge runs.
 	syncIdentities func(ctx context.Context) (*Snapshot, error)
 	twinGet        func(ctx context.Context, d, m string) ([]byte, error)
 	twinReported   func(ctx context.Context, d, m string, patch []byte) (int64, error)
@@ -105,8 +106,11 @@ func (f *fakeUplink) SyncIdentities(ctx context.Context) (*Snapshot, error) {
 	if !f.State().Connected {
 		return nil, ErrOffline
 	}
-	if f.syncIdentities != nil {
-		return f.syncIdentities(ctx)
+	f.mu.Lock()
+	fn := f.syncIdentities
+	f.mu.Unlock()
+	if fn != nil {
+		return fn(ctx)
 	}
 	return f.hub.snapshot(), nil
 }
@@ -123,8 +127,11 @@ func (f *fakeUplink) TwinGet(ctx context.Context, d, m string) ([]byte, error) {
 	if !f.State().Connected {
 		return nil, ErrOffline
 	}
-	if f.twinGet != nil {
-		return f.twinGet(ctx, d, m)
+	f.mu.Lock()
+	fn := f.twinGet
+	f.mu.Unlock()
+	if fn != nil {
+		return fn(ctx, d, m)
 	}
 	return nil, ErrOffline
 }
@@ -133,8 +140,11 @@ func (f *fakeUplink) TwinReported(ctx context.Context, d, m string, patch []byte
 	if !f.State().Connected {
 		return 0, ErrOffline
 	}
-	if f.twinReported != nil {
-		return f.twinReported(ctx, d, m, patch)
+	f.mu.Lock()
+	fn := f.twinReported
+	f.mu.Unlock()
+	if fn != nil {
+		return fn(ctx, d, m, patch)
 	}
 	return 0, ErrOffline
 }
@@ -155,6 +165,13 @@ func (f *fakeUplink) Detach(d, m string) {
 }
 
 func (f *fakeUplink) Kick() { f.kicks.Add(1) }
+
+// set changes the fake's function fields while the edge runs.
+func (f *fakeUplink) set(fn func(f *fakeUplink)) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	fn(f)
+}
 
 func (f *fakeUplink) DrainsUpstreamEndpoints() bool { return f.drains }
 
@@ -234,7 +251,7 @@ func (h *fakeHub) snapshot() *Snapshot {
 	return s
 }
 
-func (h *fakeHub) pool(t *testing.T) *x509.CertPool {
+func (h *fakeHub) pool(t testing.TB) *x509.CertPool {
 	t.Helper()
 	p, err := certs.Pool(h.pem)
 	if err != nil {
@@ -245,7 +262,7 @@ func (h *fakeHub) pool(t *testing.T) *x509.CertPool {
 
 // testEdge is one Edge run in the background over a storage folder.
 type testEdge struct {
-	t    *testing.T
+	t    testing.TB
 	hub  *fakeHub
 	up   *fakeUplink
 	e    *Edge
@@ -259,7 +276,7 @@ type edgeOpts func(*Config)
 
 const edgeKey = "ZWRnZS1rZXktZm9yLXRlc3RzLW9ubHktMzItYnl0ZXM="
 
-func startEdge(t *testing.T, hub *fakeHub, dir string, connected bool, opts ...edgeOpts) *testEdge {
+func startEdge(t testing.TB, hub *fakeHub, dir string, connected bool, opts ...edgeOpts) *testEdge {
 	t.Helper()
 	te := &testEdge{t: t, hub: hub, up: &fakeUplink{hub: hub}, logs: &logBuf{}, err: make(chan error, 1)}
 	te.up.state.Connected = connected

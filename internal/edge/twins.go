@@ -328,15 +328,15 @@ func (e *Edge) putTwinLocked(cid string, doc map[string]any) {
 // replayReported sends the reported patches held offline to the hub,
 // one merged patch per client. A patch the hub refuses is dropped
 // (logged): it would be refused forever. It reports whether every held
-// patch was dealt with.
-func (e *Edge) replayReported(ctx context.Context) bool {
+// patch was dealt with. Each patch may take up to perCall.
+func (e *Edge) replayReported(ctx context.Context, perCall time.Duration) bool {
 	var cids []string
 	_ = e.st.Scan([]byte(kvPendPrefix), func(k, v []byte) error {
 		cids = append(cids, strings.TrimPrefix(string(k), kvPendPrefix))
 		return nil
 	})
 	for _, cid := range cids {
-		if !e.replayOne(ctx, cid) {
+		if !e.replayOne(ctx, cid, perCall) {
 			return false
 		}
 	}
@@ -344,7 +344,7 @@ func (e *Edge) replayReported(ctx context.Context) bool {
 }
 
 // replayOne sends cid's held patch; false when the link failed.
-func (e *Edge) replayOne(ctx context.Context, cid string) bool {
+func (e *Edge) replayOne(ctx context.Context, cid string, perCall time.Duration) bool {
 	unlock := e.lockReported(cid)
 	defer unlock()
 	held, err := e.st.Get(pendingKey(cid))
@@ -352,7 +352,7 @@ func (e *Edge) replayOne(ctx context.Context, cid string) bool {
 		return true // sent meanwhile by a live patch
 	}
 	d, m, _ := strings.Cut(cid, "/")
-	rctx, cancel := context.WithTimeout(ctx, replayTimeout)
+	rctx, cancel := context.WithTimeout(ctx, perCall)
 	v, err := e.up.TwinReported(rctx, d, m, held)
 	cancel()
 	if err != nil && upstreamFailed(err) {
@@ -377,7 +377,8 @@ func (e *Edge) replayOne(ctx context.Context, cid string) bool {
 	return true
 }
 
-// replayTimeout bounds one replayed patch.
+// replayTimeout bounds one replayed patch, or twin fetch, after a
+// reconnect.
 const replayTimeout = 10 * time.Second
 
 // reconcileDesired runs on reconnect: for each connected client, it gets

@@ -29,7 +29,7 @@ func newTwinHub(up *fakeUplink) *twinHub {
 		}
 		return d + "/" + m
 	}
-	up.twinGet = func(ctx context.Context, d, m string) ([]byte, error) {
+	getFn := func(ctx context.Context, d, m string) ([]byte, error) {
 		if h.hanging() {
 			<-ctx.Done()
 			return nil, ctx.Err()
@@ -46,7 +46,7 @@ func newTwinHub(up *fakeUplink) *twinHub {
 		}
 		return json.Marshal(map[string]any{"desired": des, "reported": rep})
 	}
-	up.twinReported = func(ctx context.Context, d, m string, patch []byte) (int64, error) {
+	repFn := func(ctx context.Context, d, m string, patch []byte) (int64, error) {
 		if h.hanging() {
 			<-ctx.Done()
 			return 0, ctx.Err()
@@ -69,6 +69,7 @@ func newTwinHub(up *fakeUplink) *twinHub {
 		h.patches[k] = append(h.patches[k], string(patch))
 		return v, nil
 	}
+	up.set(func(f *fakeUplink) { f.twinGet, f.twinReported = getFn, repFn })
 	return h
 }
 

@@ -556,8 +556,11 @@ func TestReclaimWithoutSweep(t *testing.T) {
 	if err := s.Ack("$upstream", last); err != nil {
 		t.Fatal(err)
 	}
+	// At least three quarters of the acked bytes must leave the disk; what
+	// stays is the WAL and Pebble's fixed overhead, whose size varies with
+	// when the memtable last flushed.
 	checkFor(t, 15*time.Second, 20*time.Millisecond, func() error {
-		if u := s.Usage().DiskBytes; u > peak/4 {
+		if u := s.Usage().DiskBytes; u > peak-n*size*3/4 {
 			return fmt.Errorf("disk usage %d, peak %d: not reclaimed", u, peak)
 		}
 		return nil

@@ -13,8 +13,9 @@ import (
 
 // flight is a drained entry awaiting its PUBACK.
 type flight struct {
-	seq  uint64
-	done <-chan error
+	seq    uint64
+	done   <-chan error
+	stored time.Time // zero for dropped entries, which are not forwarded
 }
 
 // resolved stands for an entry that needs no PUBACK (it was dropped).
@@ -52,7 +53,7 @@ func (s *session) publishLoop(inflight chan<- flight) {
 			}
 			ch := make(chan error, 1)
 			// Queued before it is sent, so the window holds.
-			if !s.push(inflight, flight{seq: e.Seq, done: ch}) {
+			if !s.push(inflight, flight{seq: e.Seq, done: ch, stored: e.StoredAt}) {
 				return
 			}
 			if err := s.c.publish1(t, e.Msg.Body, ch); err != nil {
@@ -120,6 +121,9 @@ func (s *session) ackLoop(inflight <-chan flight) {
 			}
 		case <-s.ctx.Done():
 			return
+		}
+		if o := s.l.cfg.Observer; o != nil && !f.stored.IsZero() {
+			o.ObserveForwarded(s.l.now().Sub(f.stored))
 		}
 		s.drained.Store(f.seq + 1)
 		s.pubacks.Add(1)

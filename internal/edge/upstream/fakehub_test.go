@@ -13,6 +13,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -398,12 +399,18 @@ type env struct {
 	store *store.Store
 	local *fakeLocal
 	link  *Link
+	obs   forwardCounter
 
 	mu     sync.Mutex
 	states []timedState
 	cancel context.CancelFunc
 	done   chan struct{}
 }
+
+// forwardCounter counts ObserveForwarded calls.
+type forwardCounter struct{ n atomic.Int64 }
+
+func (c *forwardCounter) ObserveForwarded(time.Duration) { c.n.Add(1) }
 
 type timedState struct {
 	at time.Time
@@ -444,6 +451,7 @@ func newEnv(t testing.TB, o envOpts) *env {
 		Logger:      logger,
 		KeepAlive:   o.keepAlive,
 		Window:      o.window,
+		Observer:    &e.obs,
 		OnState: func(s State) {
 			e.mu.Lock()
 			e.states = append(e.states, timedState{time.Now(), s})

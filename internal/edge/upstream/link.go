@@ -98,6 +98,10 @@ type Config struct {
 	Window int
 	// OnState is called on every change of State, in order.
 	OnState func(State)
+	// Observer, if set, learns how long each forwarded message waited
+	// between being stored and being acknowledged by the hub. It must
+	// not block: it runs on the drain's ack path.
+	Observer interface{ ObserveForwarded(latency time.Duration) }
 }
 
 // Local is what the link calls for traffic from the cloud to local

@@ -77,6 +77,9 @@ func TestDrainOrder(t *testing.T) {
 			if len(dups) > 0 {
 				t.Fatalf("%d duplicates without any cut", len(dups))
 			}
+			if n := e.obs.n.Load(); n != int64(tc.n) {
+				t.Fatalf("observer saw %d forwarded messages, want %d", n, tc.n)
+			}
 			if got[0].device != "child1" || got[0].module != "" || got[tc.n-1].module != "mod1" {
 				t.Fatalf("identities: first %s/%s, last %s/%s", got[0].device, got[0].module, got[tc.n-1].device, got[tc.n-1].module)
 			}
