@@ -116,9 +116,9 @@ func BenchmarkDrain(b *testing.B) {
 		node.Restore()
 		node.AwaitLink(b, true, time.Minute)
 		up := time.Now()
-		CheckFor(b, 5*time.Minute, 5*time.Millisecond, func() error {
+		CheckFor(b, 2*time.Minute, 5*time.Millisecond, func() error {
 			if n := mon.Len(); n < want {
-				return fmt.Errorf("%d of %d at the hub", n, want)
+				return fmt.Errorf("%d of %d at the hub; edge queue %d, link up %v", n, want, node.UpstreamQueue(), node.LinkUp())
 			}
 			return nil
 		})

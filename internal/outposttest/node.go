@@ -286,9 +286,14 @@ func (n *EdgeNode) AwaitLink(t testing.TB, up bool, timeout time.Duration) time.
 	return time.Since(start)
 }
 
-// UpstreamQueue is how many messages wait to go to the hub.
+// UpstreamQueue is how many messages wait to go to the hub; -1 while
+// the edge is stopped.
 func (n *EdgeNode) UpstreamQueue() int64 {
-	return n.Edge().Status().Queues[edge.UpstreamEndpoint].Length
+	e := n.Edge()
+	if e == nil {
+		return -1
+	}
+	return e.Status().Queues[edge.UpstreamEndpoint].Length
 }
 
 // ChildConfig returns the client configuration of a device connecting
