@@ -37,17 +37,33 @@ type edgeFlags struct {
 	stateDir        string
 }
 
-// runEdge runs the edge hub (`outpost edge --connection-string …`), or
-// applies a deployment manifest (`outpost edge set-modules …`). As in IoT
+// runEdge runs the edge hub (`outpost edge --connection-string …`),
+// applies a deployment manifest (`outpost edge set-modules …`) or shows a
+// running edge's state (`outpost edge status …`). As in IoT
 // Edge, the storage folder may come from the storageFolder environment
 // variable; the flag wins over it, and both win over the edgeHub
 // module's env.storageFolder of the last deployment the edge fetched.
 func runEdge(ctx context.Context, args []string) error {
-	if len(args) > 0 && args[0] == "set-modules" {
-		return runEdgeSetModules(ctx, args[1:])
+	if len(args) > 0 {
+		switch args[0] {
+		case "set-modules":
+			return runEdgeSetModules(ctx, args[1:])
+		case "status":
+			return runEdgeStatus(ctx, args[1:])
+		}
 	}
 	var f edgeFlags
 	fs := flag.NewFlagSet("edge", flag.ContinueOnError)
+	fs.Usage = func() {
+		fmt.Fprint(fs.Output(), `usage: outpost edge --connection-string CS [flags]     run the edge hub
+       outpost edge status --edge-url https://HOST:PORT   show a running edge's link, queues and routes
+       outpost edge set-modules --device-id EDGE --content deployment.json
+                                                        apply a deployment manifest
+
+flags of outpost edge:
+`)
+		fs.PrintDefaults()
+	}
 	fs.StringVar(&f.connString, "connection-string", "", "the edge device's connection string: HostName=…;DeviceId=…;SharedAccessKey=… (required)")
 	fs.StringVar(&f.storageFolder, "storage-folder", "", "folder for the message store and caches (default: $storageFolder)")
 	fs.StringVar(&f.upstreamAddr, "upstream-addr", "", "host:port to dial for the hub, when it differs from HostName (TLS still verifies HostName)")

@@ -282,6 +282,7 @@ func New(cfg Config) (*Edge, error) {
 		OnState:     e.linkChanged,
 
 		UpstreamEndpoints: e.UpstreamEndpoints,
+		Observer:          e.metrics,
 	})
 	if err != nil {
 		st.Close()

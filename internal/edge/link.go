@@ -24,6 +24,8 @@ func NewUpstreamLink(d UplinkDeps) (Uplink, error) {
 		Local:       d.Local,
 		Logger:      d.Logger,
 		Now:         d.Now,
+		Endpoints:   d.UpstreamEndpoints,
+		Observer:    d.Observer,
 		OnState: func(s upstream.State) {
 			if onState != nil {
 				onState(LinkState(s))
@@ -49,6 +51,10 @@ func (u upstreamLink) Detach(deviceID, moduleID string) {
 	u.l.Detach(deviceID, moduleID)
 }
 func (u upstreamLink) Kick() { u.l.Kick() }
+
+// DrainsUpstreamEndpoints reports that the link drains every endpoint
+// UplinkDeps.UpstreamEndpoints lists, by priority (EndpointDrainer).
+func (upstreamLink) DrainsUpstreamEndpoints() bool { return true }
 
 func (u upstreamLink) SyncIdentities(ctx context.Context) (*Snapshot, error) {
 	s, err := u.l.SyncIdentities(ctx)

@@ -62,6 +62,10 @@ type UplinkDeps struct {
 	// EndpointDrainer; others drain UpstreamEndpoint alone, and the edge
 	// then queues every route into $upstream there.
 	UpstreamEndpoints func() []string
+	// Observer, if set, learns how long each message forwarded to the
+	// hub waited between being stored and being acknowledged; it must
+	// not block.
+	Observer interface{ ObserveForwarded(time.Duration) }
 }
 
 // EndpointDrainer is implemented by an Uplink that drains every endpoint

@@ -13,9 +13,10 @@ import (
 
 // flight is a drained entry awaiting its PUBACK.
 type flight struct {
-	seq    uint64
-	done   <-chan error
-	stored time.Time // zero for dropped entries, which are not forwarded
+	endpoint string
+	seq      uint64
+	done     <-chan error
+	stored   time.Time // zero for dropped entries, which are not forwarded
 }
 
 // resolved stands for an entry that needs no PUBACK (it was dropped).
@@ -25,12 +26,19 @@ var resolved = func() <-chan error {
 	return ch
 }()
 
-// publishLoop reads the queue in stored order and publishes each entry at
+// publishLoop reads the queues, a batch of one queue at a time, highest
+// priority first and each in stored order, and publishes each entry at
 // QoS 1. The inflight channel, of capacity Window-1, plus the entry the
 // ackLoop waits on, bound the PUBACKs outstanding to Window.
 func (s *session) publishLoop(inflight chan<- flight) {
 	l := s.l
+	// Smaller than the window, so a high-priority entry waits behind at
+	// most one low-priority batch plus what is in flight.
 	batch := min(l.cfg.Window, 256)
+	// Routes may have changed while the link was down.
+	if err := l.relist(); err != nil {
+		return
+	}
 	for {
 		entries, err := s.next(batch)
 		if err != nil {
@@ -46,14 +54,14 @@ func (s *session) publishLoop(inflight chan<- flight) {
 				// reconnect: drop the message instead.
 				l.log.Warn("upstream drain: dropping message with invalid identity", "seq", e.Seq,
 					"identity", clip(message.ClientID(e.Msg.DeviceID, e.Msg.ModuleID)))
-				if !s.push(inflight, flight{seq: e.Seq, done: resolved}) {
+				if !s.push(inflight, flight{endpoint: e.Endpoint, seq: e.Seq, done: resolved}) {
 					return
 				}
 				continue
 			}
 			ch := make(chan error, 1)
 			// Queued before it is sent, so the window holds.
-			if !s.push(inflight, flight{seq: e.Seq, done: ch, stored: e.StoredAt}) {
+			if !s.push(inflight, flight{endpoint: e.Endpoint, seq: e.Seq, done: ch, stored: e.StoredAt}) {
 				return
 			}
 			if err := s.c.publish1(t, e.Msg.Body, ch); err != nil {
@@ -72,27 +80,33 @@ func (s *session) push(inflight chan<- flight, f flight) bool {
 	}
 }
 
-// next returns the next entries, waiting for a store commit or a Kick.
+// next returns the next entries of the highest-priority queue that has
+// any, waiting for a store commit or a Kick; after a Kick it lists the
+// queues again.
 func (s *session) next(max int) ([]store.Entry, error) {
 	l := s.l
 	for {
 		l.kickMu.Lock()
+		kicked := l.kicked
 		l.kicked = false
 		l.kickMu.Unlock()
-		entries, err := l.reader.TryNext(max)
-		if err != nil || len(entries) > 0 {
-			return entries, err
+		if kicked {
+			if err := l.relist(); err != nil {
+				return nil, err
+			}
 		}
 		ctx, cancel := context.WithCancel(s.ctx)
 		l.kickMu.Lock()
 		if l.kicked {
-			l.kickMu.Unlock()
+			// Kicked while listing: look once without waiting, then list
+			// again. Entries present are returned even so, so a stream
+			// of kicks cannot hold the drain up.
 			cancel()
-			continue
+		} else {
+			l.kickCancel = cancel
 		}
-		l.kickCancel = cancel
 		l.kickMu.Unlock()
-		entries, err = l.reader.Next(ctx, max)
+		entries, err := l.cfg.Store.NextByPriority(ctx, l.active, max)
 		l.kickMu.Lock()
 		l.kickCancel = nil
 		l.kickMu.Unlock()
@@ -104,8 +118,75 @@ func (s *session) next(max int) ([]store.Entry, error) {
 	}
 }
 
-// ackLoop waits for PUBACKs in publish order and records the highest
-// sequence up to which all arrived.
+// relist makes the drain read the endpoints Config.Endpoints lists,
+// opening readers for new ones. It runs on the publish goroutine.
+func (l *Link) relist() error {
+	names := []string{Endpoint}
+	if l.cfg.Endpoints != nil {
+		if n := l.cfg.Endpoints(); len(n) > 0 {
+			names = n
+		}
+	}
+	active := make([]*store.Reader, 0, len(names))
+	seen := make(map[string]bool, len(names))
+	for _, name := range names {
+		if seen[name] {
+			continue
+		}
+		seen[name] = true
+		l.readersMu.Lock()
+		r := l.readers[name]
+		l.readersMu.Unlock()
+		if r == nil {
+			var err error
+			r, err = l.cfg.Store.NewReader(name)
+			if errors.Is(err, store.ErrClosed) {
+				return err
+			}
+			if err != nil {
+				if !l.refused[name] {
+					l.refused[name] = true
+					l.log.Warn("upstream drain: cannot read store endpoint", "endpoint", clip(name), "error", err)
+				}
+				continue
+			}
+			l.readersMu.Lock()
+			l.readers[name] = r
+			l.readersMu.Unlock()
+		}
+		active = append(active, r)
+	}
+	if len(active) == 0 {
+		// NextByPriority needs a reader; the default one always exists.
+		l.readersMu.Lock()
+		active = append(active, l.readers[Endpoint])
+		l.readersMu.Unlock()
+	}
+	l.active = active
+	return nil
+}
+
+// reader returns the reader of endpoint, or nil.
+func (l *Link) reader(endpoint string) *store.Reader {
+	l.readersMu.Lock()
+	defer l.readersMu.Unlock()
+	return l.readers[endpoint]
+}
+
+// rewind makes every reader start again at its first entry not yet
+// acked; the session's goroutines have ended.
+func (l *Link) rewind() {
+	l.readersMu.Lock()
+	defer l.readersMu.Unlock()
+	for _, r := range l.readers {
+		r.Rewind()
+	}
+}
+
+// ackLoop waits for PUBACKs in publish order and records, per endpoint,
+// the highest sequence up to which all arrived. The mark is cumulative:
+// PUBACKs are awaited in publish order, and one endpoint's entries go out
+// in sequence order, so every entry of it below the mark was acked.
 func (s *session) ackLoop(inflight <-chan flight) {
 	for {
 		var f flight
@@ -125,7 +206,9 @@ func (s *session) ackLoop(inflight <-chan flight) {
 		if o := s.l.cfg.Observer; o != nil && !f.stored.IsZero() {
 			o.ObserveForwarded(s.l.now().Sub(f.stored))
 		}
-		s.drained.Store(f.seq + 1)
+		s.ackMu.Lock()
+		s.drained[f.endpoint] = f.seq + 1
+		s.ackMu.Unlock()
 		s.pubacks.Add(1)
 		select {
 		case s.ackWake <- struct{}{}:
@@ -144,7 +227,7 @@ const ackDelay = 20 * time.Millisecond
 // from ackLoop so that store acks coalesce while PUBACKs keep arriving.
 func (s *session) storeAckLoop() {
 	batch := uint64(max(s.l.cfg.Window/2, 1))
-	var acked, flushedAt uint64 // store mark, and the PUBACK count when written
+	var flushedAt uint64 // the PUBACK count when last written
 	timer := time.NewTimer(ackDelay)
 	timer.Stop()
 	armed := false
@@ -154,7 +237,7 @@ func (s *session) storeAckLoop() {
 			armed = false
 		}
 		flushedAt = s.pubacks.Load()
-		acked = s.flushStoreAck(acked)
+		s.flushStoreAck()
 	}
 	for {
 		select {
@@ -175,20 +258,35 @@ func (s *session) storeAckLoop() {
 	}
 }
 
-// flushStoreAck acks the store up to what ackLoop recorded, if beyond
-// acked, and returns the new mark.
-func (s *session) flushStoreAck(acked uint64) uint64 {
-	d := s.drained.Load()
-	if d <= acked {
-		return acked
+// flushStoreAck acks each endpoint in the store up to what ackLoop
+// recorded, where beyond what it acked before. Only storeAckLoop, and stop
+// once it ended, call it.
+func (s *session) flushStoreAck() {
+	s.ackMu.Lock()
+	type mark struct {
+		endpoint string
+		next     uint64
 	}
-	if err := s.l.reader.Ack(d - 1); err != nil {
-		if !errors.Is(err, store.ErrClosed) {
-			s.l.log.Warn("upstream drain: ack store", "error", err)
+	marks := make([]mark, 0, len(s.drained))
+	for ep, d := range s.drained {
+		if d > s.storeAcked[ep] {
+			marks = append(marks, mark{ep, d})
 		}
-		return acked
 	}
-	return d
+	s.ackMu.Unlock()
+	for _, m := range marks {
+		r := s.l.reader(m.endpoint)
+		if r == nil {
+			continue // cannot be: entries come from the link's readers
+		}
+		if err := r.Ack(m.next - 1); err != nil {
+			if !errors.Is(err, store.ErrClosed) {
+				s.l.log.Warn("upstream drain: ack store", "endpoint", m.endpoint, "error", err)
+			}
+			continue
+		}
+		s.storeAcked[m.endpoint] = m.next
+	}
 }
 
 // telemetryTopic is the topic a stored message goes upstream on: its

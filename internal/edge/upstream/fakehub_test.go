@@ -420,6 +420,7 @@ type timedState struct {
 type envOpts struct {
 	keepAlive time.Duration
 	window    int
+	endpoints func() []string // Config.Endpoints
 }
 
 func newEnv(t testing.TB, o envOpts) *env {
@@ -451,6 +452,7 @@ func newEnv(t testing.TB, o envOpts) *env {
 		Logger:      logger,
 		KeepAlive:   o.keepAlive,
 		Window:      o.window,
+		Endpoints:   o.endpoints,
 		Observer:    &e.obs,
 		OnState: func(s State) {
 			e.mu.Lock()
@@ -502,21 +504,32 @@ func (e *env) stateAfter(t0 time.Time, want bool) time.Time {
 // appendN appends n messages from device (module optional) in batches.
 func (e *env) appendN(n int, device, module string, size int) {
 	e.t.Helper()
+	e.appendTo(Endpoint, n, device, module, size)
+}
+
+// appendTo appends n messages from device (module optional) to endpoint
+// in batches, and returns their sequences.
+func (e *env) appendTo(endpoint string, n int, device, module string, size int) []uint64 {
+	e.t.Helper()
 	body := make([]byte, size)
 	const batch = 1000
+	var seqs []uint64
 	for i := 0; i < n; i += batch {
 		recs := make([]store.Record, 0, batch)
 		for j := i; j < min(i+batch, n); j++ {
-			recs = append(recs, store.Record{Endpoint: Endpoint, Msg: &message.Message{
+			recs = append(recs, store.Record{Endpoint: endpoint, Msg: &message.Message{
 				DeviceID: device, ModuleID: module, Body: body,
 				Properties: map[string]string{"i": strconv.Itoa(j)},
 				System:     message.System{MessageID: "m" + strconv.Itoa(j), ConnDeviceID: device},
 			}})
 		}
-		if _, err := e.store.AppendRecords(context.Background(), recs); err != nil {
+		s, err := e.store.AppendRecords(context.Background(), recs)
+		if err != nil {
 			e.t.Fatal(err)
 		}
+		seqs = append(seqs, s...)
 	}
+	return seqs
 }
 
 func (e *env) queued() int64 { return e.store.Stats()[Endpoint].Len }

@@ -1,9 +1,14 @@
 // Package upstream is the edge's single MQTT/TLS link to its parent hub.
 //
 // The edge connects as itself (clientId = edge id) and carries everything
-// over that one connection: the drain of the "$upstream" store queue as
+// over that one connection: the drain of the upstream store queues as
 // its children's telemetry, on-behalf-of twin requests, C2D and method
 // traffic for local clients, identity sync and edge CA signing.
+//
+// The drain reads every queue Config.Endpoints lists (one per route
+// priority) with store.NextByPriority, a batch at a time, so newer
+// high-priority data overtakes an older low-priority backlog within about
+// a window. Order holds within one queue, not across queues.
 //
 // Loss of the link is noticed within the keepalive: every read has a
 // deadline of one keepalive and the link pings after half of one, so a
@@ -13,7 +18,7 @@
 // so the full TLS and MQTT handshake starts as soon as the port answers.
 //
 // The drain is at-least-once: store entries are deleted only once their
-// PUBACKs arrived, up to the highest contiguous one, and whatever was in
+// PUBACKs arrived, up to the highest contiguous one per queue, and whatever was in
 // flight at a loss is sent again after the reconnect. Each publish carries
 // the edge id and store sequence ($outpost-eid, $outpost-seq) so the hub
 // drops the replays.
@@ -39,7 +44,8 @@ import (
 	"outpost/internal/sas"
 )
 
-// Endpoint is the store queue the link drains.
+// Endpoint is the store queue the link drains when Config.Endpoints is
+// nil: that of routes into $upstream of priority 0.
 const Endpoint = "$upstream"
 
 // Bag keys that identify a drained message to the hub for de-duplication.
@@ -82,8 +88,14 @@ type Config struct {
 	Addr string
 	// RootCAs is the hub's root CA; nil means the system roots.
 	RootCAs *x509.CertPool
-	// Store holds the "$upstream" queue.
+	// Store holds the upstream queues.
 	Store *store.Store
+	// Endpoints lists the store endpoints to drain; nil means
+	// []string{Endpoint}. It is called at every connect and after every
+	// Kick, so queues of new routes are picked up. The drain serves them
+	// by their store priority (store.SetEndpoint), ties in listed order.
+	// It must be safe to call from the drain's goroutine.
+	Endpoints func() []string
 	// Local receives deliveries from the cloud for local clients.
 	Local Local
 	// Logger receives link state changes; nil discards.
@@ -158,7 +170,6 @@ type Link struct {
 	now     func() time.Time
 	tls     *tls.Config
 	addr    string
-	reader  *store.Reader
 	ridBase string
 	ridSeq  atomic.Uint64
 	running atomic.Bool
@@ -170,6 +181,17 @@ type Link struct {
 	// kickMu guards the following fields.
 	kicked     bool
 	kickCancel context.CancelFunc // ends the drain's wait for new entries
+
+	// active is what the drain reads, in listed order. Only the drain's
+	// publish goroutine uses it; sessions do not overlap.
+	active  []*store.Reader
+	refused map[string]bool // endpoints that could not be opened, logged once
+
+	readersMu sync.Mutex
+	// readersMu guards readers: every endpoint the link has read, by
+	// name, kept when no longer listed so that what is in flight from it
+	// can still be acked, and so that it is rewound on reconnect.
+	readers map[string]*store.Reader
 
 	mu sync.Mutex
 	// mu guards the following fields.
@@ -239,7 +261,9 @@ func New(cfg Config) (*Link, error) {
 		now:         cfg.Now,
 		tls:         &tls.Config{ServerName: host, RootCAs: cfg.RootCAs, MinVersion: tls.VersionTLS12},
 		addr:        cfg.Addr,
-		reader:      r,
+		active:      []*store.Reader{r},
+		refused:     map[string]bool{},
+		readers:     map[string]*store.Reader{Endpoint: r},
 		ridBase:     message.NewID()[:8] + ".",
 		subsChanged: make(chan struct{}, 1),
 		attached:    map[string]attachment{},
@@ -427,9 +451,10 @@ func (l *Link) session(ctx context.Context) (up bool, err error) {
 	return true, err
 }
 
-// Kick tells the link there is new data in the store. The drain also
-// wakes on every store commit; Kick makes it look again at once, e.g.
-// after a TTL change.
+// Kick tells the link there is new data in the store, or new queues to
+// drain. The drain also wakes on every store commit; Kick makes it list
+// Config.Endpoints again and look at once, e.g. after a route or TTL
+// change.
 func (l *Link) Kick() {
 	l.kickMu.Lock()
 	defer l.kickMu.Unlock()

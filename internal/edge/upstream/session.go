@@ -32,11 +32,16 @@ type session struct {
 	wg     sync.WaitGroup
 	events chan func() // desired patches, in arrival order
 
-	// drained is 1 + the highest store sequence whose PUBACK arrived with
-	// all before it; 0 while none has.
-	drained atomic.Uint64
 	pubacks atomic.Uint64 // PUBACKs of drained entries
 	ackWake chan struct{}
+	// storeAcked is, per endpoint, 1 + the highest sequence acked in the
+	// store; only the store-ack loop (then stop) uses it.
+	storeAcked map[string]uint64
+
+	ackMu sync.Mutex
+	// ackMu guards drained: per endpoint, 1 + the highest store sequence
+	// whose PUBACK arrived with all published before it.
+	drained map[string]uint64
 
 	mu sync.Mutex
 	// mu guards the following fields.
@@ -57,9 +62,12 @@ func newSession(ctx context.Context, l *Link, c *mconn) *session {
 		c:        c,
 		events:   make(chan func(), 256),
 		ackWake:  make(chan struct{}, 1),
+		drained:  map[string]uint64{},
 		subs:     map[string]*subState{},
 		attached: map[string]attachment{},
 		c2d:      map[string][]c2dItem{},
+
+		storeAcked: map[string]uint64{},
 	}
 	s.ctx, s.cancel = context.WithCancel(ctx)
 	return s
@@ -82,8 +90,8 @@ func (s *session) stop(graceful bool) {
 	s.cancel()
 	s.c.close(graceful)
 	s.wg.Wait()
-	s.flushStoreAck(0)
-	s.l.reader.Rewind()
+	s.flushStoreAck()
+	s.l.rewind()
 }
 
 // inbound handles a PUBLISH from the parent, on the reader goroutine.
