@@ -84,6 +84,9 @@ type Config struct {
 	// IdentityRefresh is how often identities are re-synced while
 	// online. Default DefaultIdentityRefresh.
 	IdentityRefresh time.Duration
+	// KeepAlive bounds how long a silent upstream link goes unnoticed;
+	// zero leaves the link's default (30 s).
+	KeepAlive time.Duration
 	// MQTTAddr and HTTPSAddr are listen addresses; use 127.0.0.1:0 in
 	// tests. Defaults :8883 and :443.
 	MQTTAddr  string
@@ -280,6 +283,7 @@ func New(cfg Config) (*Edge, error) {
 		Store:       st,
 		Local:       e,
 		OnState:     e.linkChanged,
+		KeepAlive:   cfg.KeepAlive,
 
 		UpstreamEndpoints: e.UpstreamEndpoints,
 		Observer:          e.metrics,

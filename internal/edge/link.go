@@ -24,6 +24,7 @@ func NewUpstreamLink(d UplinkDeps) (Uplink, error) {
 		Local:       d.Local,
 		Logger:      d.Logger,
 		Now:         d.Now,
+		KeepAlive:   d.KeepAlive,
 		Endpoints:   d.UpstreamEndpoints,
 		Observer:    d.Observer,
 		OnState: func(s upstream.State) {

@@ -55,6 +55,9 @@ type UplinkDeps struct {
 	Local Local
 	// OnState must be called on every link state change.
 	OnState func(LinkState)
+	// KeepAlive bounds how long a silent link goes unnoticed; zero means
+	// the link's default.
+	KeepAlive time.Duration
 	// UpstreamEndpoints lists the store endpoints to drain, highest
 	// priority first (Edge.UpstreamEndpoints). It changes when routes
 	// do; the edge Kicks the link then. A link that drains them all,

@@ -21,9 +21,8 @@ import (
 // within about a second; the test allows for a loaded machine.
 const (
 	linkReturnBound = 4 * time.Second
-	// upstreamKeepAlive is the upstream link's keepalive: the edge does
-	// not let it be configured, so it is the link's default.
-	upstreamKeepAlive = 30 * time.Second
+	// upstreamKeepAlive is the keepalive StartEdge gives the link.
+	upstreamKeepAlive = UpstreamKeepAlive
 )
 
 func TestCutAndRestore(t *testing.T) {

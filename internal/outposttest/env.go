@@ -80,6 +80,11 @@ type envConfig struct {
 	plane func(*dataplane.Config)
 }
 
+// UpstreamKeepAlive is the edge link's keepalive in this environment:
+// short, so that tests of a silent link end quickly, and long enough not
+// to time out a healthy link on a loaded machine.
+const UpstreamKeepAlive = 3 * time.Second
+
 // WithLogger sends the hub's and edges' logs to log.
 func WithLogger(log *slog.Logger) EnvOption {
 	return func(c *envConfig) { c.log = log }

@@ -96,6 +96,7 @@ func (e *Env) StartEdge(t testing.TB, edgeID string, opts ...EdgeOption) *EdgeNo
 		HTTPSAddr:    "127.0.0.1:0",
 		Logger:       log,
 		NewUplink:    edge.NewUpstreamLink,
+		KeepAlive:    UpstreamKeepAlive,
 	}}
 	for _, o := range opts {
 		o(&s)
