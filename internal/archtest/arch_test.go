@@ -22,12 +22,17 @@ var allowed = map[string][]string{
 	"gateway": {"message", "sas", "topic", "identity", "twin", "query", "route", "certs", "metrics"},
 	"certs":   {},
 	"client":  {"message", "sas", "topic", "certs"},
+	// hubserver is the hub's process wiring: the hub and its data plane
+	// and service API, the device endpoint, certificates.
+	"hubserver": {"hub", "gateway", "certs", "metrics", "message", "sas", "topic", "identity", "twin", "query", "route"},
 }
 
 // forbidden pairs: a package under the first never imports the second.
 var forbidden = [][2]string{
 	{"hub", "edge"},
 	{"edge", "hub"},
+	{"hubserver", "edge"},
+	{"edge", "hubserver"},
 }
 
 type pkg struct {
