@@ -131,8 +131,13 @@ func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 		return nil, err
 	}
 	undo = append(undo, func() { s.plane.Close() })
+	m, err := s.plane.NewMetrics()
+	if err != nil {
+		return nil, err
+	}
 	if s.gw, err = gateway.New(gateway.Config{
 		Backend:     s.plane,
+		Observer:    m,
 		HubHostName: cfg.Hostname,
 		TLS:         &tls.Config{Certificates: []tls.Certificate{s.creds.ServerCert}, MinVersion: tls.VersionTLS12},
 		Logger:      s.log,
@@ -153,6 +158,7 @@ func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 	api.NewHandler(s.hub, api.Config{HostName: cfg.Hostname, Policies: policies, Logger: s.log}).Register(mux)
 	s.gw.RegisterDeviceHTTP(mux)
 	s.plane.RegisterREST(mux)
+	mux.Handle("GET /metrics", s.plane.MetricsHandler(m))
 
 	hl, err := net.Listen("tcp", cfg.HTTPSAddr)
 	if err != nil {

@@ -2,8 +2,11 @@ package hubserver
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
+	"io"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -117,6 +120,24 @@ func TestServesDevicesAndService(t *testing.T) {
 		}
 	case <-ctx.Done():
 		t.Fatal("telemetry never reached the reader")
+	}
+
+	// The hub's /metrics (open on loopback) counts the device and its
+	// acknowledged message.
+	hc := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: s.RootCAs(), ServerName: "localhost"}}}
+	resp, err := hc.Get("https://" + s.HTTPSAddr().String() + "/metrics")
+	if err != nil {
+		t.Fatalf("metrics: %v", err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("metrics: %s", resp.Status)
+	}
+	for _, want := range []string{`outpost_connected_clients{via="direct"} 1`, "outpost_puback_latency_seconds_count 1"} {
+		if !strings.Contains(string(body), want) {
+			t.Errorf("metrics lack %q", want)
+		}
 	}
 }
 

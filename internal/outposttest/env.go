@@ -23,22 +23,19 @@ package outposttest
 
 import (
 	"context"
-	"crypto/tls"
 	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
-	"net/http"
 	"os"
 	"strconv"
 	"testing"
 	"time"
 
-	"outpost/internal/gateway"
 	"outpost/internal/hub"
-	"outpost/internal/hub/api"
 	"outpost/internal/hub/dataplane"
+	"outpost/internal/hubserver"
 	"outpost/internal/identity"
 	"outpost/internal/service"
 )
@@ -47,20 +44,21 @@ import (
 // Env. Its certificate covers it, and it resolves to loopback.
 const HubHostName = "localhost"
 
-// Env is a running hub: registry, twins, telemetry stream, device
-// endpoint (MQTT over TLS) and service REST API, with the certificates
-// and keys hub.Bootstrap made for it.
+// Env is a running hub, started by hubserver exactly as `outpost hub`
+// starts one: registry, twins, telemetry stream, device endpoint (MQTT
+// over TLS) and one HTTPS listener for the service API, the data plane's
+// routes and the device HTTPS API.
 type Env struct {
 	t testing.TB
 
 	// Dir is the hub's data directory (CA, keys, JetStream).
-	Dir   string
-	Creds *hub.Credentials
-	Hub   *hub.Hub
-	Plane *dataplane.Plane
-	// Gateway is the hub's device endpoint.
-	Gateway *gateway.Server
-	// RootCAs holds the hub's root CA, which devices and edges trust.
+	Dir    string
+	Server *hubserver.Server
+	Hub    *hub.Hub
+	Plane  *dataplane.Plane
+	// CAFile and RootCAs hold the hub's root CA, which devices and edges
+	// trust.
+	CAFile  string
 	RootCAs *x509.CertPool
 	// MQTTAddr and HTTPSAddr are the hub's listen addresses.
 	MQTTAddr  string
@@ -76,8 +74,7 @@ type Env struct {
 type EnvOption func(*envConfig)
 
 type envConfig struct {
-	log   *slog.Logger
-	plane func(*dataplane.Config)
+	log *slog.Logger
 }
 
 // UpstreamKeepAlive is the edge link's keepalive in this environment:
@@ -90,11 +87,6 @@ func WithLogger(log *slog.Logger) EnvOption {
 	return func(c *envConfig) { c.log = log }
 }
 
-// WithPlaneConfig edits the data plane's configuration before it starts.
-func WithPlaneConfig(f func(*dataplane.Config)) EnvOption {
-	return func(c *envConfig) { c.plane = f }
-}
-
 // TestLogger is the logger tests use by default: stderr at debug level
 // when OUTPOST_TEST_LOG is set, else nothing.
 func TestLogger() *slog.Logger {
@@ -104,104 +96,37 @@ func TestLogger() *slog.Logger {
 	return slog.New(slog.DiscardHandler)
 }
 
-// NewEnv starts a hub in t.TempDir() on 127.0.0.1 random ports, wired as
-// cmd/outpost wires it: hub state, data plane, device endpoint over TLS
-// with the bootstrap CA, and one HTTPS listener for the service API, the
-// data plane's routes and the device HTTPS API.
+// NewEnv starts a hub in t.TempDir() on 127.0.0.1 random ports.
 func NewEnv(t testing.TB, opts ...EnvOption) *Env {
 	t.Helper()
 	cfg := envConfig{log: TestLogger()}
 	for _, o := range opts {
 		o(&cfg)
 	}
-	log := cfg.log.With("side", "hub")
 	e := &Env{t: t, Dir: t.TempDir(), log: cfg.log}
-
-	var err error
-	if e.Creds, err = hub.Bootstrap(e.Dir, HubHostName); err != nil {
-		t.Fatalf("bootstrap hub: %v", err)
-	}
-	e.RootCAs = x509.NewCertPool()
-	e.RootCAs.AddCert(e.Creds.CA.Cert)
-
-	if e.Hub, err = hub.New(hub.Config{DataDir: e.Dir, HostName: HubHostName, Logger: log}); err != nil {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	srv, err := hubserver.Start(ctx, hubserver.Config{
+		DataDir:   e.Dir,
+		Hostname:  HubHostName,
+		MQTTAddr:  "127.0.0.1:0",
+		HTTPSAddr: "127.0.0.1:0",
+		Logger:    cfg.log.With("side", "hub"),
+	})
+	if err != nil {
 		t.Fatalf("start hub: %v", err)
 	}
 	t.Cleanup(func() {
-		if err := e.Hub.Close(); err != nil {
-			t.Errorf("close hub: %v", err)
-		}
-	})
-
-	policies := []api.Policy{{Name: hub.ServicePolicy, PrimaryKey: e.Creds.ServiceKey}}
-	pcfg := dataplane.Config{Hub: e.Hub, CA: e.Creds.CA, Policies: policies, Logger: log}
-	if cfg.plane != nil {
-		cfg.plane(&pcfg)
-	}
-	if e.Plane, err = dataplane.New(pcfg); err != nil {
-		t.Fatalf("start data plane: %v", err)
-	}
-	t.Cleanup(func() { e.Plane.Close() })
-
-	serverTLS := &tls.Config{Certificates: []tls.Certificate{e.Creds.ServerCert}, MinVersion: tls.VersionTLS12}
-	if e.Gateway, err = gateway.New(gateway.Config{
-		Backend:     e.Plane,
-		HubHostName: HubHostName,
-		TLS:         serverTLS,
-		Logger:      log.With("component", "gateway"),
-	}); err != nil {
-		t.Fatalf("start hub gateway: %v", err)
-	}
-	e.Plane.SetGateway(e.Gateway)
-	ml, err := e.Gateway.ListenMQTTTLS("127.0.0.1:0")
-	if err != nil {
-		t.Fatalf("hub mqtt listener: %v", err)
-	}
-	e.MQTTAddr = ml.Addr().String()
-	mqttDone := make(chan error, 1)
-	go func() { mqttDone <- e.Gateway.ServeMQTT(ml) }()
-
-	mux := http.NewServeMux()
-	api.NewHandler(e.Hub, api.Config{HostName: HubHostName, Policies: policies, Logger: log}).Register(mux)
-	e.Gateway.RegisterDeviceHTTP(mux)
-	e.Plane.RegisterREST(mux)
-	hl, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatalf("hub https listener: %v", err)
-	}
-	e.HTTPSAddr = hl.Addr().String()
-	httpsTLS := serverTLS.Clone()
-	httpsTLS.ClientAuth = tls.RequestClientCert
-	hs := &http.Server{
-		Handler:           mux,
-		TLSConfig:         httpsTLS,
-		ReadHeaderTimeout: 10 * time.Second,
-		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
-	}
-	httpsDone := make(chan error, 1)
-	go func() { httpsDone <- hs.ServeTLS(hl, "", "") }()
-
-	// Registered after the hub's own cleanups, so it runs before them:
-	// listeners go first, then the plane, then the hub's state.
-	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
-		if err := hs.Shutdown(ctx); err != nil {
-			hs.Close()
-		}
-		if err := <-httpsDone; !errors.Is(err, http.ErrServerClosed) {
-			t.Errorf("hub https: %v", err)
-		}
-		if err := e.Gateway.Shutdown(ctx); err != nil {
-			t.Errorf("hub gateway shutdown: %v", err)
-		}
-		if err := <-mqttDone; !errors.Is(err, gateway.ErrServerClosed) {
-			t.Errorf("hub mqtt: %v", err)
+		if err := srv.Shutdown(ctx); err != nil {
+			t.Errorf("hub shutdown: %v", err)
 		}
 	})
-
-	_, port, _ := net.SplitHostPort(e.HTTPSAddr)
-	e.ServiceConnectionString = e.Creds.ConnectionString(net.JoinHostPort(HubHostName, port))
+	e.Server, e.Hub, e.Plane = srv, srv.Hub(), srv.Plane()
+	e.CAFile, e.RootCAs = srv.CAFile(), srv.RootCAs()
+	e.MQTTAddr, e.HTTPSAddr = srv.MQTTAddr().String(), srv.HTTPSAddr().String()
+	e.ServiceConnectionString = srv.ConnectionString()
 	if e.svc, err = service.New(service.Config{ConnectionString: e.ServiceConnectionString, RootCAs: e.RootCAs}); err != nil {
 		t.Fatalf("service client: %v", err)
 	}

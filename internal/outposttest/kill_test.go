@@ -162,7 +162,7 @@ func TestKill9WhileOffline(t *testing.T) {
 		"--connection-string", edge1.ConnectionString,
 		"--storage-folder", t.TempDir(),
 		"--upstream-addr", proxy.Addr(),
-		"--hub-ca", env.Creds.CAFile(),
+		"--hub-ca", env.CAFile,
 		"--hostname", "localhost",
 		"--mqtt-addr", mqttAddr,
 		"--https-addr", httpsAddr,
