@@ -10,8 +10,12 @@
 #         bridge   persist + a bridge to 127.0.0.1:UPSTREAM_PORT (default: a
 #                  port nothing listens on), so every message queues in the
 #                  bridge's session the way an offline edge must queue it
-#       Prints the mqttload flags for the broker ("--addr 127.0.0.1:PORT") on
-#       stdout, and writes DIR/pid, DIR/port, DIR/mosquitto.conf, DIR/mosquitto.log.
+#         tls      mem, with MQTT over TLS: the listener uses
+#                  $MOSQUITTO_CERT_DIR/server.pem and server-key.pem (made by
+#                  `outpostbench certs`), whose CA is $MOSQUITTO_CERT_DIR/ca.pem
+#       Prints the mqttload flags for the broker ("--addr 127.0.0.1:PORT", and
+#       for tls "--tls --ca … --servername localhost") on stdout, and writes
+#       DIR/pid, DIR/port, DIR/mosquitto.conf, DIR/mosquitto.log.
 #   mosquitto.sh stop DIR    SIGTERM, wait for a clean exit (it saves its db)
 #   mosquitto.sh kill DIR    SIGKILL: what a crash or power cut leaves behind
 #   mosquitto.sh free-port   print a TCP port nothing listens on
@@ -65,13 +69,17 @@ write_conf() {
 		# write our temp dir; as anyone else this line has no effect.
 		echo "user $(id -un)"
 		echo "listener $port 127.0.0.1"
+		if [ "$mode" = tls ]; then
+			echo "certfile $MOSQUITTO_CERT_DIR/server.pem"
+			echo "keyfile $MOSQUITTO_CERT_DIR/server-key.pem"
+		fi
 		echo "allow_anonymous true"
 		echo "log_dest file $dir/mosquitto.log"
 		echo "log_type error"
 		echo "log_type warning"
 		echo "pid_file $dir/mosquitto.pid"
 		case $mode in
-		mem)
+		mem | tls)
 			echo "persistence false"
 			;;
 		persist | bridge)
@@ -102,7 +110,11 @@ write_conf() {
 
 start() {
 	local mode=$1 dir=$2 upstream=${3:-}
-	case $mode in mem | persist | bridge) ;; *) die "unknown mode $mode" ;; esac
+	case $mode in mem | persist | bridge | tls) ;; *) die "unknown mode $mode" ;; esac
+	if [ "$mode" = tls ]; then
+		[ -n "${MOSQUITTO_CERT_DIR:-}" ] && [ -f "$MOSQUITTO_CERT_DIR/server.pem" ] ||
+			die "tls: set MOSQUITTO_CERT_DIR to a directory with server.pem, server-key.pem and ca.pem"
+	fi
 	[ -x "$MOSQUITTO" ] || die "$MOSQUITTO not found: run bench/install.sh"
 	mkdir -p "$dir/data"
 	if [ "$mode" = bridge ] && [ -z "$upstream" ]; then
@@ -118,7 +130,11 @@ start() {
 		if accepts "$port" "$pid"; then
 			echo "$pid" >"$dir/pid"
 			echo "$port" >"$dir/port"
-			echo "--addr 127.0.0.1:$port"
+			if [ "$mode" = tls ]; then
+				echo "--addr 127.0.0.1:$port --tls --ca $MOSQUITTO_CERT_DIR/ca.pem --servername localhost"
+			else
+				echo "--addr 127.0.0.1:$port"
+			fi
 			return 0
 		fi
 		kill -9 "$pid" 2>/dev/null || true

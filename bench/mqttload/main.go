@@ -7,7 +7,7 @@
 // generator costs little CPU on machines it shares with the broker under test.
 //
 //	mqttload --addr 127.0.0.1:1883 --clients 10 --inflight 64 --size 256 --count 20000 --json
-//	mqttload summarize --baseline mosquitto-mem < results.jsonl
+//	mqttload summarize --baseline mosquitto-mem [--pair outpost-hub=mosquitto-tls] < results.jsonl
 //
 // The result is acked msg/s (all PUBACKs / wall time from the common start
 // to the last PUBACK) and PUBACK latency percentiles.
@@ -128,15 +128,24 @@ func mainErr(ctx context.Context, args []string, stdout io.Writer) error {
 // summarizeCmd is `mqttload summarize [--baseline LABEL]... < results.jsonl`.
 func summarizeCmd(args []string, stdin io.Reader, stdout io.Writer) error {
 	fs := flag.NewFlagSet("mqttload summarize", flag.ContinueOnError)
-	var baselines listFlag
+	var baselines, pairFlags listFlag
 	fs.Var(&baselines, "baseline", "`label` to quote ratios against (repeatable)")
+	fs.Var(&pairFlags, "pair", "`TARGET=PEER`: quote TARGET's msg/s, p50 and p99 against PEER's (repeatable)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
 	if fs.NArg() > 0 {
 		return fmt.Errorf("unexpected argument %q", fs.Arg(0))
 	}
-	return summarize(stdin, stdout, baselines)
+	var pairs []pair
+	for _, s := range pairFlags {
+		p, err := parsePair(s)
+		if err != nil {
+			return err
+		}
+		pairs = append(pairs, p)
+	}
+	return summarize(stdin, stdout, baselines, pairs)
 }
 
 type listFlag []string

@@ -18,7 +18,11 @@ import (
 // targets within a round, so each pair ran seconds apart and shares whatever
 // else the shared machine was doing; that cancels more noise than dividing
 // two medians taken minutes apart.
-func summarize(r io.Reader, w io.Writer, baselines []string) error {
+//
+// Each pair adds a row to a second table that quotes a target against its
+// own peer on every measure: msg/s, and PUBACK p50 and p99 (for latency, a
+// ratio under 1 means the target answers faster).
+func summarize(r io.Reader, w io.Writer, baselines []string, pairs []pair) error {
 	var order []string
 	runs := map[string][]Result{}
 	sc := bufio.NewScanner(r)
@@ -66,7 +70,34 @@ func summarize(r io.Reader, w io.Writer, baselines []string) error {
 		}
 		fmt.Fprintln(w, row)
 	}
+	if len(pairs) == 0 {
+		return nil
+	}
+	fmt.Fprintln(w)
+	fmt.Fprintln(w, "| target | peer | rounds | msg/s × peer | PUBACK p50 × peer | PUBACK p99 × peer |")
+	fmt.Fprintln(w, "|---|---|---:|---:|---:|---:|")
+	for _, p := range pairs {
+		rs, base := runs[p.target], runs[p.peer]
+		if len(rs) == 0 || len(base) == 0 {
+			continue
+		}
+		fmt.Fprintf(w, "| %s | %s | %d | %s | %s | %s |\n", p.target, p.peer, min(len(rs), len(base)),
+			ratioOf(rs, base, func(r Result) float64 { return r.MsgsPerSec }),
+			ratioOf(rs, base, func(r Result) float64 { return r.P50us }),
+			ratioOf(rs, base, func(r Result) float64 { return r.P99us }))
+	}
 	return nil
+}
+
+// pair names a target and the peer it is quoted against.
+type pair struct{ target, peer string }
+
+func parsePair(s string) (pair, error) {
+	t, p, ok := strings.Cut(s, "=")
+	if !ok || t == "" || p == "" {
+		return pair{}, fmt.Errorf("pair %q: want TARGET=PEER", s)
+	}
+	return pair{t, p}, nil
 }
 
 func median(rs []Result, f func(Result) float64) float64 {
@@ -90,10 +121,15 @@ func medianOf(v []float64) float64 {
 }
 
 func ratio(rs, base []Result) string {
+	return ratioOf(rs, base, func(r Result) float64 { return r.MsgsPerSec })
+}
+
+// ratioOf is the median over rounds of f(rs[i]) / f(base[i]).
+func ratioOf(rs, base []Result, f func(Result) float64) string {
 	var v []float64
 	for i := range min(len(rs), len(base)) {
-		if base[i].MsgsPerSec > 0 {
-			v = append(v, rs[i].MsgsPerSec/base[i].MsgsPerSec)
+		if b := f(base[i]); b > 0 {
+			v = append(v, f(rs[i])/b)
 		}
 	}
 	if len(v) == 0 {

@@ -21,23 +21,31 @@ func TestSummarize(t *testing.T) {
 		name      string
 		in        string
 		baselines []string
+		pairs     []pair
 		want      []string // substrings of the output
 		wantErr   string
 	}{
-		{"ratios", in.String(), []string{"mem", "absent"}, []string{
+		{"ratios", in.String(), []string{"mem", "absent"}, nil, []string{
 			"| target | runs | msg/s (median) | PUBACK p50 | PUBACK p99 | × mem | × absent |",
 			"| mem | 3 | 100 | 1.00 ms | 3.00 ms | 1.00 | – |",
 			"| outpost | 3 | 200 | 0.50 ms | 1.50 ms | 2.00 | – |",
 		}, ""},
-		{"no baseline", in.String(), nil, []string{"| outpost | 3 | 200 | 0.50 ms | 1.50 ms |\n"}, ""},
-		{"empty", "", nil, nil, "no results"},
-		{"bad json", "{\n", nil, nil, "line 1"},
-		{"no label", `{"msgsPerSec":1}`, nil, nil, "no label"},
+		{"no baseline", in.String(), nil, nil, []string{"| outpost | 3 | 200 | 0.50 ms | 1.50 ms |\n"}, ""},
+		{"pairs", in.String(), nil, []pair{{"outpost", "mem"}, {"outpost", "absent"}}, []string{
+			"| target | peer | rounds | msg/s × peer | PUBACK p50 × peer | PUBACK p99 × peer |",
+			"| outpost | mem | 3 | 2.00 | 0.50 | 0.50 |\n",
+		}, ""},
+		{"empty", "", nil, nil, nil, "no results"},
+		{"bad json", "{\n", nil, nil, nil, "line 1"},
+		{"no label", `{"msgsPerSec":1}`, nil, nil, nil, "no label"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			var out bytes.Buffer
-			err := summarize(strings.NewReader(tt.in), &out, tt.baselines)
+			err := summarize(strings.NewReader(tt.in), &out, tt.baselines, tt.pairs)
+			if tt.name == "pairs" && strings.Contains(out.String(), "| outpost | absent |") {
+				t.Errorf("a pair with no peer runs got a row:\n%s", out.String())
+			}
 			if tt.wantErr != "" {
 				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
 					t.Fatalf("err = %v, want %q", err, tt.wantErr)
@@ -70,6 +78,27 @@ func TestMedianOf(t *testing.T) {
 		t.Run("", func(t *testing.T) {
 			if got := medianOf(tt.in); got != tt.want {
 				t.Errorf("medianOf(%v) = %v, want %v", tt.in, got, tt.want)
+			}
+		})
+	}
+}
+
+func TestParsePair(t *testing.T) {
+	tests := []struct {
+		in      string
+		want    pair
+		wantErr bool
+	}{
+		{"hub=mosquitto-tls", pair{"hub", "mosquitto-tls"}, false},
+		{"hub", pair{}, true},
+		{"=peer", pair{}, true},
+		{"hub=", pair{}, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.in, func(t *testing.T) {
+			got, err := parsePair(tt.in)
+			if (err != nil) != tt.wantErr || got != tt.want {
+				t.Errorf("parsePair(%q) = %v, %v; want %v, error %v", tt.in, got, err, tt.want, tt.wantErr)
 			}
 		})
 	}

@@ -1,0 +1,584 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"outpost/internal/certs"
+	"outpost/internal/netfault"
+	"outpost/internal/service"
+)
+
+// drainResult is what one drain scenario measured.
+type drainResult struct {
+	Label   string `json:"label"`
+	Backlog int    `json:"backlog"`
+	// The offline ingest that built the backlog (mqttload's result line).
+	Ingest json.RawMessage `json:"ingest"`
+	// Queued messages the edge reported after the ingest, and again after
+	// a kill -9 and a restart (offline): what a crash lost is the difference.
+	QueuedAfterIngest int64 `json:"queuedAfterIngest"`
+	QueuedAfterKill9  int64 `json:"queuedAfterKill9"`
+	// Resident memory of the edge with the backlog queued: right after the
+	// ingest (and its peak so far), and after the restart.
+	RSSAfterIngestKB  int64 `json:"rssAfterIngestKB"`
+	HWMAfterIngestKB  int64 `json:"hwmAfterIngestKB"`
+	RSSAfterRestartKB int64 `json:"rssAfterRestartKB"`
+	// ReconnectMs: link restored → the edge's link reports connected.
+	// TransferS: connected → the last backlog message read from the hub's
+	// telemetry stream.
+	ReconnectMs float64 `json:"reconnectMs"`
+	TransferS   float64 `json:"transferS"`
+	DrainMsgsPS float64 `json:"drainMsgsPerSec"`
+	// What the hub's stream held at the end: all events, and distinct
+	// (edgeId, edgeSeq) pairs, the key the edge stamps on every message it
+	// stores and the hub de-duplicates replays by.
+	AtHub       int64 `json:"atHub"`
+	DistinctIDs int64 `json:"distinctEdgeSeqs"`
+}
+
+// drainCmd runs the edge drain scenario with its own hub and edge
+// processes, and the edge's upstream through a cuttable proxy:
+//
+//  1. the edge syncs once through the proxy; the proxy is cut;
+//  2. mqttload fills the offline edge with --backlog messages (10 children,
+//     QoS 1, 256 B, 64 in flight), every one acked after an fsync;
+//  3. the edge is killed with SIGKILL and restarted offline; its queue
+//     must still hold every acked message;
+//  4. the proxy is restored and the time until the hub has the last
+//     message is measured, split into reconnect and transfer.
+func drainCmd(ctx context.Context, args []string, stdout io.Writer) error {
+	fs := flag.NewFlagSet("drain", flag.ContinueOnError)
+	bin := fs.String("outpost", "", "the outpost binary (required)")
+	loadBin := fs.String("mqttload", "", "the mqttload binary (required)")
+	dir := fs.String("dir", "", "an empty working directory (required)")
+	backlog := fs.Int("backlog", 100_000, "messages to queue offline (a multiple of --children)")
+	children := fs.Int("children", 10, "children of the edge, one mqttload client each")
+	label := fs.String("label", "", "name of the run (default outpost-drain-BACKLOG)")
+	timeout := fs.Duration("timeout", 0, "longest wait for the drain (default: 5 min + 1 min per 100k)")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	if *bin == "" || *loadBin == "" || *dir == "" {
+		return errors.New("drain: need --outpost, --mqttload and --dir")
+	}
+	if *children < 1 || *backlog < *children || *backlog%*children != 0 {
+		return errors.New("drain: --backlog must be a positive multiple of --children")
+	}
+	if *label == "" {
+		*label = "outpost-drain-" + strconv.Itoa(*backlog)
+	}
+	if *timeout == 0 {
+		*timeout = 5*time.Minute + time.Duration(*backlog/100_000)*time.Minute
+	}
+	s := &scenario{bin: *bin, load: *loadBin, dir: *dir}
+	defer s.close()
+	res, err := s.drain(ctx, *backlog, *children, *timeout)
+	if err != nil {
+		return fmt.Errorf("drain: %w", err)
+	}
+	res.Label = *label
+	return emit(stdout, res)
+}
+
+// scenario owns the processes and the proxy of one drain run.
+type scenario struct {
+	bin, load, dir string
+	hub, edge      *proc
+	proxy          *netfault.Proxy
+	edgeArgs       []string
+	edgeStarts     int
+	status         *http.Client
+}
+
+func (s *scenario) close() {
+	if s.edge != nil {
+		s.edge.stop()
+	}
+	if s.proxy != nil {
+		s.proxy.Close()
+	}
+	if s.hub != nil {
+		s.hub.stop()
+	}
+}
+
+var (
+	hubReadyRE  = regexp.MustCompile(`hub ready: https=(\S+) mqtt=(\S+)`)
+	edgeReadyRE = regexp.MustCompile(`edge ready: mqtt=(\S+) https=(\S+)`)
+)
+
+func (s *scenario) drain(ctx context.Context, backlog, children int, timeout time.Duration) (drainResult, error) {
+	res := drainResult{Backlog: backlog}
+	hubDir := filepath.Join(s.dir, "hub")
+	var err error
+	var m []string
+	s.hub, m, err = startProc(ctx, s.bin, filepath.Join(s.dir, "hub.out"), hubReadyRE, 60*time.Second,
+		"hub", "--data-dir", hubDir, "--https-addr", "127.0.0.1:0", "--mqtt-addr", "127.0.0.1:0")
+	if err != nil {
+		return res, err
+	}
+	hubMQTT := m[2]
+	svc, err := openHub(hubDir)
+	if err != nil {
+		return res, err
+	}
+	cs, creds, err := provisionEdge(ctx, svc, "edge1", children)
+	if err != nil {
+		return res, err
+	}
+	credsFile := filepath.Join(s.dir, "creds.jsonl")
+	if err := writeCreds(credsFile, creds); err != nil {
+		return res, err
+	}
+	if s.proxy, err = netfault.New(hubMQTT); err != nil {
+		return res, err
+	}
+	caFile := filepath.Join(hubDir, certs.CAFile)
+	roots, err := service.LoadCA(caFile)
+	if err != nil {
+		return res, err
+	}
+	s.status = &http.Client{
+		Timeout:   5 * time.Second,
+		Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: roots, ServerName: "localhost"}},
+	}
+	edgeDir := filepath.Join(s.dir, "edge")
+	s.edgeArgs = []string{"edge", "--connection-string", cs,
+		"--storage-folder", filepath.Join(edgeDir, "storage"), "--state-dir", filepath.Join(edgeDir, "state"),
+		"--hub-ca", caFile, "--hostname", "localhost",
+		"--mqtt-addr", "127.0.0.1:0", "--https-addr", "127.0.0.1:0", "--upstream-addr", s.proxy.Addr()}
+
+	// 1. First sync, online; then the link goes down.
+	mqttAddr, httpsAddr, err := s.startEdge(ctx)
+	if err != nil {
+		return res, err
+	}
+	if _, err := s.awaitLink(ctx, httpsAddr, true, time.Minute); err != nil {
+		return res, err
+	}
+	s.proxy.Cut()
+	if _, err := s.awaitLink(ctx, httpsAddr, false, time.Minute); err != nil {
+		return res, err
+	}
+
+	// 2. Offline ingest.
+	logf("drain: ingesting %d messages into the offline edge", backlog)
+	out, err := exec.CommandContext(ctx, s.load, "--addr", mqttAddr, "--tls", "--ca", caFile, "--servername", "localhost",
+		"--creds", credsFile, "--clients", strconv.Itoa(children), "--inflight", "64", "--size", "256", "--qos", "1",
+		"--count", strconv.Itoa(backlog/children), "--json", "--label", "outpost-edge-fill").Output()
+	if err != nil {
+		return res, fmt.Errorf("mqttload: %w", exitDetail(err))
+	}
+	res.Ingest = json.RawMessage(strings.TrimSpace(string(out)))
+	st, err := s.getStatus(ctx, httpsAddr)
+	if err != nil {
+		return res, err
+	}
+	res.QueuedAfterIngest = st.queued()
+	res.RSSAfterIngestKB, res.HWMAfterIngestKB = procMem(s.edge.cmd.Process.Pid)
+
+	// 3. A crash, and a restart that is still offline.
+	s.edge.kill()
+	s.edge = nil
+	if _, httpsAddr, err = s.startEdge(ctx); err != nil {
+		return res, err
+	}
+	if st, err = s.getStatus(ctx, httpsAddr); err != nil {
+		return res, err
+	}
+	res.QueuedAfterKill9 = st.queued()
+	res.RSSAfterRestartKB, _ = procMem(s.edge.cmd.Process.Pid)
+	if res.QueuedAfterKill9 < int64(backlog) {
+		logf("drain: LOST %d acked messages across kill -9", int64(backlog)-res.QueuedAfterKill9)
+	}
+
+	// 4. The link returns.
+	mon, err := startMonitor(ctx, svc, backlog)
+	if err != nil {
+		return res, err
+	}
+	defer mon.stop()
+	logf("drain: restoring the link")
+	t0 := time.Now()
+	if err := s.proxy.Restore(); err != nil {
+		return res, err
+	}
+	up, err := s.awaitLink(ctx, httpsAddr, true, time.Minute)
+	if err != nil {
+		return res, err
+	}
+	// The edge's own timestamp of the connect is finer than our polling;
+	// the two clocks are the same machine's.
+	if up.Before(t0) {
+		up = t0
+	}
+	select {
+	case <-mon.done:
+	case <-time.After(timeout):
+		return res, fmt.Errorf("only %d of %d messages at the hub after %v", mon.n.Load(), backlog, timeout)
+	case <-ctx.Done():
+		return res, ctx.Err()
+	}
+	if mon.err != nil {
+		return res, mon.err
+	}
+	res.ReconnectMs = float64(up.Sub(t0).Microseconds()) / 1000
+	res.TransferS = mon.last.Sub(up).Seconds()
+	if res.TransferS > 0 {
+		res.DrainMsgsPS = float64(backlog) / res.TransferS
+	}
+	// Let stragglers (replays) arrive before counting what the stream holds.
+	time.Sleep(500 * time.Millisecond) // a settling period, not a wait for a condition
+	res.AtHub, res.DistinctIDs = mon.counts()
+	return res, nil
+}
+
+// startEdge starts the edge with s.edgeArgs and returns its listen
+// addresses once it prints its ready line.
+func (s *scenario) startEdge(ctx context.Context) (mqttAddr, httpsAddr string, err error) {
+	s.edgeStarts++
+	out := filepath.Join(s.dir, fmt.Sprintf("edge.out.%d", s.edgeStarts))
+	p, m, err := startProc(ctx, s.bin, out, edgeReadyRE, 2*time.Minute, s.edgeArgs...)
+	if err != nil {
+		return "", "", err
+	}
+	s.edge = p
+	return m[1], m[2], nil
+}
+
+// edgeStatus is the part of the edge's GET /status the scenario reads.
+type edgeStatus struct {
+	Synced bool `json:"synced"`
+	Link   struct {
+		Connected bool       `json:"connected"`
+		Since     *time.Time `json:"since"`
+	} `json:"link"`
+	Queues map[string]struct {
+		Length int64 `json:"length"`
+	} `json:"queues"`
+}
+
+func (st edgeStatus) queued() int64 {
+	var n int64
+	for _, q := range st.Queues {
+		n += q.Length
+	}
+	return n
+}
+
+func (s *scenario) getStatus(ctx context.Context, httpsAddr string) (edgeStatus, error) {
+	var st edgeStatus
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "https://"+httpsAddr+"/status", nil)
+	if err != nil {
+		return st, err
+	}
+	resp, err := s.status.Do(req)
+	if err != nil {
+		return st, fmt.Errorf("edge status: %w", err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return st, fmt.Errorf("edge status: %s", resp.Status)
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&st); err != nil {
+		return st, fmt.Errorf("edge status: %w", err)
+	}
+	return st, nil
+}
+
+// awaitLink polls the edge's status until its link is up (or down) and
+// returns the time the edge says the link changed, or the time we saw it.
+func (s *scenario) awaitLink(ctx context.Context, httpsAddr string, up bool, timeout time.Duration) (time.Time, error) {
+	deadline := time.Now().Add(timeout)
+	for {
+		st, err := s.getStatus(ctx, httpsAddr)
+		seen := time.Now()
+		if err == nil && st.Link.Connected == up && (!up || st.Synced) {
+			if st.Link.Since != nil && !st.Link.Since.IsZero() {
+				return *st.Link.Since, nil
+			}
+			return seen, nil
+		}
+		if seen.After(deadline) {
+			return time.Time{}, fmt.Errorf("edge link not %s after %v (last error: %v)", map[bool]string{true: "up", false: "down"}[up], timeout, err)
+		}
+		select {
+		case <-ctx.Done():
+			return time.Time{}, ctx.Err()
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
+}
+
+type edgeKey struct {
+	edge string
+	seq  uint64
+}
+
+// monitor counts telemetry events at the hub from the stream's start.
+type monitor struct {
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+	n      atomic.Int64
+	want   int64
+	done   chan struct{} // closed when want events arrived, or the stream failed
+	once   sync.Once
+	last   time.Time // when the want-th event arrived; written before done closes
+	err    error     // written before done closes
+
+	mu  sync.Mutex
+	ids map[edgeKey]struct{}
+}
+
+func startMonitor(ctx context.Context, svc *service.Client, want int) (*monitor, error) {
+	ctx, cancel := context.WithCancel(ctx)
+	m := &monitor{cancel: cancel, want: int64(want), done: make(chan struct{}), ids: make(map[edgeKey]struct{}, want)}
+	ready := make(chan struct{})
+	var readyOnce sync.Once
+	m.wg.Go(func() {
+		err := svc.MonitorEvents(ctx, service.EventsOptions{FromStart: true},
+			func() { readyOnce.Do(func() { close(ready) }) },
+			func(ev service.Event) error {
+				m.mu.Lock()
+				if ev.System.EdgeID != "" {
+					m.ids[edgeKey{ev.System.EdgeID, ev.System.EdgeSeq}] = struct{}{}
+				}
+				m.mu.Unlock()
+				if m.n.Add(1) == m.want {
+					m.finish(nil)
+				}
+				return nil
+			})
+		if err == nil && ctx.Err() == nil {
+			err = errors.New("event stream ended")
+		}
+		if ctx.Err() == nil {
+			m.finish(fmt.Errorf("monitor: %w", err))
+		}
+		readyOnce.Do(func() { close(ready) })
+	})
+	select {
+	case <-ready:
+	case <-time.After(30 * time.Second):
+		m.stop()
+		return nil, errors.New("monitor: the hub's event stream did not open in 30s")
+	}
+	return m, nil
+}
+
+func (m *monitor) finish(err error) {
+	m.once.Do(func() {
+		m.last, m.err = time.Now(), err
+		close(m.done)
+	})
+}
+
+func (m *monitor) counts() (events, ids int64) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.n.Load(), int64(len(m.ids))
+}
+
+func (m *monitor) stop() {
+	m.cancel()
+	m.wg.Wait()
+}
+
+// proc is a child process we started; its stdout and stderr go to a file.
+type proc struct {
+	cmd  *exec.Cmd
+	out  *os.File
+	done chan struct{}
+}
+
+// startProc starts bin with args and waits until a line of its output
+// matches ready, returning the submatches.
+func startProc(ctx context.Context, bin, outFile string, ready *regexp.Regexp, timeout time.Duration, args ...string) (*proc, []string, error) {
+	f, err := os.Create(outFile)
+	if err != nil {
+		return nil, nil, err
+	}
+	cmd := exec.Command(bin, args...)
+	cmd.Stdout, cmd.Stderr = f, f
+	if err := cmd.Start(); err != nil {
+		f.Close()
+		return nil, nil, err
+	}
+	p := &proc{cmd: cmd, out: f, done: make(chan struct{})}
+	go func() {
+		defer close(p.done)
+		cmd.Wait()
+	}()
+	deadline := time.Now().Add(timeout)
+	for {
+		if m := grepFile(outFile, ready); m != nil {
+			return p, m, nil
+		}
+		select {
+		case <-p.done:
+			return nil, nil, fmt.Errorf("%s %s exited before it was ready; see %s", filepath.Base(bin), args[0], outFile)
+		case <-ctx.Done():
+			p.stop()
+			return nil, nil, ctx.Err()
+		case <-time.After(20 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			p.stop()
+			return nil, nil, fmt.Errorf("%s %s not ready after %v; see %s", filepath.Base(bin), args[0], timeout, outFile)
+		}
+	}
+}
+
+func grepFile(path string, re *regexp.Regexp) []string {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	sc.Buffer(nil, 1<<20)
+	for sc.Scan() {
+		if m := re.FindStringSubmatch(sc.Text()); m != nil {
+			return m
+		}
+	}
+	return nil
+}
+
+// stop ends the process with SIGTERM, and SIGKILL after 30 s.
+func (p *proc) stop() {
+	p.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-p.done:
+	case <-time.After(30 * time.Second):
+		p.cmd.Process.Kill()
+		<-p.done
+	}
+	p.out.Close()
+}
+
+// kill ends the process with SIGKILL: a crash.
+func (p *proc) kill() {
+	p.cmd.Process.Kill()
+	<-p.done
+	p.out.Close()
+}
+
+// procMem reads VmRSS and VmHWM (kB) of a process.
+func procMem(pid int) (rss, hwm int64) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0, 0
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		k, v, ok := strings.Cut(line, ":")
+		if !ok {
+			continue
+		}
+		n, _ := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
+		switch k {
+		case "VmRSS":
+			rss = n
+		case "VmHWM":
+			hwm = n
+		}
+	}
+	return rss, hwm
+}
+
+func exitDetail(err error) error {
+	var ee *exec.ExitError
+	if errors.As(err, &ee) && len(ee.Stderr) > 0 {
+		return fmt.Errorf("%w: %s", err, strings.TrimSpace(string(ee.Stderr)))
+	}
+	return err
+}
+
+// summarizeDrain reads drainResult lines and prints a markdown table with
+// one row per label: medians over rounds, and the worst round for what
+// was lost.
+func summarizeDrain(r io.Reader, w io.Writer) error {
+	var order []string
+	runs := map[string][]drainResult{}
+	sc := bufio.NewScanner(r)
+	sc.Buffer(nil, 1<<20)
+	for line := 1; sc.Scan(); line++ {
+		s := strings.TrimSpace(sc.Text())
+		if s == "" {
+			continue
+		}
+		var res drainResult
+		if err := json.Unmarshal([]byte(s), &res); err != nil {
+			return fmt.Errorf("summarize-drain: line %d: %w", line, err)
+		}
+		if _, ok := runs[res.Label]; !ok {
+			order = append(order, res.Label)
+		}
+		runs[res.Label] = append(runs[res.Label], res)
+	}
+	if err := sc.Err(); err != nil {
+		return fmt.Errorf("summarize-drain: %w", err)
+	}
+	if len(order) == 0 {
+		return errors.New("summarize-drain: no results")
+	}
+	fmt.Fprintln(w, "| run | rounds | offline ingest msg/s | lost on kill -9 (worst) | edge RSS, backlog queued | reconnect | transfer | drain msg/s | missing / duplicated at hub (worst) |")
+	fmt.Fprintln(w, "|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+	for _, label := range order {
+		rs := runs[label]
+		med := func(f func(drainResult) float64) float64 {
+			v := make([]float64, len(rs))
+			for i, r := range rs {
+				v[i] = f(r)
+			}
+			return median(v)
+		}
+		var lost, missing, dup int64
+		for _, r := range rs {
+			lost = max(lost, int64(r.Backlog)-r.QueuedAfterKill9)
+			missing = max(missing, int64(r.Backlog)-r.DistinctIDs)
+			dup = max(dup, r.AtHub-r.DistinctIDs)
+		}
+		fmt.Fprintf(w, "| %s | %d | %.0f | %d | %.0f MB (peak %.0f MB; %.0f MB after restart) | %.0f ms | %.1f s | %.0f | %d / %d |\n",
+			label, len(rs),
+			med(func(r drainResult) float64 { return ingestRate(r.Ingest) }),
+			lost,
+			med(func(r drainResult) float64 { return float64(r.RSSAfterIngestKB) / 1024 }),
+			med(func(r drainResult) float64 { return float64(r.HWMAfterIngestKB) / 1024 }),
+			med(func(r drainResult) float64 { return float64(r.RSSAfterRestartKB) / 1024 }),
+			med(func(r drainResult) float64 { return r.ReconnectMs }),
+			med(func(r drainResult) float64 { return r.TransferS }),
+			med(func(r drainResult) float64 { return r.DrainMsgsPS }),
+			missing, dup)
+	}
+	return nil
+}
+
+// ingestRate is msgsPerSec from an mqttload result line.
+func ingestRate(raw json.RawMessage) float64 {
+	var v struct {
+		MsgsPerSec float64 `json:"msgsPerSec"`
+	}
+	if json.Unmarshal(raw, &v) != nil {
+		return 0
+	}
+	return v.MsgsPerSec
+}
