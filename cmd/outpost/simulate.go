@@ -34,7 +34,8 @@ import (
 //
 // Transport: a HostName with a port other than 8883 names the hub's HTTPS
 // listener (DESIGN: connection strings carry the HTTPS port), so the
-// devices then use MQTT over WebSocket on it; --transport overrides.
+// devices then use MQTT over WebSocket on it, unless GatewayHostName
+// names the MQTT endpoint to dial (an edge); --transport overrides.
 func runSimulate(ctx context.Context, args []string) error {
 	fs := newFlagSet("simulate", "simulate --connection-string CS [--count N] [--rate R] [--messages M] [--duration S] [--transport auto|mqtt|ws] [--ca FILE]")
 	cs := fs.String("connection-string", "", "a service connection string (creates devices) or a device connection string (required)")
@@ -198,11 +199,12 @@ func (s *simulation) clientConfig(cs string) (client.Config, error) {
 	case "ws":
 		cfg.Transport = client.MQTTWebSocket
 	case "auto":
-		host := parsed.HostName
+		// A gateway's port is its MQTT port (PROTOCOL.md); only the hub's
+		// HostName carries the HTTPS port.
 		if parsed.GatewayHostName != "" {
-			host = parsed.GatewayHostName
+			break
 		}
-		if _, port, err := net.SplitHostPort(host); err == nil && port != "8883" {
+		if _, port, err := net.SplitHostPort(parsed.HostName); err == nil && port != "8883" {
 			cfg.Transport = client.MQTTWebSocket
 		}
 	default:

@@ -9,6 +9,7 @@ const fs = require('node:fs');
 const os = require('node:os');
 const path = require('node:path');
 const https = require('node:https');
+const net = require('node:net');
 const readline = require('node:readline');
 
 const iothub = require('azure-iothub');
@@ -283,6 +284,185 @@ class Hub {
 }
 
 /**
+ * A TCP proxy on a random loopback port that pipes every connection to
+ * 127.0.0.1:targetPort, and that a test can cut: cut() closes the
+ * listener and destroys every open socket, so the far side sees its
+ * connection reset and later dials are refused. It stands for an edge's
+ * upstream network link.
+ */
+class CuttableProxy {
+  static async start(targetPort) {
+    const p = new CuttableProxy(targetPort);
+    await p.listen(0);
+    return p;
+  }
+
+  constructor(targetPort) {
+    this.targetPort = targetPort;
+    this.sockets = new Set();
+    this.server = null;
+    this.port = null;
+    this.accepted = 0;
+  }
+
+  listen(port) {
+    const server = net.createServer((down) => {
+      this.accepted += 1;
+      const up = net.connect(this.targetPort, '127.0.0.1');
+      for (const s of [down, up]) {
+        this.sockets.add(s);
+        s.on('close', () => this.sockets.delete(s));
+        s.on('error', () => { down.destroy(); up.destroy(); });
+      }
+      down.pipe(up);
+      up.pipe(down);
+    });
+    this.server = server;
+    return new Promise((resolve, reject) => {
+      server.once('error', reject);
+      server.listen(port, '127.0.0.1', () => {
+        server.off('error', reject);
+        this.port = server.address().port;
+        resolve();
+      });
+    });
+  }
+
+  /** Whether the link is up (the listener is open). */
+  get up() {
+    return this.server !== null;
+  }
+
+  /** Cuts the link: no new connections, every open one reset. */
+  async cut() {
+    const server = this.server;
+    this.server = null;
+    if (server) {
+      const closed = new Promise((resolve) => server.close(resolve));
+      for (const s of this.sockets) s.destroy();
+      this.sockets.clear();
+      await closed;
+    }
+  }
+
+  /** Restores the link on the same port. */
+  async restore() {
+    if (!this.server) await this.listen(this.port);
+  }
+}
+
+/**
+ * A running edge: `outpost edge` as a subprocess with its own storage
+ * and state folders and random listeners. start() resolves once the
+ * edge printed its ready line, which it does only after its first sync
+ * with the hub. Call stop() when done.
+ */
+class Edge {
+  static async start(hub, { connectionString, upstreamPort, readyTimeout = 30000 } = {}) {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'outpost-interop-edge-'));
+    const args = [
+      'edge', '--connection-string', connectionString,
+      '--storage-folder', path.join(dir, 'storage'),
+      '--state-dir', path.join(dir, 'state'),
+      '--hub-ca', hub.caFile,
+      '--hostname', 'localhost',
+      '--mqtt-addr', '127.0.0.1:0',
+      '--https-addr', '127.0.0.1:0',
+    ];
+    if (upstreamPort) args.push('--upstream-addr', `127.0.0.1:${upstreamPort}`);
+    const env = { ...process.env };
+    delete env.storageFolder; // the flag wins anyway; keep the run independent of it
+    const proc = spawn(BIN, args, { env, stdio: ['ignore', 'pipe', 'pipe'] });
+    const edge = new Edge(proc, dir, hub);
+    const ready = await withTimeout(new Promise((resolve, reject) => {
+      const rl = readline.createInterface({ input: proc.stdout });
+      rl.on('line', (line) => {
+        const m = /^edge ready: mqtt=(\S+) https=(\S+)$/.exec(line);
+        if (m) resolve(m);
+      });
+      proc.once('exit', (code, sig) => reject(new Error(
+        `outpost edge exited (${code ?? sig}) before ready:\n${edge.log()}`)));
+      proc.once('error', reject);
+    }), readyTimeout, 'outpost edge ready line').catch(async (err) => {
+      err.message += `\nedge log:\n${edge.log()}`;
+      await edge.stop();
+      throw err;
+    });
+    edge.mqttPort = portOf(ready[1]);
+    edge.httpsPort = portOf(ready[2]);
+    return edge;
+  }
+
+  constructor(proc, dir, hub) {
+    this.proc = proc;
+    this.dir = dir;
+    this.hub = hub;
+    this.stderr = '';
+    proc.stderr.on('data', (d) => {
+      this.stderr = (this.stderr + d.toString()).slice(-LOG_TAIL);
+    });
+    this.exited = new Promise((resolve) => proc.once('exit', resolve));
+  }
+
+  log() {
+    return this.stderr;
+  }
+
+  /** GatewayHostName for MQTT clients of this edge. */
+  get gateway() {
+    return `localhost:${this.mqttPort}`;
+  }
+
+  /**
+   * An agent that reaches the edge's HTTPS listener. The edge's server
+   * certificate chains to the hub's root CA (the hub signs the edge CA).
+   */
+  httpsAgent() {
+    return new RedirectAgent({ port: this.httpsPort, ca: this.hub.ca });
+  }
+
+  /** GET /status (loopback callers need no credentials). */
+  status() {
+    return new Promise((resolve, reject) => {
+      const req = https.get({
+        host: 'localhost', path: '/status', agent: this.httpsAgent(), timeout: 5000,
+      }, (res) => {
+        let body = '';
+        res.setEncoding('utf8');
+        res.on('data', (d) => { body += d; });
+        res.on('end', () => {
+          if (res.statusCode !== 200) {
+            reject(new Error(`GET /status: ${res.statusCode} ${body}`));
+            return;
+          }
+          try {
+            resolve(JSON.parse(body));
+          } catch (err) {
+            reject(err);
+          }
+        });
+      });
+      req.on('timeout', () => req.destroy(new Error('GET /status timed out')));
+      req.on('error', reject);
+    });
+  }
+
+  /** SIGTERM, then SIGKILL if the edge has not exited within 10 s. */
+  async stop() {
+    if (this.proc.exitCode === null && this.proc.signalCode === null) {
+      this.proc.kill('SIGTERM');
+      try {
+        await withTimeout(this.exited, 10000, 'outpost edge shutdown');
+      } catch {
+        this.proc.kill('SIGKILL');
+        await this.exited;
+      }
+    }
+    fs.rmSync(this.dir, { recursive: true, force: true });
+  }
+}
+
+/**
  * Transports, and how each reaches the random ports:
  * - Mqtt dials mqtts://{GatewayHostName || HostName}: the hub's HostName
  *   carries the HTTPS port, so GatewayHostName=localhost:MQTTPORT.
@@ -396,6 +576,6 @@ function uniqueId(prefix) {
 }
 
 module.exports = {
-  Hub, Inbox, RedirectAgent, TRANSPORTS, withTimeout, waitFor, createSasDevice, uniqueId,
-  openClient, closeClient, bodyIs, Message: device.Message,
+  Hub, Edge, CuttableProxy, Inbox, RedirectAgent, TRANSPORTS, withTimeout, waitFor, createSasDevice, uniqueId,
+  openClient, closeClient, bodyIs, Message: device.Message, NoRetry,
 };
