@@ -36,6 +36,7 @@ func commands() map[string]command {
 		"invoke-device-method": {"call a direct method on a device or module", runInvokeMethod},
 		"c2d-message":          {"send cloud-to-device messages", runC2DMessage},
 		"simulate":             {"run simulated devices sending telemetry", runSimulate},
+		"certs":                {"create an edge CA signed by the hub's root CA (certs create-edge-ca)", runCerts},
 		"demo":                 {"the whole offline story in one process, on loopback (hub, edge, devices, a cut link)", runDemo},
 	}
 }

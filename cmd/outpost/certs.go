@@ -1,0 +1,106 @@
+package main
+
+import (
+	"context"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+
+	"outpost/internal/certs"
+)
+
+// Files written by `outpost certs create-edge-ca`.
+const (
+	edgeCACertFile = "edge-ca.pem"
+	edgeCAKeyFile  = "edge-ca-key.pem"
+	rootCAFile     = "root-ca.pem"
+)
+
+func runCerts(ctx context.Context, args []string) error {
+	if len(args) == 0 || args[0] != "create-edge-ca" {
+		return errors.New("certs: usage: outpost certs create-edge-ca --device-id EDGE --out DIR")
+	}
+	return runCreateEdgeCA(ctx, args[1:])
+}
+
+// runCreateEdgeCA makes an edge CA key here, has the hub's root CA sign
+// its certificate through the service API, and writes both, so that an
+// edge can be started with --edge-ca-cert and --edge-ca-key. The key
+// never leaves this machine.
+func runCreateEdgeCA(ctx context.Context, args []string) error {
+	fs := newFlagSet("certs create-edge-ca", "certs create-edge-ca --device-id EDGE --out DIR")
+	var sf serviceFlags
+	sf.register(fs)
+	id := fs.String("device-id", "", "the IoT Edge device the CA is for (required)")
+	out := fs.String("out", "", "folder to write edge-ca.pem, edge-ca-key.pem and root-ca.pem into (required)")
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	if err := required("device-id", *id); err != nil {
+		return err
+	}
+	if err := required("out", *out); err != nil {
+		return err
+	}
+	for _, name := range []string{edgeCACertFile, edgeCAKeyFile} {
+		if _, err := os.Stat(filepath.Join(*out, name)); err == nil {
+			return fmt.Errorf("%s already exists: not overwriting an edge CA", filepath.Join(*out, name))
+		}
+	}
+	svc, err := sf.client()
+	if err != nil {
+		return err
+	}
+	csr, key, err := certs.NewCSR(*id)
+	if err != nil {
+		return err
+	}
+	signed, err := svc.SignEdgeCA(ctx, *id, csr)
+	if err != nil {
+		return err
+	}
+	keyPEM, err := certs.EncodeKeyPEM(key)
+	if err != nil {
+		return err
+	}
+	// The signed chain must match the key and chain to the root.
+	ca, err := certs.CAFromPEM([]byte(signed.Certificate), key)
+	if err != nil {
+		return fmt.Errorf("hub's answer: %w", err)
+	}
+	roots, err := certs.Pool([]byte(signed.RootCA))
+	if err != nil {
+		return fmt.Errorf("hub's root CA: %w", err)
+	}
+	inter := x509.NewCertPool()
+	if chain, err := certs.ParseCertsPEM([]byte(signed.Certificate)); err == nil {
+		for _, c := range chain[1:] {
+			inter.AddCert(c)
+		}
+	}
+	if _, err := ca.Cert.Verify(x509.VerifyOptions{Roots: roots, Intermediates: inter}); err != nil {
+		return fmt.Errorf("hub's answer does not chain to its root CA: %w", err)
+	}
+	if err := os.MkdirAll(*out, 0o700); err != nil {
+		return err
+	}
+	for _, f := range []struct {
+		name string
+		data []byte
+		perm os.FileMode
+	}{
+		{edgeCAKeyFile, keyPEM, 0o600},
+		{edgeCACertFile, []byte(signed.Certificate), 0o644},
+		{rootCAFile, []byte(signed.RootCA), 0o644},
+	} {
+		if err := os.WriteFile(filepath.Join(*out, f.name), f.data, f.perm); err != nil {
+			return err
+		}
+	}
+	fmt.Printf("wrote %s, %s and %s\nstart the edge with: --edge-ca-cert %s --edge-ca-key %s\n",
+		filepath.Join(*out, edgeCACertFile), filepath.Join(*out, edgeCAKeyFile), filepath.Join(*out, rootCAFile),
+		filepath.Join(*out, edgeCACertFile), filepath.Join(*out, edgeCAKeyFile))
+	return nil
+}
