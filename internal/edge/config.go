@@ -151,11 +151,14 @@ func parseTTL(v any) (time.Duration, error) {
 // configureEndpointsLocked gives each route's store endpoint its
 // priority; when several routes share an endpoint (routes into $upstream
 // while the link drains only UpstreamEndpoint), the highest wins.
+// UpstreamEndpoint is always configured, at 0 as its name says: the link
+// drains it whatever the routes, and an endpoint nobody configured has
+// store.DefaultPriority, which would rank it below "$upstream/pN".
 // TTLs travel with each message (store.Record.TTL, from Table.Match), so
 // endpoints keep the store's TTL.
 func (e *Edge) configureEndpointsLocked() {
 	e.routes.GlobalTTL = e.st.TTL()
-	best := map[string]int{}
+	best := map[string]int{UpstreamEndpoint: 0}
 	for _, r := range e.routes.Routes {
 		ep := e.storeEndpoint(r)
 		if p, ok := best[ep]; !ok || r.Priority < p {

@@ -13,7 +13,6 @@ import (
 // NewUpstreamLink makes the edge's real Uplink: internal/edge/upstream's
 // Link. It is Config.NewUplink's default.
 func NewUpstreamLink(d UplinkDeps) (Uplink, error) {
-	onState := d.OnState
 	l, err := upstream.New(upstream.Config{
 		HubHostName: d.HubHostName,
 		DeviceID:    d.DeviceID,
@@ -27,11 +26,7 @@ func NewUpstreamLink(d UplinkDeps) (Uplink, error) {
 		KeepAlive:   d.KeepAlive,
 		Endpoints:   d.UpstreamEndpoints,
 		Observer:    d.Observer,
-		OnState: func(s upstream.State) {
-			if onState != nil {
-				onState(LinkState(s))
-			}
-		},
+		OnState:     d.OnState,
 	})
 	if err != nil {
 		return nil, err
@@ -39,58 +34,38 @@ func NewUpstreamLink(d UplinkDeps) (Uplink, error) {
 	return upstreamLink{l}, nil
 }
 
-// upstreamLink adapts *upstream.Link to Uplink: the same calls, with the
-// link's types and errors mapped to the edge's.
-type upstreamLink struct{ l *upstream.Link }
-
-func (u upstreamLink) Run(ctx context.Context) error { return u.l.Run(ctx) }
-func (u upstreamLink) State() LinkState              { return LinkState(u.l.State()) }
-func (u upstreamLink) Attach(deviceID, moduleID string) {
-	u.l.Attach(deviceID, moduleID)
-}
-func (u upstreamLink) Detach(deviceID, moduleID string) {
-	u.l.Detach(deviceID, moduleID)
-}
-func (u upstreamLink) Kick() { u.l.Kick() }
+// upstreamLink adapts *upstream.Link to Uplink: the link's calls as they
+// are, but for the hub's refusals, mapped so a device sees them.
+type upstreamLink struct{ *upstream.Link }
 
 // DrainsUpstreamEndpoints reports that the link drains every endpoint
 // UplinkDeps.UpstreamEndpoints lists, by priority (EndpointDrainer).
 func (upstreamLink) DrainsUpstreamEndpoints() bool { return true }
 
 func (u upstreamLink) SyncIdentities(ctx context.Context) (*Snapshot, error) {
-	s, err := u.l.SyncIdentities(ctx)
-	if err != nil {
-		return nil, linkErr(err)
-	}
-	out := Snapshot(*s)
-	return &out, nil
+	s, err := u.Link.SyncIdentities(ctx)
+	return s, linkErr(err)
 }
 
 func (u upstreamLink) SignEdgeCA(ctx context.Context, csrPEM []byte) ([]byte, []byte, error) {
-	chain, root, err := u.l.SignEdgeCA(ctx, csrPEM)
+	chain, root, err := u.Link.SignEdgeCA(ctx, csrPEM)
 	return chain, root, linkErr(err)
 }
 
 func (u upstreamLink) TwinGet(ctx context.Context, deviceID, moduleID string) ([]byte, error) {
-	b, err := u.l.TwinGet(ctx, deviceID, moduleID)
+	b, err := u.Link.TwinGet(ctx, deviceID, moduleID)
 	return b, linkErr(err)
 }
 
 func (u upstreamLink) TwinReported(ctx context.Context, deviceID, moduleID string, patch []byte) (int64, error) {
-	v, err := u.l.TwinReported(ctx, deviceID, moduleID, patch)
+	v, err := u.Link.TwinReported(ctx, deviceID, moduleID, patch)
 	return v, linkErr(err)
 }
 
-// linkErr maps the link's errors: ErrOffline to the edge's, and a hub's
-// refusal to a gateway.StatusError, which the device then sees as is
-// (anything else makes the edge answer from its caches).
+// linkErr maps a hub's refusal to a gateway.StatusError, which the device
+// then sees as is; anything else (ErrOffline above all) makes the edge
+// answer from its caches.
 func linkErr(err error) error {
-	if err == nil {
-		return nil
-	}
-	if errors.Is(err, upstream.ErrOffline) {
-		return fmt.Errorf("%w: %v", ErrOffline, err)
-	}
 	var se *upstream.StatusError
 	if errors.As(err, &se) && se.Status >= 400 && se.Status < 500 {
 		var body struct {

@@ -2,7 +2,9 @@ package edge
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
+	"maps"
 	"slices"
 	"sync"
 	"testing"
@@ -137,6 +139,75 @@ func TestUpstreamPriorities(t *testing.T) {
 		if b != fmt.Sprint("b", j) {
 			t.Fatalf("backlog out of order at %d: %v", j, bulk[:j+1])
 		}
+	}
+}
+
+// TestUpstreamEndpointPriority: "$upstream" has store priority 0 even
+// when no route into it has priority 0 (an endpoint nobody configured
+// would have store.DefaultPriority and rank below "$upstream/pN"),
+// whether the routes are restored at start or arrive as desired
+// properties, and whether the link drains by priority or not.
+func TestUpstreamEndpointPriority(t *testing.T) {
+	const lowOnly = `{"bulk":{"route":"FROM /messages/* INTO $upstream","priority":5}}`
+	tests := []struct {
+		name   string
+		stored bool // the routes are in the store when the edge starts
+		drains bool
+		want   map[string]int
+	}{
+		{"stored, by priority", true, true, map[string]int{"$upstream": 0, "$upstream/p5": 5}},
+		{"stored, single queue", true, false, map[string]int{"$upstream": 0}},
+		{"desired, by priority", false, true, map[string]int{"$upstream": 0, "$upstream/p5": 5}},
+		{"desired, single queue", false, false, map[string]int{"$upstream": 0}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			hub := newFakeHub(t)
+			dir := t.TempDir()
+			if tc.stored {
+				st, err := store.Open(store.Config{Dir: dir})
+				if err != nil {
+					t.Fatal(err)
+				}
+				b, err := json.Marshal(storedConfig{Routes: json.RawMessage(lowOnly)})
+				if err != nil {
+					t.Fatal(err)
+				}
+				if err := st.Put([]byte(kvConfig), b); err != nil {
+					t.Fatal(err)
+				}
+				if err := st.Close(); err != nil {
+					t.Fatal(err)
+				}
+			}
+			e, err := New(Config{
+				HubHostName: hubHost, DeviceID: "edge1", Key: edgeKey, StorageDir: dir,
+				NewUplink: func(UplinkDeps) (Uplink, error) { return &fakeUplink{hub: hub, drains: tc.drains}, nil },
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { e.Close() })
+			if !tc.stored {
+				e.EdgeHubDesired([]byte(`{"routes":` + lowOnly + `}`))
+			}
+			// The link reads every endpoint listed, creating any the
+			// routes did not.
+			for _, ep := range e.UpstreamEndpoints() {
+				if _, err := e.Store().NewReader(ep); err != nil {
+					t.Fatal(err)
+				}
+			}
+			got := map[string]int{}
+			for ep, st := range e.Store().Stats() {
+				if isUpstream(ep) {
+					got[ep] = st.Priority
+				}
+			}
+			if !maps.Equal(got, tc.want) {
+				t.Fatalf("upstream endpoint priorities %v, want %v", got, tc.want)
+			}
+		})
 	}
 }
 

@@ -3,13 +3,11 @@ package edge
 import (
 	"context"
 	"crypto/x509"
-	"errors"
 	"log/slog"
 	"time"
 
 	"outpost/internal/edge/store"
-	"outpost/internal/identity"
-	"outpost/internal/message"
+	"outpost/internal/edge/upstream"
 )
 
 // Uplink is what the edge needs of its link to the parent hub
@@ -78,34 +76,18 @@ type EndpointDrainer interface {
 }
 
 // Local is what the link calls for traffic from the cloud to local
-// clients; *Edge implements it (it matches upstream.Local).
-type Local interface {
-	DeliverC2D(ctx context.Context, deviceID string, msg *message.Message) error
-	InvokeMethod(ctx context.Context, deviceID, moduleID, name string, payload []byte) (status int, resp []byte, err error)
-	DesiredPatch(deviceID, moduleID string, version int64, patch []byte)
-	EdgeHubDesired(desired []byte)
-}
+// clients; *Edge implements it.
+type Local = upstream.Local
 
-// LinkState mirrors upstream.State.
-type LinkState struct {
-	Connected      bool
-	Since          time.Time
-	LastError      string
-	OfflinePeriods int
-	LastOffline    time.Duration
-}
+// LinkState describes the link to the hub. The link's own type, so a
+// state change reaches the edge as the link reported it.
+type LinkState = upstream.State
 
-// Snapshot mirrors upstream.Snapshot: the identities in the edge's scope,
-// with their keys and thumbprints, and the hub's root CA.
-type Snapshot struct {
-	Edge        identity.Device   `json:"edge"`
-	Devices     []identity.Device `json:"devices"`
-	Modules     []identity.Module `json:"modules"`
-	RootCA      string            `json:"rootCA"`
-	HubHostName string            `json:"hubHostName"`
-	SyncedAt    time.Time         `json:"syncedAt"`
-}
+// Snapshot is the identities in the edge's scope, with their keys and
+// thumbprints, and the hub's root CA, as the hub sent them. The edge
+// stores it sealed, as JSON, to serve offline after a restart.
+type Snapshot = upstream.Snapshot
 
 // ErrOffline is what an Uplink returns (wrapped or not) when the link is
-// down; an adapter maps upstream.ErrOffline to it.
-var ErrOffline = errors.New("upstream link is down")
+// down; the link's own sentinel, so its errors need no mapping.
+var ErrOffline = upstream.ErrOffline

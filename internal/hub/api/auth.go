@@ -3,6 +3,7 @@ package api
 import (
 	"errors"
 	"net/http"
+	"time"
 
 	"outpost/internal/sas"
 )
@@ -15,9 +16,12 @@ type Policy struct {
 	SecondaryKey string
 }
 
-// authenticate checks the service SAS token of r. The error is worded for
-// the 401 body; it never says which part of a signature was wrong.
-func (a *Handler) authenticate(r *http.Request) error {
+// CheckServiceToken checks the service SAS token of r: scoped to host,
+// unexpired (up to skew past its expiry at now), signed with a key of one
+// of policies. It is exported so that the data plane's service routes
+// accept exactly the tokens this API accepts. The error is worded for the
+// 401 body; it never says which part of a signature was wrong.
+func CheckServiceToken(r *http.Request, host string, policies []Policy, skew time.Duration, now time.Time) error {
 	raw := r.Header.Get("Authorization")
 	if raw == "" {
 		return errors.New("missing Authorization header")
@@ -26,13 +30,13 @@ func (a *Handler) authenticate(r *http.Request) error {
 	if err != nil {
 		return errors.New("malformed SharedAccessSignature")
 	}
-	if !sas.MatchesHost(tok, a.host) {
+	if !sas.MatchesHost(tok, host) {
 		return errors.New("token audience does not match this hub")
 	}
-	if err := sas.Validate(tok, a.now(), a.skew); err != nil {
+	if err := sas.Validate(tok, now, skew); err != nil {
 		return errors.New("token expired")
 	}
-	for _, p := range a.policies {
+	for _, p := range policies {
 		if p.Name == tok.KeyName && tok.Verify(p.PrimaryKey, p.SecondaryKey) {
 			return nil
 		}
@@ -43,7 +47,7 @@ func (a *Handler) authenticate(r *http.Request) error {
 // authed wraps a service handler with SAS authentication.
 func (a *Handler) authed(next http.HandlerFunc) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
-		if err := a.authenticate(r); err != nil {
+		if err := CheckServiceToken(r, a.host, a.policies, a.skew, a.now()); err != nil {
 			writeAPIError(w, &apiError{Status: http.StatusUnauthorized, Code: "IotHubUnauthorizedAccess", Message: err.Error()}, a.now())
 			return
 		}

@@ -41,14 +41,13 @@ var _ gateway.Observer = (*metrics.Metrics)(nil)
 // `authorization: {type: SharedAccessSignature, credentials: "sr=…&sig=…&se=…&skn=…"}`.
 func (p *Plane) MetricsHandler(m *metrics.Metrics) http.Handler {
 	h := m.Handler()
+	authed := p.authed(h.ServeHTTP)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if !fromLoopback(r) {
-			if err := p.authorize(r); err != nil {
-				writeError(w, &gateway.StatusError{Status: http.StatusUnauthorized, Code: "IotHubUnauthorizedAccess", Message: err.Error()})
-				return
-			}
+		if fromLoopback(r) {
+			h.ServeHTTP(w, r)
+			return
 		}
-		h.ServeHTTP(w, r)
+		authed(w, r)
 	})
 }
 

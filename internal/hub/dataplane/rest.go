@@ -10,8 +10,8 @@ import (
 	"time"
 
 	"outpost/internal/gateway"
+	"outpost/internal/hub/api"
 	"outpost/internal/message"
-	"outpost/internal/sas"
 )
 
 // RegisterREST adds the data plane's service routes to mux, next to the
@@ -35,41 +35,18 @@ func (p *Plane) RegisterREST(mux *http.ServeMux) {
 	mux.HandleFunc("POST /devices/{id}/messages/deviceBound", p.authed(p.restC2D))
 	mux.HandleFunc("POST /devices/{id}/messages/devicebound", p.authed(p.restC2D))
 	mux.HandleFunc("GET /outpost/events", p.authed(p.restEvents))
+	mux.HandleFunc("POST /outpost/edges/{id}/ca", p.authed(p.restSignEdgeCA))
 }
 
-// authed checks the service SAS token as the service API does: audience
-// the hub, unexpired, signed by a known policy's key.
+// authed checks the service SAS token exactly as the service API does.
 func (p *Plane) authed(next http.HandlerFunc) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
-		if err := p.authorize(r); err != nil {
+		if err := api.CheckServiceToken(r, p.h.HostName(), p.cfg.Policies, p.cfg.ClockSkew, p.now()); err != nil {
 			writeError(w, &gateway.StatusError{Status: http.StatusUnauthorized, Code: "IotHubUnauthorizedAccess", Message: err.Error()})
 			return
 		}
 		next(w, r)
 	}
-}
-
-func (p *Plane) authorize(r *http.Request) error {
-	raw := r.Header.Get("Authorization")
-	if raw == "" {
-		return errors.New("missing Authorization header")
-	}
-	tok, err := sas.ParseToken(raw)
-	if err != nil {
-		return errors.New("malformed SharedAccessSignature")
-	}
-	if !sas.MatchesHost(tok, p.h.HostName()) {
-		return errors.New("token audience does not match this hub")
-	}
-	if err := sas.Validate(tok, p.now(), p.cfg.ClockSkew); err != nil {
-		return errors.New("token expired")
-	}
-	for _, pol := range p.cfg.Policies {
-		if pol.Name == tok.KeyName && tok.Verify(pol.PrimaryKey, pol.SecondaryKey) {
-			return nil
-		}
-	}
-	return errors.New("signature does not match any shared access policy")
 }
 
 // writeError answers in IoT Hub's error shape.
