@@ -171,6 +171,37 @@ func (m *Monitor) AwaitDelivered(t testing.TB, timeout time.Duration, acked map[
 			t.Errorf("out of order at the hub: %s", d.OutOfOrder)
 		}
 		dups[id] = result[id].Duplicates
+		if dups[id] > 0 {
+			t.Logf("%s duplicates: %s", id, m.duplicateDetail(id))
+		}
 	}
 	return dups
+}
+
+// duplicateDetail tells where a duplicate came from: the same edge
+// sequence twice means the hub's replay de-duplication missed; different
+// edge sequences mean the edge stored the message twice (a device resent
+// it); the same stream sequence twice means the reader saw one stored
+// message twice.
+func (m *Monitor) duplicateDetail(deviceID string) string {
+	type where struct {
+		stream, edgeSeq uint64
+	}
+	at := map[int][]where{}
+	for _, ev := range m.Events() {
+		if ev.DeviceID != deviceID {
+			continue
+		}
+		if n, err := seqOf(ev.Properties); err == nil {
+			at[n] = append(at[n], where{ev.SequenceNumber, ev.System.EdgeSeq})
+		}
+	}
+	var out []string
+	for n, ws := range at {
+		if len(ws) > 1 {
+			out = append(out, fmt.Sprintf("seq %d at (stream, edge seq) %v", n, ws))
+		}
+	}
+	sort.Strings(out)
+	return strings.Join(out, "; ")
 }
