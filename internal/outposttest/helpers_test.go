@@ -123,7 +123,9 @@ func startFleet(t testing.TB, every time.Duration, pubs ...*publisher) *fleet {
 					return
 				case <-tick.C:
 				}
-				if p.try(ctx) != nil && ctx.Err() == nil {
+				// A send is not cut short by stop: it finishes (acked or
+				// failed), so every message sent is accounted for.
+				if p.try(context.Background()) != nil && ctx.Err() == nil {
 					_ = p.c.WaitConnected(ctx)
 				}
 			}
@@ -133,7 +135,6 @@ func startFleet(t testing.TB, every time.Duration, pubs ...*publisher) *fleet {
 	return f
 }
 
-// stop ends the sends and waits for them; safe to call twice.
 func (f *fleet) stop() {
 	f.cancel()
 	f.wg.Wait()
