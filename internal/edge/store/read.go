@@ -114,13 +114,18 @@ func (r *Reader) read(max int) (entries []Entry, more bool, err error) {
 	epTTL := s.ttlLocked(r.ep)
 	s.mu.Unlock()
 
-	lo, hi := queueBounds(r.ep.id)
+	// Start at the reader's position, never below the deleted head; the
+	// bound keeps the seek off the tombstones there.
+	lo, hi := r.ep.liveBounds()
+	if from := queueKey(r.ep.id, r.next); bytes.Compare(from, lo) > 0 {
+		lo = from
+	}
 	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: lo, UpperBound: hi})
 	if err != nil {
 		return nil, false, fmt.Errorf("next: %w", err)
 	}
 	var expired [][]byte
-	for ok := it.SeekGE(queueKey(r.ep.id, r.next)); ok && len(entries) < max; ok = it.Next() {
+	for ok := it.First(); ok && len(entries) < max; ok = it.Next() {
 		if len(expired) == maxExpiredPerRead {
 			more = true
 			break
@@ -234,9 +239,14 @@ func (s *Store) ack(ep *endpoint, upto uint64) error {
 	defer s.leave()
 	ep.delMu.Lock()
 	defer ep.delMu.Unlock()
-	lo, _ := queueBounds(ep.id)
+	lo, _ := ep.liveBounds()
 	hi := queueKey(ep.id, upto)
 	hi = append(hi[:len(hi):len(hi)], 0) // the key right after seq upto
+	if bytes.Compare(lo, hi) >= 0 {
+		return nil // acked before
+	}
+	// Only the entries being acked are read, to count them exactly:
+	// the bound skips the deleted head.
 	d, err := s.measure(lo, hi, nil)
 	if err != nil {
 		return fmt.Errorf("ack: %w", err)
@@ -245,6 +255,12 @@ func (s *Store) ack(ep *endpoint, upto uint64) error {
 		return fmt.Errorf("ack: %w", err)
 	}
 	return nil
+}
+
+// liveBounds returns the key range [lo, hi) holding every entry of ep
+// still queued: it starts at ep.low, past the deleted head.
+func (ep *endpoint) liveBounds() (lo, hi []byte) {
+	return queueKey(ep.id, ep.low.Load()), queueKey(ep.id+1, 0)
 }
 
 // AckSeqs deletes the given entries of endpoint, for consumers that
@@ -313,6 +329,9 @@ func (s *Store) deleteRange(ep *endpoint, d span, expired bool) error {
 	end := append(d.last[:len(d.last):len(d.last)], 0)
 	if err := s.db.DeleteRange(d.first, end, pebble.NoSync); err != nil {
 		return diskErr(err)
+	}
+	if _, seq, ok := parseQueueKey(d.last); ok && seq >= ep.low.Load() {
+		ep.low.Store(seq + 1)
 	}
 	return s.deleted(ep, d.n, d.bytes, expired)
 }
@@ -394,7 +413,7 @@ func (s *Store) deleted(ep *endpoint, n, size int64, expired bool) error {
 
 // head returns the first key and value of ep's queue, or nil.
 func (s *Store) head(ep *endpoint) (key, value []byte, err error) {
-	lo, hi := queueBounds(ep.id)
+	lo, hi := ep.liveBounds()
 	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: lo, UpperBound: hi})
 	if err != nil {
 		return nil, nil, err
@@ -445,7 +464,7 @@ func (s *Store) expireEndpoint(ep *endpoint, now time.Time) (int64, error) {
 	ttl := s.ttlLocked(ep)
 	s.mu.Unlock()
 	var bad error
-	lo, hi := queueBounds(ep.id)
+	lo, hi := ep.liveBounds()
 	d, err := s.measure(lo, hi, func(v []byte) bool {
 		h, err := decodeHeader(v)
 		if err != nil {

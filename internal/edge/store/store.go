@@ -40,6 +40,7 @@ import (
 	"math"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/cockroachdb/pebble/v2"
@@ -167,6 +168,14 @@ type endpoint struct {
 	// delMu serializes deletions (acks, expiry) so that every deleted
 	// entry is counted exactly once.
 	delMu sync.Mutex
+	// low is a sequence below which every entry of the queue is deleted.
+	// Iterators start there rather than at the queue's first possible
+	// key: a drained queue's head is a long run of deleted keys, and
+	// Pebble steps over each tombstone on every seek into it, so the cost
+	// of a seek would grow with everything ever forwarded. It only rises,
+	// under delMu, and only past entries that existed and were deleted;
+	// commits are in sequence order, so nothing below it can appear later.
+	low atomic.Uint64
 
 	// Store.mu guards the following fields.
 	priority  int
@@ -352,6 +361,7 @@ func (s *Store) recover() error {
 				return fmt.Errorf("queue key %x: %w", k, err)
 			}
 			ep.oldest = h.storedAt
+			ep.low.Store(seq)
 		}
 		ep.count++
 		ep.bytes += int64(len(k) + len(v))

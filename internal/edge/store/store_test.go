@@ -864,3 +864,88 @@ func TestOpenRejectsBadConfig(t *testing.T) {
 		})
 	}
 }
+
+// TestAckPastDeletedHead checks that acks, out-of-order acks and expiry,
+// which start past the deleted head of the queue, count every deleted
+// entry exactly once, that a rewound reader starts at the first live
+// entry, and that a restart finds the same queue.
+func TestAckPastDeletedHead(t *testing.T) {
+	fs := vfs.NewMem()
+	clock := newFakeClock()
+	s, err := Open(Config{Dir: "edge", FS: fs, Now: clock.Now, DefaultTTL: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var seqs []uint64
+	for i := range 40 {
+		seqs = append(seqs, mustAppend(t, s, "a", msg("d", i)))
+	}
+	r, err := s.NewReader("a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	steps := []struct {
+		name string
+		do   func() error
+		len  int64
+		head uint64 // first seq a rewound reader returns
+	}{
+		{"ack 10", func() error { return s.Ack("a", seqs[9]) }, 30, seqs[10]},
+		{"ack again", func() error { return s.Ack("a", seqs[9]) }, 30, seqs[10]},
+		{"ack below head", func() error { return s.Ack("a", seqs[3]) }, 30, seqs[10]},
+		{"ack seqs past head", func() error { return s.AckSeqs("a", seqs[12], seqs[14]) }, 28, seqs[10]},
+		{"ack over holes", func() error { return s.Ack("a", seqs[15]) }, 24, seqs[16]},
+		{"ack beyond the last", func() error { return s.Ack("a", seqs[39]+100) }, 0, 0},
+	}
+	for _, st := range steps {
+		t.Run(st.name, func(t *testing.T) {
+			if err := st.do(); err != nil {
+				t.Fatal(err)
+			}
+			stats := s.Stats()["a"]
+			if stats.Len != st.len {
+				t.Fatalf("len %d, want %d", stats.Len, st.len)
+			}
+			r.Rewind()
+			es, err := r.TryNext(1)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if st.len == 0 {
+				if len(es) != 0 || stats.Bytes != 0 {
+					t.Fatalf("empty queue: read %d, bytes %d", len(es), stats.Bytes)
+				}
+				return
+			}
+			if len(es) != 1 || es[0].Seq != st.head {
+				t.Fatalf("rewound reader read %v, want seq %d", es, st.head)
+			}
+		})
+	}
+	// A new entry after the queue emptied past a high ack is kept.
+	late := mustAppend(t, s, "a", msg("d", 99))
+	clock.Advance(2 * time.Hour)
+	fresh := mustAppend(t, s, "a", msg("d", 100))
+	if n, err := s.expire(); err != nil || n != 1 {
+		t.Fatalf("expire: %d, %v", n, err)
+	}
+	before := s.Stats()["a"]
+	if before.Len != 1 || before.Forwarded != 40 || before.Expired != 1 {
+		t.Fatalf("stats %+v", before)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	s, err = Open(Config{Dir: "edge", FS: fs, Now: clock.Now, DefaultTTL: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	after := s.Stats()["a"]
+	if after.Len != before.Len || after.Bytes != before.Bytes {
+		t.Fatalf("after restart %+v, before %+v", after, before)
+	}
+	if es := readAll(t, s, "a"); len(es) != 1 || es[0].Seq != fresh || late >= fresh {
+		t.Fatalf("after restart read %v, want seq %d", es, fresh)
+	}
+}

@@ -59,7 +59,7 @@ const APIVersion = "2021-04-12"
 
 const (
 	defaultKeepAlive = 30 * time.Second
-	defaultWindow    = 256
+	defaultWindow    = 2048
 	// probeInterval is how often a TCP probe checks, while the parent
 	// refuses connections, whether it is back.
 	probeInterval = time.Second
@@ -106,7 +106,9 @@ type Config struct {
 	// default 30 s.
 	KeepAlive time.Duration
 	// Window is how many drained messages may await their PUBACK;
-	// default 256.
+	// default 2048. The drain is bound by round trips, not CPU: the hub
+	// acks a batch once JetStream stored it, so the window must cover
+	// about two of its batches (gateway BatchMax 1024) to keep it busy.
 	Window int
 	// OnState is called on every change of State, in order.
 	OnState func(State)

@@ -215,6 +215,18 @@ func (p *Plane) Events(ctx context.Context, opts EventsOptions, ready func(), fn
 	}()
 	for {
 		m, err := it.Next()
+		if errors.Is(err, jetstream.ErrNoHeartbeat) && ctx.Err() == nil {
+			// Not fatal: the iterator pulls again. The server misses
+			// heartbeats when it is busy (a drain's burst), and ending
+			// here ended every reader of the stream mid-drain. Only a
+			// consumer that is gone (deleted, or reaped as inactive) ends
+			// the read.
+			if _, ierr := cons.Info(ctx); errors.Is(ierr, jetstream.ErrConsumerNotFound) {
+				return fmt.Errorf("read events: %w", ierr)
+			}
+			p.log.Debug("events reader missed a heartbeat; pulling again")
+			continue
+		}
 		if err != nil {
 			if ctx.Err() != nil || errors.Is(err, jetstream.ErrMsgIteratorClosed) {
 				return nil
