@@ -322,6 +322,26 @@ func TestSendWaitsForPuback(t *testing.T) {
 	}
 }
 
+// A Send whose context is already cancelled must publish nothing, even
+// when a window slot is free (the slot and ctx.Done race otherwise).
+func TestSendCancelledSendsNothing(t *testing.T) {
+	h := newTestHub(t)
+	c := newClient(t, h.config(h.connString("dev1", "", "")), nil)
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	for range 50 {
+		if err := c.Send(ctx, &message.Message{Body: []byte("x")}); !errors.Is(err, context.Canceled) {
+			t.Fatalf("Send with a cancelled context = %v, want context.Canceled", err)
+		}
+	}
+	if err := c.Send(ctxT(t), &message.Message{Body: []byte("after")}); err != nil {
+		t.Fatal(err)
+	}
+	if got := h.received(); len(got) != 1 || string(got[0].payload) != "after" {
+		t.Fatalf("hub received %d messages, want only the one sent with a live context", len(got))
+	}
+}
+
 func TestSendAsyncPipelines(t *testing.T) {
 	h := newTestHub(t)
 	h.manualAck = true

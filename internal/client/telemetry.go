@@ -68,6 +68,11 @@ func (c *Client) SendOutputAsync(output string, msg *message.Message) <-chan err
 
 // start validates msg, takes a window slot and queues the publish.
 func (c *Client) start(ctx context.Context, output string, msg *message.Message) (<-chan error, error) {
+	// A cancelled context sends nothing; otherwise a free window slot could
+	// win the race against ctx.Done below and publish it anyway.
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("send: %w", err)
+	}
 	if len(msg.Body) > message.MaxSize {
 		return nil, fmt.Errorf("send: body of %d bytes exceeds %d", len(msg.Body), message.MaxSize)
 	}
