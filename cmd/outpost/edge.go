@@ -66,7 +66,7 @@ flags of outpost edge:
 	}
 	fs.StringVar(&f.connString, "connection-string", "", "the edge device's connection string: HostName=…;DeviceId=…;SharedAccessKey=… (required)")
 	fs.StringVar(&f.storageFolder, "storage-folder", "", "folder for the message store and caches (default: $storageFolder)")
-	fs.StringVar(&f.upstreamAddr, "upstream-addr", "", "host:port to dial for the hub, when it differs from HostName (TLS still verifies HostName)")
+	fs.StringVar(&f.upstreamAddr, "upstream-addr", "", "host:port of the hub's MQTT listener (default: HostName's host, port 8883; TLS still verifies HostName)")
 	fs.StringVar(&f.hubCA, "hub-ca", "", "PEM file of the hub's root CA (the hub's DIR/ca.pem; default: $OUTPOST_CA, else the system roots)")
 	fs.StringVar(&f.hostname, "hostname", "", "the edge's host name, as children put it in GatewayHostName (default: this machine's host name)")
 	fs.StringVar(&f.mqttAddr, "mqtt-addr", edge.DefaultMQTTAddr, "MQTT over TLS listen address")

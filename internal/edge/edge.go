@@ -67,8 +67,9 @@ type Config struct {
 	StorageDir string
 	// MaxStorageBytes caps stored messages; 0 means no cap.
 	MaxStorageBytes int64
-	// UpstreamAddr is the dial address of the hub (default: HubHostName,
-	// port 8883); TLS still verifies HubHostName. For the Uplink.
+	// UpstreamAddr is the dial address of the hub's MQTT listener
+	// (default: HubHostName's host, port 8883); TLS still verifies
+	// HubHostName. For the Uplink.
 	UpstreamAddr string
 	// HubCA verifies the hub; HubCAPEM is added to it when set. For the
 	// Uplink.

@@ -83,8 +83,9 @@ type Config struct {
 	DeviceID string
 	// Key is the edge's SAS key (base64).
 	Key string
-	// Addr is the dial address (--upstream-addr); default HubHostName,
-	// port 8883.
+	// Addr is the dial address (--upstream-addr); default HubHostName's
+	// host, port 8883. A port in HubHostName is the hub's HTTPS port
+	// (connection strings carry it, DESIGN.md), never its MQTT port.
 	Addr string
 	// RootCAs is the hub's root CA; nil means the system roots.
 	RootCAs *x509.CertPool
@@ -230,7 +231,7 @@ func New(cfg Config) (*Link, error) {
 		host = cfg.HubHostName
 	}
 	if cfg.Addr == "" {
-		cfg.Addr = cfg.HubHostName
+		cfg.Addr = host
 	}
 	if _, _, err := net.SplitHostPort(cfg.Addr); err != nil {
 		cfg.Addr = net.JoinHostPort(cfg.Addr, "8883")

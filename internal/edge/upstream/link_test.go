@@ -586,7 +586,8 @@ func TestNewConfig(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if l.addr != "hub.example:1234" || l.tls.ServerName != "hub.example" || l.cfg.KeepAlive != 30*time.Second || l.cfg.Window != defaultWindow {
+		// HostName's port is the hub's HTTPS port: MQTT stays on 8883.
+		if l.addr != "hub.example:8883" || l.tls.ServerName != "hub.example" || l.cfg.KeepAlive != 30*time.Second || l.cfg.Window != defaultWindow {
 			t.Fatalf("defaults: addr %s, sni %s, keepalive %v, window %d", l.addr, l.tls.ServerName, l.cfg.KeepAlive, l.cfg.Window)
 		}
 		c.HubHostName = "hub.example"
