@@ -92,7 +92,7 @@ func (c *Client) route(s *session, p *packets.PublishPacket) (ack bool, err erro
 			return false, fmt.Errorf("no C2D handler; left for a later connection")
 		}
 		msg := &message.Message{DeviceID: d, Body: p.Payload}
-		topic.ToMessage(t.Bag, msg)
+		topic.ServerToMessage(t.Bag, msg)
 		onC2D(msg)
 		return true, nil
 
@@ -101,7 +101,7 @@ func (c *Client) route(s *session, p *packets.PublishPacket) (ack bool, err erro
 			return false, fmt.Errorf("no input handler; left for a later connection")
 		}
 		msg := &message.Message{DeviceID: d, ModuleID: m, Body: p.Payload}
-		topic.ToMessage(t.Bag, msg)
+		topic.ServerToMessage(t.Bag, msg)
 		msg.System.InputName = t.Input
 		onInput(t.Input, msg)
 		return true, nil

@@ -68,11 +68,6 @@ func (c *Client) SendOutputAsync(output string, msg *message.Message) <-chan err
 
 // start validates msg, takes a window slot and queues the publish.
 func (c *Client) start(ctx context.Context, output string, msg *message.Message) (<-chan error, error) {
-	// A cancelled context sends nothing; otherwise a free window slot could
-	// win the race against ctx.Done below and publish it anyway.
-	if err := ctx.Err(); err != nil {
-		return nil, fmt.Errorf("send: %w", err)
-	}
 	if len(msg.Body) > message.MaxSize {
 		return nil, fmt.Errorf("send: body of %d bytes exceeds %d", len(msg.Body), message.MaxSize)
 	}
@@ -87,6 +82,11 @@ func (c *Client) start(ctx context.Context, output string, msg *message.Message)
 	t := topic.Telemetry(c.ep.cs.DeviceID, c.ep.cs.ModuleID, bag)
 	s, err := c.session(ctx)
 	if err != nil {
+		return nil, fmt.Errorf("send: %w", err)
+	}
+	// A cancelled context sends nothing; otherwise a free window slot could
+	// win the race against ctx.Done in acquire and publish it anyway.
+	if err := ctx.Err(); err != nil {
 		return nil, fmt.Errorf("send: %w", err)
 	}
 	if err := s.acquire(ctx); err != nil {

@@ -118,6 +118,16 @@ func ToMessage(bag map[string]string, msg *message.Message) {
 	}
 }
 
+// ServerToMessage copies a bag the server published (a C2D message, a
+// module input) into msg. Unlike ToMessage it keeps the connection ids:
+// the server stamped them, and they tell a module which device or module
+// sent what reached its input.
+func ServerToMessage(bag map[string]string, msg *message.Message) {
+	ToMessage(bag, msg)
+	msg.System.ConnDeviceID = bag[message.KeyConnDeviceID]
+	msg.System.ConnModuleID = bag[message.KeyConnModuleID]
+}
+
 // FromMessage returns the bag to publish msg to a device or module: its
 // application properties and its set system properties ($.mid, $.cid,
 // $.ct, $.ce, $.cdid, $.cmid, $.on …). A system property wins over an

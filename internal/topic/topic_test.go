@@ -287,6 +287,18 @@ func TestToMessage(t *testing.T) {
 	}
 }
 
+func TestServerToMessageKeepsConnectionIDs(t *testing.T) {
+	bag := map[string]string{"$.mid": "m1", "$.cdid": "child1", "$.cmid": "filter", "temp": "hot"}
+	var msg message.Message
+	ServerToMessage(bag, &msg)
+	if msg.System.ConnDeviceID != "child1" || msg.System.ConnModuleID != "filter" || msg.System.MessageID != "m1" || msg.Properties["temp"] != "hot" {
+		t.Fatalf("ServerToMessage = %+v", msg)
+	}
+	if _, ok := msg.Properties["$.cdid"]; ok {
+		t.Fatal("connection id leaked into the application properties")
+	}
+}
+
 func TestFromMessage(t *testing.T) {
 	msg := message.Message{
 		Properties: map[string]string{"a": "1", "$.mid": "app"},
