@@ -38,8 +38,6 @@ const ExtInvoke = "invoke"
 
 // Method call bounds, in seconds, as IoT Hub sets them.
 const (
-	defaultMethodTimeout = 30
-	maxMethodTimeout     = 300
 	// maxMethodBody bounds an HTTPS method request (IoT Hub allows a
 	// 128 KiB payload; the envelope adds a little).
 	maxMethodBody = 256 << 10
@@ -77,25 +75,9 @@ func badArgument(format string, args ...any) *gateway.StatusError {
 // this edge on behalf of caller. Errors are *gateway.StatusError (see
 // above), or ctx's error when the caller went away.
 func (e *Edge) Invoke(ctx context.Context, caller gateway.Identity, req InvokeRequest) (InvokeResult, error) {
-	if req.MethodName == "" || strings.ContainsAny(req.MethodName, "/?#+\x00") {
-		return InvokeResult{}, badArgument("methodName %q: empty, or holds / ? # +", req.MethodName)
-	}
-	respT, connT := req.ResponseTimeoutInSeconds, req.ConnectTimeoutInSeconds
-	if respT == 0 {
-		respT = defaultMethodTimeout
-	}
-	if respT < 1 || respT > maxMethodTimeout {
-		return InvokeResult{}, badArgument("responseTimeoutInSeconds %d: want 1 to %d", respT, maxMethodTimeout)
-	}
-	if connT < 0 || connT > maxMethodTimeout {
-		return InvokeResult{}, badArgument("connectTimeoutInSeconds %d: want 0 to %d", connT, maxMethodTimeout)
-	}
-	payload := []byte(req.Payload)
-	if len(payload) == 0 {
-		payload = []byte("null")
-	}
-	if !json.Valid(payload) {
-		return InvokeResult{}, badArgument("payload is not JSON")
+	payload, respT, connT, err := gateway.CheckMethodCall(req.MethodName, req.Payload, req.ResponseTimeoutInSeconds, req.ConnectTimeoutInSeconds)
+	if err != nil {
+		return InvokeResult{}, err
 	}
 	if req.DeviceID == "" {
 		return InvokeResult{}, badArgument("no target deviceId")
@@ -106,11 +88,11 @@ func (e *Edge) Invoke(ctx context.Context, caller gateway.Identity, req InvokeRe
 	}
 	notOnline := &gateway.StatusError{Status: http.StatusNotFound, Code: "DeviceNotOnline",
 		Message: fmt.Sprintf("%s is not connected to edge %s, or not subscribed to methods", cid, e.cfg.DeviceID)}
-	connectBy := e.now().Add(time.Duration(connT) * time.Second)
+	connectBy := e.now().Add(connT)
 	for {
 		s, wake := e.sessionOrWake(cid)
 		if s != nil {
-			rctx, cancel := context.WithTimeout(ctx, time.Duration(respT)*time.Second)
+			rctx, cancel := context.WithTimeout(ctx, respT)
 			status, resp, err := s.InvokeMethod(rctx, req.MethodName, payload)
 			timedOut := rctx.Err() != nil
 			cancel()
@@ -124,7 +106,7 @@ func (e *Edge) Invoke(ctx context.Context, caller gateway.Identity, req InvokeRe
 				return InvokeResult{}, ctx.Err()
 			case timedOut:
 				return InvokeResult{}, &gateway.StatusError{Status: http.StatusGatewayTimeout, Code: "GatewayTimeout",
-					Message: fmt.Sprintf("%s did not answer method %s within %d s", cid, req.MethodName, respT)}
+					Message: fmt.Sprintf("%s did not answer method %s within %v", cid, req.MethodName, respT)}
 			default:
 				return InvokeResult{}, fmt.Errorf("method %s on %s: %w", req.MethodName, cid, err)
 			}

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
-	"strings"
 	"sync"
 	"time"
 
@@ -166,13 +165,6 @@ type MethodResponse struct {
 	Payload json.RawMessage `json:"payload"`
 }
 
-// Method timeouts, in seconds, as IoT Hub bounds them (IoT Hub's minimum
-// response timeout is 5 s; ours is 1 s).
-const (
-	defaultMethodTimeout = 30
-	maxMethodTimeout     = 300
-)
-
 // subscribeRetry is how soon a call is retried while the device is
 // connected but has not subscribed to methods yet.
 const subscribeRetry = 200 * time.Millisecond
@@ -199,25 +191,9 @@ func badArgument(format string, args ...any) error {
 // ConnectTimeoutInSeconds), 504 GatewayTimeout when it does not answer in
 // ResponseTimeoutInSeconds.
 func (p *Plane) InvokeMethod(ctx context.Context, deviceID, moduleID string, req MethodRequest) (MethodResponse, error) {
-	if req.MethodName == "" || strings.ContainsAny(req.MethodName, "/?#+\x00") {
-		return MethodResponse{}, badArgument("methodName %q: empty, or holds / ? # +", req.MethodName)
-	}
-	respT, connT := req.ResponseTimeoutInSeconds, req.ConnectTimeoutInSeconds
-	if respT == 0 {
-		respT = defaultMethodTimeout
-	}
-	if respT < 1 || respT > maxMethodTimeout {
-		return MethodResponse{}, badArgument("responseTimeoutInSeconds %d: want 1 to %d", respT, maxMethodTimeout)
-	}
-	if connT < 0 || connT > maxMethodTimeout {
-		return MethodResponse{}, badArgument("connectTimeoutInSeconds %d: want 0 to %d", connT, maxMethodTimeout)
-	}
-	payload := []byte(req.Payload)
-	if len(payload) == 0 {
-		payload = []byte("null")
-	}
-	if !json.Valid(payload) {
-		return MethodResponse{}, badArgument("payload is not JSON")
+	payload, respT, connT, err := gateway.CheckMethodCall(req.MethodName, req.Payload, req.ResponseTimeoutInSeconds, req.ConnectTimeoutInSeconds)
+	if err != nil {
+		return MethodResponse{}, err
 	}
 	if moduleID == "" {
 		if _, err := p.h.GetDevice(deviceID); err != nil {
@@ -227,11 +203,11 @@ func (p *Plane) InvokeMethod(ctx context.Context, deviceID, moduleID string, req
 		return MethodResponse{}, asStatus(err)
 	}
 	cid := message.ClientID(deviceID, moduleID)
-	data, _ := json.Marshal(methodCall{Name: req.MethodName, Payload: payload, TimeoutMs: int64(respT) * 1000})
+	data, _ := json.Marshal(methodCall{Name: req.MethodName, Payload: payload, TimeoutMs: respT.Milliseconds()})
 
 	// Listen for the device's arrival before the first attempt, so a
 	// connection between the two is not missed.
-	connectBy := time.Now().Add(time.Duration(connT) * time.Second)
+	connectBy := time.Now().Add(connT)
 	var presence *nats.Subscription
 	if connT > 0 {
 		var err error
@@ -243,7 +219,7 @@ func (p *Plane) InvokeMethod(ctx context.Context, deviceID, moduleID string, req
 	for {
 		// The serving replica enforces the response timeout; the slack
 		// covers the hop there and back.
-		rctx, cancel := context.WithTimeout(ctx, time.Duration(respT)*time.Second+5*time.Second)
+		rctx, cancel := context.WithTimeout(ctx, respT+5*time.Second)
 		msg, err := p.nc.RequestWithContext(rctx, methodSubject(cid), data)
 		cancel()
 		var rep methodReply
