@@ -172,7 +172,9 @@ func TestLocalMethodsOffline(t *testing.T) {
 							t.Errorf("child2 connect: %v", err)
 						}
 					}()
-					defer c2.Close()
+					// Close only after Connect returned: closing a client whose
+					// Connect is still finishing makes that Connect fail.
+					defer func() { wg.Wait(); c2.Close() }()
 				}
 				start := time.Now()
 				var got result
