@@ -16,6 +16,7 @@ type hubFlags struct {
 	dataDir   string
 	hostname  string
 	mqttAddr  string
+	plainAddr string
 	httpsAddr string
 	natsURL   string
 }
@@ -26,6 +27,7 @@ func runHub(ctx context.Context, args []string) error {
 	fs.StringVar(&f.dataDir, "data-dir", "", "directory for the hub's state, CA, certificates and keys (required)")
 	fs.StringVar(&f.hostname, "hostname", hubserver.DefaultHostname, "the hub's host name, as devices and connection strings name it")
 	fs.StringVar(&f.mqttAddr, "mqtt-addr", hubserver.DefaultMQTTAddr, "MQTT over TLS listen address")
+	fs.StringVar(&f.plainAddr, "mqtt-plain-addr", "", "also serve MQTT over plain TCP here; for local tests only (default: off)")
 	fs.StringVar(&f.httpsAddr, "https-addr", hubserver.DefaultHTTPSAddr, "HTTPS listen address (service REST API, device HTTPS, MQTT over WebSocket)")
 	fs.StringVar(&f.natsURL, "nats-url", "", "external NATS cluster to keep state in, instead of the embedded server")
 	if err := fs.Parse(args); err != nil {
@@ -40,17 +42,21 @@ func runHub(ctx context.Context, args []string) error {
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
 
 	srv, err := hubserver.Start(ctx, hubserver.Config{
-		DataDir:   f.dataDir,
-		Hostname:  f.hostname,
-		MQTTAddr:  f.mqttAddr,
-		HTTPSAddr: f.httpsAddr,
-		NATSURL:   f.natsURL,
-		Logger:    log,
+		DataDir:       f.dataDir,
+		Hostname:      f.hostname,
+		MQTTAddr:      f.mqttAddr,
+		MQTTPlainAddr: f.plainAddr,
+		HTTPSAddr:     f.httpsAddr,
+		NATSURL:       f.natsURL,
+		Logger:        log,
 	})
 	if err != nil {
 		return err
 	}
 	fmt.Println(srv.ConnectionString())
+	if a := srv.MQTTPlainAddr(); a != nil {
+		fmt.Printf("hub serves MQTT over plain TCP on %s: for local tests only\n", a)
+	}
 	fmt.Printf("hub ready: https=%s mqtt=%s\n", srv.HTTPSAddr(), srv.MQTTAddr())
 
 	var serveErr error

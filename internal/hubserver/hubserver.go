@@ -44,6 +44,9 @@ type Config struct {
 	// free loopback port. Defaults DefaultMQTTAddr and DefaultHTTPSAddr.
 	MQTTAddr  string
 	HTTPSAddr string
+	// MQTTPlainAddr, when set, also serves MQTT over plain TCP there: for
+	// local tests only, since tokens then cross the wire in clear.
+	MQTTPlainAddr string
 	// NATSURL, when set, keeps the state in an external NATS cluster
 	// instead of the embedded server.
 	NATSURL string
@@ -65,7 +68,8 @@ type Server struct {
 	streams context.CancelFunc
 
 	httpsAddr, mqttAddr net.Addr
-	host                string // HostName of connection strings
+	plainAddr           net.Addr // nil unless MQTTPlainAddr is set
+	host                string   // HostName of connection strings
 
 	errc  chan error // the first serving error
 	serve sync.WaitGroup
@@ -136,11 +140,14 @@ func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 		return nil, err
 	}
 	if s.gw, err = gateway.New(gateway.Config{
-		Backend:     s.plane,
-		Observer:    m,
-		HubHostName: cfg.Hostname,
-		TLS:         &tls.Config{Certificates: []tls.Certificate{s.creds.ServerCert}, MinVersion: tls.VersionTLS12},
-		Logger:      s.log,
+		Backend:  s.plane,
+		Observer: m,
+		// The TLS listener yields only TLS connections; plain ones come
+		// only from the MQTTPlainAddr listener.
+		AllowPlainTCP: cfg.MQTTPlainAddr != "",
+		HubHostName:   cfg.Hostname,
+		TLS:           &tls.Config{Certificates: []tls.Certificate{s.creds.ServerCert}, MinVersion: tls.VersionTLS12},
+		Logger:        s.log,
 	}); err != nil {
 		return nil, err
 	}
@@ -170,6 +177,15 @@ func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 		return nil, err
 	}
 	s.httpsAddr, s.mqttAddr = hl.Addr(), ml.Addr()
+	var pl net.Listener
+	if cfg.MQTTPlainAddr != "" {
+		if pl, err = net.Listen("tcp", cfg.MQTTPlainAddr); err != nil {
+			ml.Close()
+			return nil, fmt.Errorf("listen plain mqtt: %w", err)
+		}
+		undo = append(undo, func() { pl.Close() })
+		s.plainAddr = pl.Addr()
+	}
 	s.host = hostWithPort(cfg.Hostname, s.httpsAddr)
 	if err := s.creds.WriteConnectionString(s.host); err != nil {
 		ml.Close()
@@ -201,8 +217,22 @@ func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 			s.fail(fmt.Errorf("mqtt: %w", err))
 		}
 	}()
+	if pl != nil {
+		s.log.Warn("serving MQTT over plain TCP: for local tests only", "addr", pl.Addr())
+		s.serve.Add(1)
+		go func() {
+			defer s.serve.Done()
+			if err := s.gw.ServeMQTT(pl); err != nil && !errors.Is(err, gateway.ErrServerClosed) {
+				s.fail(fmt.Errorf("plain mqtt: %w", err))
+			}
+		}()
+	}
 	return s, nil
 }
+
+// MQTTPlainAddr is the plain-TCP MQTT listener's address, nil when
+// Config.MQTTPlainAddr was empty.
+func (s *Server) MQTTPlainAddr() net.Addr { return s.plainAddr }
 
 func (s *Server) fail(err error) {
 	select {
