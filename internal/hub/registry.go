@@ -279,11 +279,17 @@ func (h *Hub) DeleteDevice(ctx context.Context, id, ifMatch string) error {
 
 // detach removes child cid from edge by compare-and-set.
 func (h *Hub) detach(ctx context.Context, edge *identity.Device, cid string) error {
+	return h.relink(ctx, edge, cid, identity.DetachChild)
+}
+
+// relink applies a parent/child rule to the stored child cid by
+// compare-and-set.
+func (h *Hub) relink(ctx context.Context, edge *identity.Device, cid string, rule func(edge, child *identity.Device) error) error {
 	_, err := h.mutate(ctx, h.devices, h.devTab, deviceKey(cid), "*",
 		func() error { return deviceNotFound(cid) },
 		func(cur any) (any, error) {
 			c := cur.(*identity.Device).Clone()
-			if err := identity.DetachChild(edge, c); err != nil {
+			if err := rule(edge, c); err != nil {
 				return nil, err
 			}
 			return c, nil
@@ -296,49 +302,19 @@ func (h *Hub) detach(ctx context.Context, edge *identity.Device, cid string) err
 // (an edge device, a device with another parent and no force, a missing
 // id) leaves the registry unchanged unless a concurrent writer interferes.
 func (h *Hub) AddChildren(ctx context.Context, edgeID string, childIDs []string, force bool) error {
-	er, ok, err := h.lookup(ctx, h.devices, h.devTab, deviceKey(edgeID))
-	if err != nil {
-		return err
-	}
-	if !ok {
-		return deviceNotFound(edgeID)
-	}
-	edge := er.val.(*identity.Device)
-	if len(childIDs) == 0 {
-		return identity.BadRequest(identity.CodeArgumentInvalid, "no child devices given")
-	}
-	for _, cid := range childIDs {
-		cr, ok, err := h.lookup(ctx, h.devices, h.devTab, deviceKey(cid))
-		if err != nil {
-			return err
-		}
-		if !ok {
-			return deviceNotFound(cid)
-		}
-		if err := identity.AttachChild(edge, cr.val.(*identity.Device).Clone(), force); err != nil {
-			return err
-		}
-	}
-	for _, cid := range childIDs {
-		_, err := h.mutate(ctx, h.devices, h.devTab, deviceKey(cid), "*",
-			func() error { return deviceNotFound(cid) },
-			func(cur any) (any, error) {
-				c := cur.(*identity.Device).Clone()
-				if err := identity.AttachChild(edge, c, force); err != nil {
-					return nil, err
-				}
-				return c, nil
-			})
-		if err != nil {
-			return err
-		}
-	}
-	return nil
+	return h.changeChildren(ctx, edgeID, childIDs, func(edge, child *identity.Device) error {
+		return identity.AttachChild(edge, child, force)
+	})
 }
 
 // RemoveChildren detaches every child in childIDs from edge device edgeID.
 // A device that is not edgeID's child is a 400, checked before any write.
 func (h *Hub) RemoveChildren(ctx context.Context, edgeID string, childIDs []string) error {
+	return h.changeChildren(ctx, edgeID, childIDs, identity.DetachChild)
+}
+
+// changeChildren checks rule against every child first, then writes each.
+func (h *Hub) changeChildren(ctx context.Context, edgeID string, childIDs []string, rule func(edge, child *identity.Device) error) error {
 	er, ok, err := h.lookup(ctx, h.devices, h.devTab, deviceKey(edgeID))
 	if err != nil {
 		return err
@@ -358,12 +334,12 @@ func (h *Hub) RemoveChildren(ctx context.Context, edgeID string, childIDs []stri
 		if !ok {
 			return deviceNotFound(cid)
 		}
-		if err := identity.DetachChild(edge, cr.val.(*identity.Device).Clone()); err != nil {
+		if err := rule(edge, cr.val.(*identity.Device).Clone()); err != nil {
 			return err
 		}
 	}
 	for _, cid := range childIDs {
-		if err := h.detach(ctx, edge, cid); err != nil {
+		if err := h.relink(ctx, edge, cid, rule); err != nil {
 			return err
 		}
 	}
