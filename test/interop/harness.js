@@ -123,7 +123,42 @@ class RedirectAgent extends https.Agent {
  * A running hub: `outpost hub` as a subprocess with its own data dir and
  * random ports. Call stop() when done (start() registers nothing global).
  */
-class Hub {
+/**
+ * An outpost subprocess (hub or edge) that owns a temporary folder: it keeps
+ * the tail of stderr, and stop() ends it (SIGTERM, then SIGKILL after 10 s)
+ * and removes the folder.
+ */
+class OutpostProcess {
+  constructor(proc, dir, what) {
+    this.proc = proc;
+    this.dir = dir;
+    this.what = what;
+    this.stderr = '';
+    proc.stderr.on('data', (d) => {
+      this.stderr = (this.stderr + d.toString()).slice(-LOG_TAIL);
+    });
+    this.exited = new Promise((resolve) => proc.once('exit', resolve));
+  }
+
+  log() {
+    return this.stderr;
+  }
+
+  async stop() {
+    if (this.proc.exitCode === null && this.proc.signalCode === null) {
+      this.proc.kill('SIGTERM');
+      try {
+        await withTimeout(this.exited, 10000, `outpost ${this.what} shutdown`);
+      } catch {
+        this.proc.kill('SIGKILL');
+        await this.exited;
+      }
+    }
+    fs.rmSync(this.dir, { recursive: true, force: true });
+  }
+}
+
+class Hub extends OutpostProcess {
   static async start({ readyTimeout = 30000 } = {}) {
     const dataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'outpost-interop-'));
     const proc = spawn(BIN, [
@@ -157,31 +192,8 @@ class Hub {
   }
 
   constructor(proc, dataDir) {
-    this.proc = proc;
+    super(proc, dataDir, 'hub');
     this.dataDir = dataDir;
-    this.stderr = '';
-    proc.stderr.on('data', (d) => {
-      this.stderr = (this.stderr + d.toString()).slice(-LOG_TAIL);
-    });
-    this.exited = new Promise((resolve) => proc.once('exit', resolve));
-  }
-
-  log() {
-    return this.stderr;
-  }
-
-  /** SIGTERM, then SIGKILL if the hub has not exited within 10 s. */
-  async stop() {
-    if (this.proc.exitCode === null && this.proc.signalCode === null) {
-      this.proc.kill('SIGTERM');
-      try {
-        await withTimeout(this.exited, 10000, 'outpost hub shutdown');
-      } catch {
-        this.proc.kill('SIGKILL');
-        await this.exited;
-      }
-    }
-    fs.rmSync(this.dataDir, { recursive: true, force: true });
   }
 
   /** An agent that reaches the HTTPS listener, for the SDKs' REST calls. */
@@ -357,7 +369,7 @@ class CuttableProxy {
  * edge printed its ready line, which it does only after its first sync
  * with the hub. Call stop() when done.
  */
-class Edge {
+class Edge extends OutpostProcess {
   static async start(hub, { connectionString, upstreamPort, readyTimeout = 30000 } = {}) {
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'outpost-interop-edge-'));
     const args = [
@@ -394,18 +406,8 @@ class Edge {
   }
 
   constructor(proc, dir, hub) {
-    this.proc = proc;
-    this.dir = dir;
+    super(proc, dir, 'edge');
     this.hub = hub;
-    this.stderr = '';
-    proc.stderr.on('data', (d) => {
-      this.stderr = (this.stderr + d.toString()).slice(-LOG_TAIL);
-    });
-    this.exited = new Promise((resolve) => proc.once('exit', resolve));
-  }
-
-  log() {
-    return this.stderr;
   }
 
   /** GatewayHostName for MQTT clients of this edge. */
@@ -448,18 +450,6 @@ class Edge {
   }
 
   /** SIGTERM, then SIGKILL if the edge has not exited within 10 s. */
-  async stop() {
-    if (this.proc.exitCode === null && this.proc.signalCode === null) {
-      this.proc.kill('SIGTERM');
-      try {
-        await withTimeout(this.exited, 10000, 'outpost edge shutdown');
-      } catch {
-        this.proc.kill('SIGKILL');
-        await this.exited;
-      }
-    }
-    fs.rmSync(this.dir, { recursive: true, force: true });
-  }
 }
 
 /**
