@@ -27,6 +27,7 @@ import (
 	"github.com/mochi-mqtt/server/v2/packets"
 
 	"outpost/internal/message"
+	"outpost/internal/poll"
 	"outpost/internal/sas"
 	"outpost/internal/topic"
 )
@@ -488,17 +489,12 @@ func (l *wsListener) Close(closeClients listeners.CloseFn) {
 // waitFor polls cond until it returns nil or the deadline passes.
 func waitFor(t *testing.T, timeout time.Duration, what string, cond func() error) {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		err := cond()
-		if err == nil {
-			return
+	poll.Check(t, timeout, 0, func() error {
+		if err := cond(); err != nil {
+			return fmt.Errorf("%s: %w", what, err)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: %v", what, err)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+		return nil
+	})
 }
 
 // newClient makes and connects a client, closed at cleanup.

@@ -17,6 +17,7 @@ import (
 	"outpost/internal/certs"
 	"outpost/internal/client"
 	"outpost/internal/identity"
+	"outpost/internal/poll"
 	"outpost/internal/sas"
 )
 
@@ -25,19 +26,7 @@ const hubHost = "hub.test"
 // checkFor polls f until it returns nil or timeout passes.
 func checkFor(t testing.TB, timeout time.Duration, f func() error) {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
-	wait := 5 * time.Millisecond
-	for {
-		err := f()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("condition not met within %v: %v", timeout, err)
-		}
-		time.Sleep(wait) // polling interval, not a wait for a condition
-		wait = min(2*wait, 100*time.Millisecond)
-	}
+	poll.Check(t, timeout, 0, f)
 }
 
 // logBuf is a goroutine-safe log sink for asserting on log lines.

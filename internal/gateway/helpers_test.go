@@ -24,6 +24,7 @@ import (
 
 	"outpost/internal/certs"
 	"outpost/internal/message"
+	"outpost/internal/poll"
 	"outpost/internal/sas"
 )
 
@@ -32,17 +33,7 @@ const testHost = "hub.outpost.test"
 // checkFor polls f until it returns nil or the timeout passes.
 func checkFor(t testing.TB, timeout time.Duration, f func() error) {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		err := f()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("condition not met within %v: %v", timeout, err)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	poll.Check(t, timeout, 0, f)
 }
 
 // testPKI is a CA with a server certificate for 127.0.0.1 and localhost.

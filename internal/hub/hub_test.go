@@ -12,6 +12,7 @@ import (
 	"github.com/nats-io/nats-server/v2/server"
 
 	"outpost/internal/identity"
+	"outpost/internal/poll"
 	"outpost/internal/twin"
 )
 
@@ -60,17 +61,7 @@ func wantStatus(t *testing.T, err error, want int) {
 // checkFor polls fn until it succeeds or the timeout passes.
 func checkFor(t *testing.T, timeout time.Duration, fn func() error) {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		err := fn()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("after %v: %v", timeout, err)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	poll.Check(t, timeout, 0, fn)
 }
 
 func TestDeviceLifecycle(t *testing.T) {

@@ -37,6 +37,7 @@ import (
 	"outpost/internal/hub/dataplane"
 	"outpost/internal/hubserver"
 	"outpost/internal/identity"
+	"outpost/internal/poll"
 	"outpost/internal/service"
 )
 
@@ -231,17 +232,7 @@ func freeAddr(t testing.TB) string {
 // test with f's last error if timeout passes first.
 func CheckFor(t testing.TB, timeout, interval time.Duration, f func() error) {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		err := f()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("not met within %v: %v", timeout, err)
-		}
-		time.Sleep(interval) // the polling interval, not a wait for the condition
-	}
+	poll.Check(t, timeout, interval, f)
 }
 
 // Seq is the application property tests number messages with, per

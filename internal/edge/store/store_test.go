@@ -16,6 +16,7 @@ import (
 	"github.com/cockroachdb/pebble/v2/vfs"
 
 	"outpost/internal/message"
+	"outpost/internal/poll"
 )
 
 // fakeClock is a settable clock for TTL tests.
@@ -43,17 +44,7 @@ func (c *fakeClock) Advance(d time.Duration) {
 // checkFor polls fn until it returns nil or timeout passes.
 func checkFor(t *testing.T, timeout, interval time.Duration, fn func() error) {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		err := fn()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("after %v: %v", timeout, err)
-		}
-		time.Sleep(interval)
-	}
+	poll.Check(t, timeout, interval, fn)
 }
 
 // openMem opens a store on a crashable in-memory file system.

@@ -26,6 +26,7 @@ import (
 	"outpost/internal/identity"
 	"outpost/internal/message"
 	"outpost/internal/netfault"
+	"outpost/internal/poll"
 	"outpost/internal/sas"
 	"outpost/internal/topic"
 )
@@ -537,15 +538,5 @@ func (e *env) queued() int64 { return e.store.Stats()[Endpoint].Len }
 // checkFor polls fn until it returns nil or timeout passes.
 func checkFor(t testing.TB, timeout, interval time.Duration, fn func() error) {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		err := fn()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("after %v: %v", timeout, err)
-		}
-		time.Sleep(interval)
-	}
+	poll.Check(t, timeout, interval, fn)
 }

@@ -25,6 +25,7 @@ import (
 	"outpost/internal/hub/api"
 	"outpost/internal/identity"
 	"outpost/internal/message"
+	"outpost/internal/poll"
 	"outpost/internal/sas"
 	"outpost/internal/service"
 )
@@ -136,17 +137,7 @@ func ctxT(t *testing.T) context.Context {
 // checkFor polls f until it returns nil or the timeout passes.
 func checkFor(t *testing.T, timeout time.Duration, f func() error) {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		err := f()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("condition not met within %v: %v", timeout, err)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	poll.Check(t, timeout, 0, f)
 }
 
 // device registers a SAS device (edge when edge is set).
