@@ -21,8 +21,8 @@ func newMetrics(e *Edge) (*metrics.Metrics, error) {
 	return metrics.New(metrics.Config{
 		Queues:  src,
 		Link:    src,
-		Clients: src,
-		Auth:    src,
+		Clients: gateway.MetricsSource(e.gw.Load),
+		Auth:    gateway.MetricsSource(e.gw.Load),
 		Storage: src,
 		Drops:   src,
 		Now:     e.now,
@@ -70,30 +70,6 @@ func (s metricsSource) Queues() []metrics.Queue {
 }
 
 func (s metricsSource) Link() metrics.Link { return metricsLink(s.e.up.State()) }
-
-// ConnectedClients counts the gateway's connections; there is none
-// before the edge first listens.
-func (s metricsSource) ConnectedClients() metrics.Clients {
-	gw := s.e.gw.Load()
-	if gw == nil {
-		return metrics.Clients{}
-	}
-	d, v := gw.ConnectedClients()
-	return metrics.Clients{Direct: d, ViaEdge: v}
-}
-
-func (s metricsSource) AuthFailures() map[string]uint64 {
-	gw := s.e.gw.Load()
-	if gw == nil {
-		return nil
-	}
-	f := gw.AuthFailures()
-	out := make(map[string]uint64, len(f))
-	for r, n := range f {
-		out[string(r)] = n
-	}
-	return out
-}
 
 func (s metricsSource) Storage() metrics.Storage {
 	u := s.e.st.Usage()

@@ -3,6 +3,8 @@ package gateway
 import (
 	"errors"
 	"time"
+
+	"outpost/internal/metrics"
 )
 
 // Observer is told of device-endpoint events worth counting, for
@@ -49,4 +51,32 @@ func (s *Server) ConnectedClients() (direct, viaEdge int) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return len(s.direct), len(s.viaEdge)
+}
+
+// MetricsSource adapts the server its function returns, which is nil
+// until the server first listens, to package metrics' ClientSource and
+// AuthSource; the hub and the edge both serve it.
+type MetricsSource func() *Server
+
+// ConnectedClients implements metrics.ClientSource.
+func (f MetricsSource) ConnectedClients() metrics.Clients {
+	s := f()
+	if s == nil {
+		return metrics.Clients{}
+	}
+	d, v := s.ConnectedClients()
+	return metrics.Clients{Direct: d, ViaEdge: v}
+}
+
+// AuthFailures implements metrics.AuthSource.
+func (f MetricsSource) AuthFailures() map[string]uint64 {
+	s := f()
+	if s == nil {
+		return nil
+	}
+	out := make(map[string]uint64)
+	for r, n := range s.AuthFailures() {
+		out[string(r)] = n
+	}
+	return out
 }

@@ -252,4 +252,13 @@ func TestConnectedClients(t *testing.T) {
 	want(2)
 	c1.Disconnect(0)
 	want(1)
+
+	src := MetricsSource(func() *Server { return e.srv })
+	if got := src.ConnectedClients(); got.Direct != 1 || got.ViaEdge != 0 {
+		t.Errorf("MetricsSource clients = %+v, want 1 direct", got)
+	}
+	none := MetricsSource(func() *Server { return nil })
+	if got := none.ConnectedClients(); got.Direct != 0 || got.ViaEdge != 0 || none.AuthFailures() != nil {
+		t.Errorf("MetricsSource of no server = %+v, %v; want nothing", got, none.AuthFailures())
+	}
 }

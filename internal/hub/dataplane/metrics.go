@@ -29,7 +29,7 @@ const streamInfoTimeout = 2 * time.Second
 // latency and refusals.
 func (p *Plane) NewMetrics() (*metrics.Metrics, error) {
 	src := metricsSource{p}
-	return metrics.New(metrics.Config{Queues: src, Clients: src, Auth: src, Now: p.now})
+	return metrics.New(metrics.Config{Queues: src, Clients: gateway.MetricsSource(p.gw.Load), Auth: gateway.MetricsSource(p.gw.Load), Now: p.now})
 }
 
 var _ gateway.Observer = (*metrics.Metrics)(nil)
@@ -82,28 +82,6 @@ func (s metricsSource) Queues() []metrics.Queue {
 			mq.Oldest = st.FirstTime
 		}
 		out = append(out, mq)
-	}
-	return out
-}
-
-func (s metricsSource) ConnectedClients() metrics.Clients {
-	gw := s.p.gw.Load()
-	if gw == nil {
-		return metrics.Clients{}
-	}
-	d, v := gw.ConnectedClients()
-	return metrics.Clients{Direct: d, ViaEdge: v}
-}
-
-func (s metricsSource) AuthFailures() map[string]uint64 {
-	gw := s.p.gw.Load()
-	if gw == nil {
-		return nil
-	}
-	f := gw.AuthFailures()
-	out := make(map[string]uint64, len(f))
-	for r, n := range f {
-		out[string(r)] = n
 	}
 	return out
 }
