@@ -33,6 +33,14 @@ type Config struct {
 	SyncAlways   bool
 	Logger       *slog.Logger
 	Now          func() time.Time
+	// ActivityResolution bounds presence writes: lastActivityTime is
+	// written at most once per identity per interval, so it lags real
+	// activity by up to that much. Default DefaultActivityResolution.
+	ActivityResolution time.Duration
+	// HubLiveness is how long after its last heartbeat a hub instance
+	// that stopped (crashed) still counts as holding its connections.
+	// Default DefaultHubLiveness.
+	HubLiveness time.Duration
 }
 
 // Hub is the cloud hub's state: the identity registry, twins and queries,
@@ -48,6 +56,11 @@ type Hub struct {
 
 	devices, modules, twins *bucket
 	devTab, modTab, twinTab *table
+
+	instance string  // this process's id among hubs sharing NATS
+	pres     *bucket // connection state and activity (presence.go)
+	presTab  *table
+	hubs     *bucket // heartbeats of hub instances
 
 	children *scopeIndex // edge scope -> children, fed by devTab
 	qcache   queryCache  // query documents and key order
@@ -78,10 +91,16 @@ func New(cfg Config) (*Hub, error) {
 	if cfg.HostName == "" {
 		cfg.HostName = "localhost"
 	}
+	if cfg.ActivityResolution <= 0 {
+		cfg.ActivityResolution = DefaultActivityResolution
+	}
+	if cfg.HubLiveness <= 0 {
+		cfg.HubLiveness = DefaultHubLiveness
+	}
 	if cfg.NATSURL == "" && cfg.DataDir == "" {
 		return nil, errors.New("hub: DataDir or NATSURL is required")
 	}
-	h := &Hub{cfg: cfg, log: cfg.Logger, now: cfg.Now, done: make(chan struct{})}
+	h := &Hub{cfg: cfg, log: cfg.Logger, now: cfg.Now, done: make(chan struct{}), instance: newInstanceID()}
 	if err := h.open(); err != nil {
 		h.Close()
 		return nil, err
@@ -107,14 +126,21 @@ func (h *Hub) open() error {
 	for _, b := range []struct {
 		name string
 		dst  **bucket
-	}{{bucketDevices, &h.devices}, {bucketModules, &h.modules}, {bucketTwins, &h.twins}} {
-		if *b.dst, err = openBucket(ctx, h.js, b.name, h.cfg.Replicas); err != nil {
+		ttl  time.Duration
+	}{
+		{bucketDevices, &h.devices, 0}, {bucketModules, &h.modules, 0}, {bucketTwins, &h.twins, 0},
+		{bucketPresence, &h.pres, 0},
+		// A crashed instance's heartbeat is garbage after a day.
+		{bucketHubs, &h.hubs, 24 * time.Hour},
+	} {
+		if *b.dst, err = openBucket(ctx, h.js, b.name, h.cfg.Replicas, b.ttl); err != nil {
 			return err
 		}
 	}
 	h.devTab = newTable(bucketDevices, decodeDevice)
 	h.modTab = newTable(bucketModules, decodeModule)
 	h.twinTab = newTable(bucketTwins, decodeTwin)
+	h.presTab = newTable(bucketPresence, decodePresence)
 	h.children = newScopeIndex(deviceScopes)
 	h.devTab.onChange = h.children.onChange
 
@@ -123,7 +149,7 @@ func (h *Hub) open() error {
 	for _, p := range []struct {
 		b *bucket
 		t *table
-	}{{h.devices, h.devTab}, {h.modules, h.modTab}, {h.twins, h.twinTab}} {
+	}{{h.devices, h.devTab}, {h.modules, h.modTab}, {h.twins, h.twinTab}, {h.pres, h.presTab}} {
 		w, err := p.b.kv.WatchAll(runCtx)
 		if err != nil {
 			return fmt.Errorf("watch %s: %w", p.b.name, err)
@@ -144,6 +170,16 @@ func (h *Hub) open() error {
 			return fmt.Errorf("load %s: %w", p.b.name, ctx.Err())
 		}
 	}
+	if err := h.beat(ctx); err != nil {
+		return fmt.Errorf("hub heartbeat: %w", err)
+	}
+	if !h.goStart() {
+		return errors.New("hub closed")
+	}
+	go func() {
+		defer h.wg.Done()
+		h.runHeartbeat(runCtx)
+	}()
 	return nil
 }
 
@@ -154,12 +190,21 @@ func (h *Hub) Close() error {
 		h.mu.Lock()
 		h.closed = true
 		h.mu.Unlock()
+		var errs []error
+		if h.presTab != nil && h.hubs != nil {
+			// Connections this instance held are over; say so now rather
+			// than after the liveness runs out.
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			if err := h.sweepPresence(ctx, true); err != nil {
+				errs = append(errs, fmt.Errorf("clear presence: %w", err))
+			}
+			cancel()
+		}
 		close(h.done)
 		if h.cancel != nil {
 			h.cancel()
 		}
 		h.wg.Wait()
-		var errs []error
 		if h.nc != nil {
 			// Every write was acknowledged before its call returned, so
 			// nothing is pending: a plain close loses nothing.

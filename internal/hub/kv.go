@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -68,12 +69,15 @@ type bucket struct {
 	kv   jetstream.KeyValue
 }
 
-func openBucket(ctx context.Context, js jetstream.JetStream, name string, replicas int) (*bucket, error) {
+// openBucket opens or creates a bucket; a ttl > 0 drops entries not
+// written for that long.
+func openBucket(ctx context.Context, js jetstream.JetStream, name string, replicas int, ttl time.Duration) (*bucket, error) {
 	kv, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
 		Bucket:   name,
 		History:  1,
 		Storage:  jetstream.FileStorage,
 		Replicas: replicas,
+		TTL:      ttl,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("open bucket %s: %w", name, err)

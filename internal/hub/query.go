@@ -25,7 +25,7 @@ func (h *Hub) Query(q string, pageSize int, continuation string) (query.Page, er
 	}
 	// Read the counters before the tables: a change racing with the
 	// build then leaves a snapshot that the next query rebuilds.
-	changes := [3]uint64{h.devTab.changeCount(), h.modTab.changeCount(), h.twinTab.changeCount()}
+	changes := [4]uint64{h.devTab.changeCount(), h.modTab.changeCount(), h.twinTab.changeCount(), h.presTab.changeCount()}
 	docs, ok := h.qcache.snapshot(pq.Source(), changes)
 	if !ok {
 		t, docOf := h.devTab, h.deviceQueryDoc

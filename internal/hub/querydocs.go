@@ -24,12 +24,12 @@ type queryCache struct {
 }
 
 type docSnap struct {
-	changes [3]uint64 // of the devices, modules and twins tables
+	changes [4]uint64 // of the devices, modules, twins and presence tables
 	docs    []query.Doc
 }
 
 // snapshot returns the cached documents of source if built at changes.
-func (c *queryCache) snapshot(source string, changes [3]uint64) ([]query.Doc, bool) {
+func (c *queryCache) snapshot(source string, changes [4]uint64) ([]query.Doc, bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	s, ok := c.snaps[source]
@@ -39,7 +39,7 @@ func (c *queryCache) snapshot(source string, changes [3]uint64) ([]query.Doc, bo
 	return s.docs, true
 }
 
-func (c *queryCache) store(source string, changes [3]uint64, docs []query.Doc) {
+func (c *queryCache) store(source string, changes [4]uint64, docs []query.Doc) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.snaps == nil {
@@ -213,7 +213,7 @@ func (h *Hub) deviceQueryDoc(key string) query.Doc {
 	if !ok {
 		return nil
 	}
-	d := dr.val.(*identity.Device)
+	d := h.withPresence(dr.val.(*identity.Device))
 	return &queryDoc{d: d, t: h.storedTwin(key, d.DeviceID, "")}
 }
 
@@ -223,7 +223,7 @@ func (h *Hub) moduleQueryDoc(key string) query.Doc {
 	if !ok {
 		return nil
 	}
-	m := mr.val.(*identity.Module)
+	m := h.withModulePresence(mr.val.(*identity.Module))
 	dr, ok := h.devTab.get(deviceKey(m.DeviceID))
 	if !ok {
 		return nil

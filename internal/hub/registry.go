@@ -55,14 +55,14 @@ func (h *Hub) GetDevice(id string) (identity.Device, error) {
 	if !ok {
 		return identity.Device{}, deviceNotFound(id)
 	}
-	return *r.val.(*identity.Device).Clone(), nil
+	return *h.withPresence(r.val.(*identity.Device)).Clone(), nil
 }
 
 // ListDevices returns up to top devices (all when top <= 0), by id.
 func (h *Hub) ListDevices(top int) []identity.Device {
 	var out []identity.Device
 	h.devTab.each(func(_ string, r *row) bool {
-		out = append(out, *r.val.(*identity.Device).Clone())
+		out = append(out, *h.withPresence(r.val.(*identity.Device)).Clone())
 		return true
 	})
 	slices.SortFunc(out, func(a, b identity.Device) int { return strings.Compare(a.DeviceID, b.DeviceID) })
@@ -111,7 +111,7 @@ func (h *Hub) CreateOrUpdateDevice(ctx context.Context, d identity.Device, ifMat
 	if err != nil {
 		return identity.Device{}, err
 	}
-	out := *r.val.(*identity.Device)
+	out := *h.withPresence(r.val.(*identity.Device))
 	if becameEdge {
 		if err := h.ensureEdgeModules(ctx, out.DeviceID); err != nil {
 			return identity.Device{}, err
@@ -189,6 +189,11 @@ func (h *Hub) sweep(ctx context.Context, id string) error {
 	}
 	for _, k := range h.twinTab.below(dk) {
 		if err := h.remove(ctx, h.twins, h.twinTab, k, 0); err != nil {
+			return err
+		}
+	}
+	for _, k := range append(h.presTab.below(dk), dk) {
+		if err := h.removePresence(ctx, k); err != nil {
 			return err
 		}
 	}
@@ -360,7 +365,7 @@ func (h *Hub) ListChildren(edgeID string) ([]identity.Device, error) {
 	out := []identity.Device{}
 	for _, cid := range h.children.children(edge.DeviceScope) {
 		if cr, ok := h.devTab.get(deviceKey(cid)); ok {
-			out = append(out, *cr.val.(*identity.Device).Clone())
+			out = append(out, *h.withPresence(cr.val.(*identity.Device)).Clone())
 		}
 	}
 	return out, nil
@@ -375,7 +380,7 @@ func (h *Hub) GetModule(deviceID, moduleID string) (identity.Module, error) {
 		}
 		return identity.Module{}, moduleNotFound(deviceID, moduleID)
 	}
-	return *r.val.(*identity.Module), nil
+	return *h.withModulePresence(r.val.(*identity.Module)), nil
 }
 
 // ListModules returns the modules of a device, by id.
@@ -386,7 +391,7 @@ func (h *Hub) ListModules(deviceID string) ([]identity.Module, error) {
 	out := []identity.Module{}
 	for _, k := range h.modTab.below(deviceKey(deviceID)) {
 		if r, ok := h.modTab.get(k); ok {
-			out = append(out, *r.val.(*identity.Module))
+			out = append(out, *h.withModulePresence(r.val.(*identity.Module)))
 		}
 	}
 	slices.SortFunc(out, func(a, b identity.Module) int { return strings.Compare(a.ModuleID, b.ModuleID) })
@@ -436,7 +441,7 @@ func (h *Hub) CreateOrUpdateModule(ctx context.Context, m identity.Module, ifMat
 	if err != nil {
 		return identity.Module{}, err
 	}
-	return *r.val.(*identity.Module), nil
+	return *h.withModulePresence(r.val.(*identity.Module)), nil
 }
 
 func moduleExists(d, m string) error {
@@ -484,5 +489,8 @@ func (h *Hub) DeleteModule(ctx context.Context, deviceID, moduleID, ifMatch stri
 			return err
 		}
 	}
-	return h.remove(ctx, h.twins, h.twinTab, key, 0)
+	if err := h.remove(ctx, h.twins, h.twinTab, key, 0); err != nil {
+		return err
+	}
+	return h.removePresence(ctx, key)
 }

@@ -83,6 +83,14 @@ func (h *Hub) owner(ctx context.Context, deviceID, moduleID string) (*identity.D
 	return dr.val.(*identity.Device), mr.val.(*identity.Module), nil
 }
 
+// compose is compose with the identity's connection state and activity.
+func (h *Hub) compose(t *twin.Twin, d *identity.Device, m *identity.Module) *twin.Twin {
+	if m != nil {
+		return compose(t, d, h.withModulePresence(m))
+	}
+	return compose(t, h.withPresence(d), nil)
+}
+
 // compose returns a copy of the stored twin with the registry fields a
 // served twin carries (status, scopes, capabilities…).
 func compose(t *twin.Twin, d *identity.Device, m *identity.Module) *twin.Twin {
@@ -120,9 +128,9 @@ func (h *Hub) GetTwin(deviceID, moduleID string) (*twin.Twin, error) {
 	if !ok {
 		// A crash between writing the device and its twin leaves no twin;
 		// it reads as a fresh one and is stored on its first change.
-		return compose(h.newTwinRecord(deviceID, moduleID).Twin, d, m), nil
+		return h.compose(h.newTwinRecord(deviceID, moduleID).Twin, d, m), nil
 	}
-	return compose(r.val.(*twinRecord).Twin, d, m), nil
+	return h.compose(r.val.(*twinRecord).Twin, d, m), nil
 }
 
 // TwinPatch is a service-side twin PATCH: tags and desired properties.
@@ -257,7 +265,7 @@ func (h *Hub) changeTwin(ctx context.Context, deviceID, moduleID, ifMatch string
 		}
 		r, err := h.write(ctx, h.twins, h.twinTab, key, cur, rec)
 		if err == nil {
-			return compose(r.val.(*twinRecord).Twin, d, m), nil
+			return h.compose(r.val.(*twinRecord).Twin, d, m), nil
 		}
 		if !errors.Is(err, errConflict) && !errors.Is(err, errExists) {
 			return nil, err

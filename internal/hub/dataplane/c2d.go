@@ -144,6 +144,7 @@ func (p *Plane) deliverC2D(ctx context.Context, s gateway.Session) {
 		case err == nil:
 			p.deleteC2D(raw.Sequence)
 			next, retry = raw.Sequence+1, 0
+			p.pres.activity(d, "")
 		case errors.Is(err, gateway.ErrNotSubscribed):
 			// A device subscribes after CONNACK, and the gateway does not
 			// announce subscriptions: look again, less and less often.
@@ -244,6 +245,8 @@ func (p *Plane) C2DReceive(ctx context.Context, id gateway.Identity) (*message.M
 			return nil, "", fmt.Errorf("c2d receive: %w", err)
 		}
 	}
+	// A poll is activity, as in IoT Hub, though it connects nothing.
+	p.pres.activity(id.DeviceID, "")
 	if m == nil {
 		return nil, "", nil
 	}
@@ -329,5 +332,6 @@ func (p *Plane) C2DSettle(ctx context.Context, id gateway.Identity, lock string,
 		return err
 	}
 	p.deleteC2D(a.seq)
+	p.pres.activity(id.DeviceID, "")
 	return nil
 }

@@ -57,6 +57,20 @@ func testLogger() *slog.Logger {
 
 func newEnv(t *testing.T, mods ...func(*Config)) *env {
 	t.Helper()
+	return newEnvWith(t, envOptions{}, mods...)
+}
+
+// envOptions adjust what newEnvWith builds.
+type envOptions struct {
+	// wrap, when set, wraps the plane as the gateway's backend, for tests
+	// that watch what the gateway calls.
+	wrap func(*Plane) gateway.Backend
+	// hub adjusts the hub's config.
+	hub func(*hub.Config)
+}
+
+func newEnvWith(t *testing.T, o envOptions, mods ...func(*Config)) *env {
+	t.Helper()
 	e := &env{t: t}
 	var err error
 	if e.ca, err = certs.NewRootCA("outpost test root", time.Hour); err != nil {
@@ -69,7 +83,11 @@ func newEnv(t *testing.T, mods ...func(*Config)) *env {
 		t.Fatal(err)
 	}
 	log := testLogger()
-	e.h, err = hub.New(hub.Config{DataDir: t.TempDir(), HostName: testHost, Logger: log})
+	hcfg := hub.Config{DataDir: t.TempDir(), HostName: testHost, Logger: log}
+	if o.hub != nil {
+		o.hub(&hcfg)
+	}
+	e.h, err = hub.New(hcfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -84,8 +102,12 @@ func newEnv(t *testing.T, mods ...func(*Config)) *env {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { e.p.Close() })
+	var backend gateway.Backend = e.p
+	if o.wrap != nil {
+		backend = o.wrap(e.p)
+	}
 	e.gw, err = gateway.New(gateway.Config{
-		Backend:     e.p,
+		Backend:     backend,
 		HubHostName: testHost,
 		TLS:         &tls.Config{Certificates: []tls.Certificate{serverCert}},
 		Logger:      log,

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"strconv"
 	"sync"
 	"time"
 
@@ -18,10 +19,14 @@ import (
 // liveSession is a session this replica holds, with what it started for
 // it: the method subscription and the C2D delivery.
 type liveSession struct {
-	s      gateway.Session
-	sub    *nats.Subscription
-	cancel context.CancelFunc
-	once   sync.Once
+	s gateway.Session
+	// presence is the session's id in the registry's presence records;
+	// empty for an identity reached through an edge, which the edge
+	// reports itself.
+	presence string
+	sub      *nats.Subscription
+	cancel   context.CancelFunc
+	once     sync.Once
 }
 
 // stop ends the method subscription and the C2D delivery. Only the first
@@ -47,6 +52,9 @@ func (p *Plane) Connected(s gateway.Session) {
 	cid := id.ClientID()
 	ctx, cancel := context.WithCancel(p.ctx)
 	l := &liveSession{s: s, cancel: cancel}
+	if id.Via == "" {
+		l.presence = p.h.Instance() + "." + strconv.FormatUint(p.sessSeq.Add(1), 36)
+	}
 	sub, err := p.nc.Subscribe(methodSubject(cid), func(m *nats.Msg) { p.serveMethod(ctx, l, m) })
 	if err != nil {
 		p.log.Error("subscribe for direct methods", "identity", cid, "err", err)
@@ -65,6 +73,9 @@ func (p *Plane) Connected(s gateway.Session) {
 		if err := old.stop(); err != nil {
 			p.log.Warn("replaced session", "err", err)
 		}
+	}
+	if l.presence != "" {
+		p.pres.connected(id.DeviceID, id.ModuleID, l.presence)
 	}
 	if err := p.nc.Publish(presenceSubject(cid), nil); err != nil {
 		p.log.Warn("announce connection", "identity", cid, "err", err)
@@ -91,6 +102,9 @@ func (p *Plane) Disconnected(s gateway.Session) {
 	p.mu.Unlock()
 	if err := l.stop(); err != nil {
 		p.log.Warn("session ended", "err", err)
+	}
+	if l.presence != "" {
+		p.pres.disconnected(s.Identity().DeviceID, s.Identity().ModuleID, l.presence)
 	}
 }
 
@@ -132,6 +146,7 @@ func (p *Plane) serveMethod(ctx context.Context, l *liveSession, m *nats.Msg) {
 		rep := methodReply{Status: status, Payload: payload}
 		switch {
 		case err == nil:
+			p.pres.activity(l.s.Identity().DeviceID, l.s.Identity().ModuleID)
 		case errors.Is(err, context.DeadlineExceeded):
 			rep.Error = replyTimeout
 		case errors.Is(err, gateway.ErrNotConnected), errors.Is(err, gateway.ErrNotSubscribed), errors.Is(err, context.Canceled):

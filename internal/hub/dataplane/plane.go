@@ -104,6 +104,9 @@ type Plane struct {
 
 	consumers sync.Map // device id -> jetstream.Consumer for HTTPS C2D
 
+	pres    *presenceWriter
+	sessSeq atomic.Uint64 // numbers the sessions whose presence is recorded
+
 	closeOnce sync.Once
 	closeErr  error
 }
@@ -172,6 +175,8 @@ func New(cfg Config) (*Plane, error) {
 		return nil, err
 	}
 	p.ctx, p.cancel = context.WithCancel(context.Background())
+	p.pres = newPresenceWriter(p)
+	p.pres.start()
 	twins, err := p.h.WatchTwins(p.ctx)
 	if err != nil {
 		p.cancel()

@@ -96,6 +96,14 @@ func (p *Plane) Telemetry(ctx context.Context, via gateway.Identity, msgs []*mes
 			return fmt.Errorf("store telemetry: %w", ctx.Err())
 		}
 	}
+	// Batches hold one identity's messages, or an edge's for a few.
+	last := -1
+	for i, m := range msgs {
+		if last < 0 || m.DeviceID != msgs[last].DeviceID || m.ModuleID != msgs[last].ModuleID {
+			p.pres.activity(m.DeviceID, m.ModuleID)
+			last = i
+		}
+	}
 	return nil
 }
 

@@ -18,6 +18,7 @@ func (p *Plane) TwinGet(ctx context.Context, id gateway.Identity) ([]byte, error
 	if err != nil {
 		return nil, asStatus(err)
 	}
+	p.pres.activity(id.DeviceID, id.ModuleID)
 	return t.SectionsForDevice(), nil
 }
 
@@ -32,6 +33,7 @@ func (p *Plane) TwinReported(ctx context.Context, id gateway.Identity, patch []b
 	if err != nil {
 		return 0, asStatus(err)
 	}
+	p.pres.activity(id.DeviceID, id.ModuleID)
 	return v, nil
 }
 

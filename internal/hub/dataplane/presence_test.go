@@ -1,0 +1,328 @@
+package dataplane
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"net/http"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	paho "github.com/eclipse/paho.mqtt.golang"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"outpost/internal/client"
+	"outpost/internal/gateway"
+	"outpost/internal/hub"
+	"outpost/internal/identity"
+	"outpost/internal/message"
+	"outpost/internal/sas"
+)
+
+// stateOf reads an identity's connection fields as the service API does.
+func (e *env) stateOf(deviceID, moduleID string) (state string, since, active time.Time) {
+	e.t.Helper()
+	if moduleID == "" {
+		d, err := e.h.GetDevice(deviceID)
+		if err != nil {
+			e.t.Fatal(err)
+		}
+		return d.ConnectionState, d.ConnectionStateUpdatedTime, d.LastActivityTime
+	}
+	m, err := e.h.GetModule(deviceID, moduleID)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return m.ConnectionState, m.ConnectionStateUpdatedTime, m.LastActivityTime
+}
+
+// waitState polls until the identity's state is want, and returns since.
+func (e *env) waitState(deviceID, moduleID, want string) time.Time {
+	e.t.Helper()
+	var since time.Time
+	checkFor(e.t, 10*time.Second, func() error {
+		var s string
+		if s, since, _ = e.stateOf(deviceID, moduleID); s != want {
+			return fmt.Errorf("%s: state %s; want %s", message.ClientID(deviceID, moduleID), s, want)
+		}
+		return nil
+	})
+	return since
+}
+
+// presenceIdle waits until the plane has written every presence event.
+func (e *env) presenceIdle() {
+	e.t.Helper()
+	checkFor(e.t, 10*time.Second, func() error {
+		if n := e.p.pres.queued.Load(); n != 0 {
+			return fmt.Errorf("%d presence events not written", n)
+		}
+		return nil
+	})
+}
+
+func TestPresenceOverMQTT(t *testing.T) {
+	e := newEnv(t)
+	d := e.device("dev1", false)
+	m := e.module("dev1", "mod1")
+	for _, tt := range []struct {
+		name    string
+		module  string
+		connect func() *client.Client
+		etag    string
+	}{
+		{"device", "", func() *client.Client { return e.deviceClient(d, nil) }, d.ETag},
+		{"module", "mod1", func() *client.Client { return e.moduleClient(m, nil) }, m.ETag},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			before := time.Now().Add(-time.Second)
+			c := tt.connect()
+			since := e.waitState("dev1", tt.module, identity.Connected)
+			if since.Before(before) {
+				t.Fatalf("connectionStateUpdatedTime %v before the connection", since)
+			}
+			if tt.module == "" {
+				got, _ := e.h.GetDevice("dev1")
+				if got.ETag != tt.etag {
+					t.Fatalf("etag %s; want %s (unchanged by presence)", got.ETag, tt.etag)
+				}
+			} else if got, _ := e.h.GetModule("dev1", "mod1"); got.ETag != tt.etag {
+				t.Fatalf("etag %s; want %s (unchanged by presence)", got.ETag, tt.etag)
+			}
+			c.Close()
+			gone := e.waitState("dev1", tt.module, identity.Disconnected)
+			if !gone.After(since) {
+				t.Fatalf("disconnected at %v, not after connected at %v", gone, since)
+			}
+		})
+	}
+}
+
+// paho connects with the IoT SDKs' options and no automatic reconnect,
+// so a taken-over connection stays gone.
+func (e *env) paho(cid, password string, lost func(error)) paho.Client {
+	e.t.Helper()
+	opts := paho.NewClientOptions().
+		AddBroker("tls://127.0.0.1:" + e.mqttPort).
+		SetClientID(cid).
+		SetUsername(testHost + "/" + cid + "/?api-version=2021-04-12").
+		SetPassword(password).
+		SetTLSConfig(&tls.Config{RootCAs: e.pool, ServerName: "localhost"}).
+		SetProtocolVersion(4).
+		SetCleanSession(false).
+		SetAutoReconnect(false).
+		SetConnectTimeout(10 * time.Second).
+		SetConnectionLostHandler(func(_ paho.Client, err error) {
+			if lost != nil {
+				lost(err)
+			}
+		})
+	c := paho.NewClient(opts)
+	tok := c.Connect()
+	if !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+		e.t.Fatalf("connect %s: %v", cid, tok.Error())
+	}
+	e.t.Cleanup(func() { c.Disconnect(0) })
+	return c
+}
+
+// endWatch is the plane as the gateway's backend, reporting the sessions
+// whose Disconnected the plane has handled.
+type endWatch struct {
+	*Plane
+	ended chan gateway.Session
+}
+
+func (w endWatch) Disconnected(s gateway.Session) {
+	w.Plane.Disconnected(s)
+	w.ended <- s
+}
+
+func TestPresenceTakeover(t *testing.T) {
+	ended := make(chan gateway.Session, 8)
+	e := newEnvWith(t, envOptions{wrap: func(p *Plane) gateway.Backend { return endWatch{p, ended} }})
+	d := e.device("dev1", false)
+	tok, err := sas.Sign(sas.DeviceResource(testHost, "dev1", ""), d.Authentication.SymmetricKey.PrimaryKey, "", time.Now().Add(time.Hour))
+	if err != nil {
+		t.Fatal(err)
+	}
+	lost := make(chan error, 1)
+	e.paho("dev1", tok, func(err error) { lost <- err })
+	s1 := e.session("dev1", "")
+	since1 := e.waitState("dev1", "", identity.Connected)
+
+	second := e.paho("dev1", tok, nil)
+	select {
+	case <-lost:
+	case <-time.After(10 * time.Second):
+		t.Fatal("first connection not taken over")
+	}
+	// The old session's Disconnected arrives after the new Connected;
+	// once it is handled and written, the device is still Connected.
+	select {
+	case s := <-ended:
+		if s != s1 {
+			t.Fatalf("ended session %v; want the first", s.Identity())
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("old session's Disconnected never came")
+	}
+	e.presenceIdle()
+	state, since2, _ := e.stateOf("dev1", "")
+	if state != identity.Connected || since2.Before(since1) {
+		t.Fatalf("after takeover: %s since %v (first connected %v)", state, since2, since1)
+	}
+	second.Disconnect(0)
+	e.waitState("dev1", "", identity.Disconnected)
+}
+
+func TestPresenceQueryConnected(t *testing.T) {
+	e := newEnv(t)
+	d := e.device("dev1", false)
+	e.device("dev2", false)
+	const q = "SELECT * FROM devices WHERE connectionState = 'Connected'"
+	ids := func() string {
+		page, err := e.h.Query(q, 0, "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		s := ""
+		for _, it := range page.Items {
+			s += fmt.Sprint(it["deviceId"]) + ";"
+		}
+		return s
+	}
+	if got := ids(); got != "" {
+		t.Fatalf("before connecting: %q", got)
+	}
+	c := e.deviceClient(d, nil)
+	checkFor(t, 10*time.Second, func() error {
+		if got := ids(); got != "dev1;" {
+			return fmt.Errorf("connected devices %q", got)
+		}
+		return nil
+	})
+	c.Close()
+	checkFor(t, 10*time.Second, func() error {
+		if got := ids(); got != "" {
+			return fmt.Errorf("connected devices %q after close", got)
+		}
+		return nil
+	})
+}
+
+// hubClock is a settable clock for the hub's presence times.
+type hubClock struct {
+	mu sync.Mutex
+	t  time.Time
+}
+
+func (c *hubClock) now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.t
+}
+
+func (c *hubClock) add(d time.Duration) {
+	c.mu.Lock()
+	c.t = c.t.Add(d)
+	c.mu.Unlock()
+}
+
+func TestActivityThrottledOverMQTT(t *testing.T) {
+	clk := &hubClock{t: time.Now().UTC()}
+	e := newEnvWith(t, envOptions{hub: func(c *hub.Config) { c.Now = clk.now }})
+	d := e.device("dev1", false)
+
+	ctx, cancel := context.WithCancel(ctxT(t))
+	defer cancel()
+	kv, err := e.h.JetStream().KeyValue(ctx, "presence")
+	if err != nil {
+		t.Fatal(err)
+	}
+	w, err := kv.WatchAll(ctx, jetstream.UpdatesOnly())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var writes atomic.Int64
+	var last atomic.Value // state of the last write seen
+	go func() {
+		for en := range w.Updates() {
+			if en != nil {
+				writes.Add(1)
+				last.Store(string(en.Value()))
+			}
+		}
+	}()
+
+	c := e.deviceClient(d, nil)
+	_, _, active0 := func() (string, time.Time, time.Time) {
+		e.waitState("dev1", "", identity.Connected)
+		return e.stateOf("dev1", "")
+	}()
+	send := func(n int) {
+		t.Helper()
+		for i := range n {
+			if err := c.Send(ctx, &message.Message{Body: fmt.Appendf(nil, "m%d", i)}); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	// Within the resolution: telemetry writes nothing.
+	send(20)
+	clk.add(hub.DefaultActivityResolution)
+	send(20)
+	checkFor(t, 10*time.Second, func() error {
+		if _, _, a := e.stateOf("dev1", ""); !a.After(active0) {
+			return fmt.Errorf("lastActivityTime %v did not move past %v", a, active0)
+		}
+		return nil
+	})
+	if _, _, a := e.stateOf("dev1", ""); !a.Equal(clk.now()) {
+		t.Fatalf("lastActivityTime %v; want %v", a, clk.now())
+	}
+	// HTTPS telemetry is activity too, but connects nothing; the device
+	// stays Connected through its MQTT session.
+	clk.add(hub.DefaultActivityResolution)
+	if resp := e.deviceHTTPBody(http.MethodPost, "/devices/dev1/messages/events?api-version=2021-04-12", d, []byte("x"), nil); resp.StatusCode != http.StatusNoContent {
+		t.Fatalf("HTTPS telemetry: %s", resp.Status)
+	}
+	checkFor(t, 10*time.Second, func() error {
+		if s, _, a := e.stateOf("dev1", ""); !a.Equal(clk.now()) || s != identity.Connected {
+			return fmt.Errorf("after HTTPS: %s, active %v; want Connected, %v", s, a, clk.now())
+		}
+		return nil
+	})
+	c.Close()
+	e.waitState("dev1", "", identity.Disconnected)
+	// The watcher delivers in order: once it saw the Disconnected write,
+	// it saw all before it. Connected, two activity writes, Disconnected:
+	// four writes for 41 messages.
+	checkFor(t, 10*time.Second, func() error {
+		if s, _ := last.Load().(string); !strings.Contains(s, `"state":"Disconnected"`) {
+			return errors.New("watcher has not seen the Disconnected write")
+		}
+		return nil
+	})
+	if n := writes.Load(); n != 4 {
+		t.Fatalf("%d presence writes; want 4", n)
+	}
+}
+
+func TestHTTPSDoesNotConnect(t *testing.T) {
+	e := newEnv(t)
+	d := e.device("dev1", false)
+	if resp := e.deviceHTTPBody(http.MethodPost, "/devices/dev1/messages/events?api-version=2021-04-12", d, []byte("x"), nil); resp.StatusCode != http.StatusNoContent {
+		t.Fatalf("HTTPS telemetry: %s", resp.Status)
+	}
+	checkFor(t, 10*time.Second, func() error {
+		if s, _, a := e.stateOf("dev1", ""); a.IsZero() || s != identity.Disconnected {
+			return fmt.Errorf("after HTTPS telemetry: %s, active %v", s, a)
+		}
+		return nil
+	})
+}
