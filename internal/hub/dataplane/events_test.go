@@ -31,6 +31,16 @@ func (e *env) publish(ctx context.Context, dev string, from, n int) error {
 	return nil
 }
 
+// readerKinds are the two kinds of reader: a consumer of its own, and a
+// durable one that a consumer group shares.
+var readerKinds = []struct {
+	name string
+	opts EventsOptions
+}{
+	{"ephemeral", EventsOptions{}},
+	{"consumer group", EventsOptions{ConsumerGroup: "readers"}},
+}
+
 // A reader keeps up with a burst stored as fast as the plane takes it,
 // without a pause: the pull iterator it used before could wait about 4 s
 // (two missed heartbeats) for a pull the server no longer served. The
@@ -40,14 +50,7 @@ func TestEventsBurstWithoutStall(t *testing.T) {
 		n      = 10000
 		maxGap = 2 * time.Second
 	)
-	tests := []struct {
-		name string
-		opts EventsOptions
-	}{
-		{"ephemeral", EventsOptions{}},
-		{"consumer group", EventsOptions{ConsumerGroup: "burst"}},
-	}
-	for _, tc := range tests {
+	for _, tc := range readerKinds {
 		t.Run(tc.name, func(t *testing.T) {
 			e := newEnv(t)
 			ctx, cancel := context.WithTimeout(ctxT(t), 60*time.Second)
@@ -175,14 +178,7 @@ func TestEventsGroupReaderLeaves(t *testing.T) {
 
 // Deleting the consumer under a reader ends its read with an error.
 func TestEventsConsumerDeleted(t *testing.T) {
-	tests := []struct {
-		name string
-		opts EventsOptions
-	}{
-		{"ephemeral", EventsOptions{}},
-		{"consumer group", EventsOptions{ConsumerGroup: "doomed"}},
-	}
-	for _, tc := range tests {
+	for _, tc := range readerKinds {
 		t.Run(tc.name, func(t *testing.T) {
 			e := newEnv(t)
 			ctx := ctxT(t)

@@ -252,9 +252,10 @@ func (p *Plane) consume(ctx context.Context, cons jetstream.Consumer, durable bo
 	closed := cc.Closed()
 	defer func() {
 		close(leaving)
-		// Stopping ends our pull requests, so a group's messages go to
-		// its remaining readers rather than to this one's dead inbox.
-		cc.Stop()
+		// Draining ends our pull requests, so a group's messages go to
+		// its remaining readers rather than to this one's dead inbox, and
+		// passes what was fetched through the callback, which naks it.
+		cc.Drain()
 		<-closed
 	}()
 	for {
