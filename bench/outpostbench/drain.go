@@ -47,6 +47,9 @@ type drainResult struct {
 	ReconnectMs float64 `json:"reconnectMs"`
 	TransferS   float64 `json:"transferS"`
 	DrainMsgsPS float64 `json:"drainMsgsPerSec"`
+	// MaxGapMs is the longest wait between two events at the reader once
+	// the first arrived: a reader or link that stalls shows here.
+	MaxGapMs float64 `json:"maxEventGapMs"`
 	// What the hub's stream held at the end: all events, and distinct
 	// (edgeId, edgeSeq) pairs, the key the edge stamps on every message it
 	// stores and the hub de-duplicates replays by.
@@ -245,6 +248,7 @@ func (s *scenario) drain(ctx context.Context, backlog, children int, timeout tim
 	if res.TransferS > 0 {
 		res.DrainMsgsPS = float64(backlog) / res.TransferS
 	}
+	res.MaxGapMs = float64(mon.maxGap.Microseconds()) / 1000
 	// Let stragglers (replays) arrive before counting what the stream holds.
 	time.Sleep(500 * time.Millisecond) // a settling period, not a wait for a condition
 	res.AtHub, res.DistinctIDs = mon.counts()
@@ -341,8 +345,11 @@ type monitor struct {
 	want   int64
 	done   chan struct{} // closed when want events arrived, or the stream failed
 	once   sync.Once
-	last   time.Time // when the want-th event arrived; written before done closes
-	err    error     // written before done closes
+	last   time.Time     // when the want-th event arrived; written before done closes
+	prev   time.Time     // when the latest event arrived; the reader's goroutine only
+	gap    time.Duration // longest wait between events so far; the reader's goroutine only
+	maxGap time.Duration // gap when done closed; written before done closes
+	err    error         // written before done closes
 
 	mu  sync.Mutex
 	ids map[edgeKey]struct{}
@@ -357,6 +364,11 @@ func startMonitor(ctx context.Context, svc *service.Client, want int) (*monitor,
 		err := svc.MonitorEvents(ctx, service.EventsOptions{FromStart: true},
 			func() { readyOnce.Do(func() { close(ready) }) },
 			func(ev service.Event) error {
+				now := time.Now()
+				if !m.prev.IsZero() {
+					m.gap = max(m.gap, now.Sub(m.prev))
+				}
+				m.prev = now
 				m.mu.Lock()
 				if ev.System.EdgeID != "" {
 					m.ids[edgeKey{ev.System.EdgeID, ev.System.EdgeSeq}] = struct{}{}
@@ -386,7 +398,7 @@ func startMonitor(ctx context.Context, svc *service.Client, want int) (*monitor,
 
 func (m *monitor) finish(err error) {
 	m.once.Do(func() {
-		m.last, m.err = time.Now(), err
+		m.last, m.err, m.maxGap = time.Now(), err, m.gap
 		close(m.done)
 	})
 }

@@ -204,56 +204,101 @@ func (p *Plane) Events(ctx context.Context, opts EventsOptions, ready func(), fn
 	if ready != nil {
 		ready()
 	}
-	// A short heartbeat bounds how long the iterator can wait on a pull
-	// the server no longer serves (nats.go resets it after two missed
-	// heartbeats): about 4 s instead of the default's 10 s.
-	it, err := cons.Messages(jetstream.PullMaxMessages(256), jetstream.PullHeartbeat(2*time.Second))
+	return p.consume(ctx, cons, durable, fn)
+}
+
+// consume calls fn for each message of cons, in order, on the caller's
+// goroutine. It uses Consume rather than the Messages iterator: the
+// iterator's channel subscription drops what arrives while its channel is
+// full, and a dropped message or pull status leaves it waiting, with
+// nothing pulled, until two heartbeats are missed (seconds; and a dropped
+// message of an ephemeral reader is lost). Consume's callback queue drops
+// nothing and pulls again as the callback returns.
+func (p *Plane) consume(ctx context.Context, cons jetstream.Consumer, durable bool, fn func(Event) error) error {
+	msgs := make(chan jetstream.Msg)
+	leaving := make(chan struct{})
+	failed := make(chan error, 1)
+	check := make(chan struct{}, 1)
+	fail := func(err error) {
+		select {
+		case failed <- err:
+		default:
+		}
+	}
+	cc, err := cons.Consume(func(m jetstream.Msg) {
+		select {
+		case msgs <- m:
+		case <-leaving:
+			// Fetched but never read: the group's other readers get it
+			// now rather than after the ack wait.
+			if durable {
+				_ = m.Nak()
+			}
+		}
+	}, jetstream.PullMaxMessages(256), jetstream.PullHeartbeat(2*time.Second),
+		jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
+			switch {
+			case errors.Is(err, jetstream.ErrConsumerDeleted), errors.Is(err, jetstream.ErrBadRequest),
+				errors.Is(err, jetstream.ErrConnectionClosed):
+				fail(err) // Consume has stopped
+			case errors.Is(err, jetstream.ErrNoHeartbeat):
+				// Consume pulls again by itself. A consumer reaped as
+				// inactive sends no status, so look it up.
+				select {
+				case check <- struct{}{}:
+				default:
+				}
+			default:
+				p.log.Debug("events reader", "err", err)
+			}
+		}))
 	if err != nil {
 		return fmt.Errorf("read events: %w", err)
 	}
-	// Stopping the iterator ends its pull requests, so a group's messages
-	// go to its remaining readers rather than to this one's dead inbox.
-	ctx, cancel := context.WithCancel(ctx)
-	stopped := make(chan struct{})
+	// Taken now, while the subscription is live: it closes once the
+	// callback can no longer run.
+	closed := cc.Closed()
 	defer func() {
-		cancel()
-		<-stopped
-	}()
-	go func() {
-		defer close(stopped)
-		<-ctx.Done()
-		it.Stop()
+		close(leaving)
+		// Draining ends our pull requests, so a group's messages go to
+		// its remaining readers rather than to this one's dead inbox, and
+		// passes what was fetched through the callback, which naks it.
+		cc.Drain()
+		<-closed
 	}()
 	for {
-		m, err := it.Next()
-		if errors.Is(err, jetstream.ErrNoHeartbeat) && ctx.Err() == nil {
-			// Not fatal: the iterator pulls again. The server misses
-			// heartbeats when it is busy (a drain's burst), and ending
-			// here ended every reader of the stream mid-drain. Only a
-			// consumer that is gone (deleted, or reaped as inactive) ends
-			// the read.
-			if _, ierr := cons.Info(ctx); errors.Is(ierr, jetstream.ErrConsumerNotFound) {
-				return fmt.Errorf("read events: %w", ierr)
+		select {
+		case m := <-msgs:
+			ev, err := eventOf(m)
+			if err != nil {
+				p.log.Warn("skip undecodable telemetry", "subject", m.Subject(), "err", err)
+			} else if err := fn(ev); err != nil {
+				return err
+			}
+			if durable {
+				if err := m.Ack(); err != nil && ctx.Err() == nil {
+					return fmt.Errorf("read events: ack: %w", err)
+				}
+			}
+		case err := <-failed:
+			return fmt.Errorf("read events: %w", err)
+		case <-check:
+			if _, err := cons.Info(ctx); errors.Is(err, jetstream.ErrConsumerNotFound) {
+				return fmt.Errorf("read events: %w", err)
 			}
 			p.log.Debug("events reader missed a heartbeat; pulling again")
-			continue
-		}
-		if err != nil {
-			if ctx.Err() != nil || errors.Is(err, jetstream.ErrMsgIteratorClosed) {
+		case <-closed:
+			select {
+			case err := <-failed:
+				return fmt.Errorf("read events: %w", err)
+			default:
+			}
+			if ctx.Err() != nil {
 				return nil
 			}
-			return fmt.Errorf("read events: %w", err)
-		}
-		ev, err := eventOf(m)
-		if err != nil {
-			p.log.Warn("skip undecodable telemetry", "subject", m.Subject(), "err", err)
-		} else if err := fn(ev); err != nil {
-			return err
-		}
-		if durable {
-			if err := m.Ack(); err != nil && ctx.Err() == nil {
-				return fmt.Errorf("read events: ack: %w", err)
-			}
+			return errors.New("read events: the reader stopped")
+		case <-ctx.Done():
+			return nil
 		}
 	}
 }
