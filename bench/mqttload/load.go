@@ -232,8 +232,8 @@ func (c *client) connect(cr Cred) error {
 	if _, err := c.conn.Write(mqttwire.AppendConnect(nil, cr.ClientID, cr.Username, cr.Password, ka, c.cfg.Clean)); err != nil {
 		return fmt.Errorf("connect: %w", err)
 	}
-	p, err := mqttwire.ReadPacket(c.r, nil, maxInbound)
-	if err != nil {
+	var p mqttwire.Packet
+	if err := p.Read(c.r, nil, maxInbound); err != nil {
 		return fmt.Errorf("read connack: %w", err)
 	}
 	if p.Type != mqttwire.TypeConnack {
@@ -352,9 +352,9 @@ send:
 // latency and frees its window slot.
 func (c *client) readAcks(start time.Time, window <-chan struct{}, closing *atomic.Bool) error {
 	buf := make([]byte, 16)
+	var p mqttwire.Packet
 	for {
-		p, err := mqttwire.ReadPacket(c.r, buf, maxInbound)
-		if err != nil {
+		if err := p.Read(c.r, buf, maxInbound); err != nil {
 			if closing.Load() {
 				return nil
 			}

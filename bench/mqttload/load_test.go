@@ -108,8 +108,8 @@ func (fb *fakeBroker) serve(c net.Conn) {
 		return err == nil
 	}
 	for {
-		p, err := mqttwire.ReadPacket(r, nil, maxInbound)
-		if err != nil {
+		var p mqttwire.Packet
+		if err := p.Read(r, nil, maxInbound); err != nil {
 			if errors.Is(err, mqttwire.ErrMalformed) { // such as packet id 0
 				fb.fail("read: %v", err)
 			}

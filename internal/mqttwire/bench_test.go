@@ -49,9 +49,10 @@ func BenchmarkPublishTemplate(b *testing.B) {
 func BenchmarkReadPublish(b *testing.B) {
 	pk := mqttwire.AppendPublish(nil, "devices/child1/messages/devicebound/a=b", 1, 7, bytes.Repeat([]byte("x"), 256))
 	r := bufioReader(pk)
+	var p mqttwire.Packet
 	b.ReportAllocs()
 	for b.Loop() {
-		if p, err := mqttwire.ReadPacket(r, nil, 1<<16); err != nil || p.Type != mqttwire.TypePublish {
+		if err := p.Read(r, nil, 1<<16); err != nil || p.Type != mqttwire.TypePublish {
 			b.Fatal(p, err)
 		}
 	}
@@ -66,9 +67,10 @@ func BenchmarkReadPuback(b *testing.B) {
 	}{{"fresh", nil}, {"reused", make([]byte, 16)}} {
 		b.Run(bc.name, func(b *testing.B) {
 			r := bufioReader(mqttwire.AppendPuback(nil, 9))
+			var p mqttwire.Packet
 			b.ReportAllocs()
 			for b.Loop() {
-				if p, err := mqttwire.ReadPacket(r, bc.buf, 1<<16); err != nil || p.ID != 9 {
+				if err := p.Read(r, bc.buf, 1<<16); err != nil || p.ID != 9 {
 					b.Fatal(p, err)
 				}
 			}

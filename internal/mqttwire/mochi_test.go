@@ -173,8 +173,8 @@ func TestDecodeFromMochi(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			b := mochiEncode(t, tc.pk)
-			got, err := mqttwire.ReadPacket(bufio.NewReader(bytes.NewReader(b)), nil, 1<<16)
-			if err != nil {
+			var got mqttwire.Packet
+			if err := got.Read(bufio.NewReader(bytes.NewReader(b)), nil, 1<<16); err != nil {
 				t.Fatal(err)
 			}
 			if !equal(got, tc.want) {

@@ -246,21 +246,30 @@ type Packet struct {
 	Codes   []byte // SUBACK return codes; alias the body
 }
 
-// Decode decodes a packet read by ReadFrame: PUBLISH (either way) and
-// the packets a server sends a client or a client ends with: CONNACK,
-// PUBACK, SUBACK, UNSUBACK, PINGREQ, PINGRESP and DISCONNECT. Anything
-// else, QoS 2 included, is ErrMalformed. A refused CONNACK is not an
-// error here: its Code says why (see RefusedError).
-func Decode(typ, flags byte, body []byte) (Packet, error) {
-	p := Packet{Type: typ}
+// Decode decodes into p a packet read by ReadFrame: PUBLISH (either
+// way) and the packets a server sends a client or a client ends with:
+// CONNACK, PUBACK, SUBACK, UNSUBACK, PINGREQ, PINGRESP and DISCONNECT.
+// Anything else, QoS 2 included, is ErrMalformed. A refused CONNACK is
+// not an error here: its Code says why (see RefusedError). After an
+// error p means nothing. p is filled
+// in place rather than returned because a reader of acks decodes one for
+// every message sent, and copying the struct out costs as much as the
+// decoding.
+func (p *Packet) Decode(typ, flags byte, body []byte) error {
+	*p = Packet{Type: typ}
 	if typ != TypePublish && flags != 0 {
 		// Reserved flags must be as the spec lists them [MQTT-2.2.2-2].
-		return Packet{}, malformed("type %d with flags %04b", typ, flags)
+		return malformed("type %d with flags %04b", typ, flags)
 	}
+	var ok bool
 	switch typ {
+	case TypePuback, TypeUnsuback:
+		if p.ID, ok = packetID(body); !ok || len(body) != 2 {
+			return badID("PUBACK or UNSUBACK", body)
+		}
 	case TypeConnack:
 		if len(body) != 2 || body[0]&^1 != 0 {
-			return Packet{}, malformed("CONNACK")
+			return malformed("CONNACK % x", body)
 		}
 		p.Present = body[0] == 1
 		p.Code = body[1]
@@ -269,72 +278,66 @@ func Decode(typ, flags byte, body []byte) (Packet, error) {
 		p.Dup = flags&0x08 != 0
 		p.Retain = flags&0x01 != 0
 		if p.QoS > 1 {
-			return Packet{}, malformed("PUBLISH at QoS %d", p.QoS)
+			return malformed("PUBLISH at QoS %d", p.QoS)
 		}
 		if len(body) < 2 || len(body) < 2+int(binary.BigEndian.Uint16(body)) {
-			return Packet{}, malformed("PUBLISH topic")
+			return malformed("PUBLISH topic")
 		}
 		tl := int(binary.BigEndian.Uint16(body))
 		p.Topic = string(body[2 : 2+tl])
 		rest := body[2+tl:]
 		if p.QoS > 0 {
-			id, err := packetID(rest, "PUBLISH")
-			if err != nil {
-				return Packet{}, err
+			if p.ID, ok = packetID(rest); !ok {
+				return badID("PUBLISH", rest)
 			}
-			p.ID = id
 			rest = rest[2:]
 		}
 		p.Payload = rest
-	case TypePuback, TypeUnsuback:
-		if len(body) != 2 {
-			return Packet{}, malformed("ack of %d bytes", len(body))
-		}
-		id, err := packetID(body, "ack")
-		if err != nil {
-			return Packet{}, err
-		}
-		p.ID = id
 	case TypeSuback:
-		if len(body) < 3 {
-			return Packet{}, malformed("SUBACK of %d bytes", len(body))
+		if p.ID, ok = packetID(body); !ok || len(body) < 3 {
+			return badID("SUBACK", body)
 		}
-		id, err := packetID(body, "SUBACK")
-		if err != nil {
-			return Packet{}, err
-		}
-		p.ID = id
 		p.Codes = body[2:]
 	case TypePingreq, TypePingresp, TypeDisconnect:
 		if len(body) != 0 {
-			return Packet{}, malformed("type %d with a body", typ)
+			return malformed("type %d with a body", typ)
 		}
 	default:
-		return Packet{}, malformed("unsupported packet type %d", typ)
+		return malformed("unsupported packet type %d", typ)
 	}
-	return p, nil
+	return nil
 }
 
-// ReadPacket reads and decodes one packet, as ReadFrame and Decode. With
-// a nil buf the payload is a fresh slice the caller may keep.
-func ReadPacket(r *bufio.Reader, buf []byte, limit int) (Packet, error) {
+// Read reads one packet into p, as ReadFrame and Decode. With a nil buf
+// the payload is a fresh slice the caller may keep.
+func (p *Packet) Read(r *bufio.Reader, buf []byte, limit int) error {
 	typ, flags, body, err := ReadFrame(r, buf, limit)
 	if err != nil {
-		return Packet{}, err
+		*p = Packet{}
+		return err
 	}
-	return Decode(typ, flags, body)
+	return p.Decode(typ, flags, body)
 }
 
 // packetID reads a packet identifier, which is never 0 [MQTT-2.3.1-1].
-func packetID(b []byte, what string) (uint16, error) {
+func packetID(b []byte) (uint16, bool) {
 	if len(b) < 2 {
-		return 0, malformed("%s without a packet id", what)
+		return 0, false
 	}
 	id := binary.BigEndian.Uint16(b)
-	if id == 0 {
-		return 0, malformed("%s with packet id 0", what)
+	return id, id != 0
+}
+
+// badID says what is wrong with b, which starts with a packet id: the id
+// or else its length. Kept out of decode, which it would make larger.
+func badID(what string, b []byte) error {
+	switch {
+	case len(b) < 2:
+		return malformed("%s without a packet id", what)
+	case b[0] == 0 && b[1] == 0:
+		return malformed("%s with packet id 0", what)
 	}
-	return id, nil
+	return malformed("%s of %d bytes", what, len(b))
 }
 
 // RefusedError is a CONNACK with a non-zero return code [MQTT-3.2.2.3].

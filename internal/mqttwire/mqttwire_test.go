@@ -177,11 +177,13 @@ func TestDecode(t *testing.T) {
 		{name: "publish qos 1 id 0", in: []byte{0x32, 5, 0, 1, 'a', 0, 0}, wantErr: "packet id 0"},
 		{name: "puback", in: []byte{0x40, 2, 0, 1}, want: mqttwire.Packet{Type: mqttwire.TypePuback, ID: 1}},
 		{name: "puback id 0", in: []byte{0x40, 2, 0, 0}, wantErr: "packet id 0"},
-		{name: "puback long", in: []byte{0x40, 3, 0, 1, 2}, wantErr: "ack of 3 bytes"},
+		{name: "puback long", in: []byte{0x40, 3, 0, 1, 2}, wantErr: "PUBACK or UNSUBACK of 3 bytes"},
 		{name: "puback flags", in: []byte{0x42, 2, 0, 1}, wantErr: "flags"},
 		{name: "unsuback", in: []byte{0xb0, 2, 1, 1}, want: mqttwire.Packet{Type: mqttwire.TypeUnsuback, ID: 257}},
 		{name: "suback", in: []byte{0x90, 4, 0, 3, 1, 0x80}, want: mqttwire.Packet{Type: mqttwire.TypeSuback, ID: 3, Codes: []byte{1, 0x80}}},
-		{name: "suback without codes", in: []byte{0x90, 2, 0, 1}, wantErr: "SUBACK"},
+		{name: "suback without codes", in: []byte{0x90, 2, 0, 1}, wantErr: "SUBACK of 2 bytes"},
+		{name: "suback id 0", in: []byte{0x90, 3, 0, 0, 1}, wantErr: "SUBACK with packet id 0"},
+		{name: "unsuback short", in: []byte{0xb0, 1, 1}, wantErr: "without a packet id"},
 		{name: "pingresp", in: []byte{0xd0, 0}, want: mqttwire.Packet{Type: mqttwire.TypePingresp}},
 		{name: "pingresp body", in: []byte{0xd0, 1, 0}, wantErr: "body"},
 		{name: "pingreq", in: []byte{0xc0, 0}, want: mqttwire.Packet{Type: mqttwire.TypePingreq}},
@@ -192,7 +194,8 @@ func TestDecode(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			got, err := mqttwire.ReadPacket(reader(tt.in), nil, 1024)
+			var got mqttwire.Packet
+			err := got.Read(reader(tt.in), nil, 1024)
 			if tt.wantErr != "" {
 				if !errors.Is(err, mqttwire.ErrMalformed) || !bytes.Contains([]byte(err.Error()), []byte(tt.wantErr)) {
 					t.Fatalf("err = %v, want ErrMalformed with %q", err, tt.wantErr)
@@ -251,8 +254,8 @@ func FuzzReadPacket(f *testing.F) {
 			if len(body) > limit || cap(body) > max(limit, cap(buf)) {
 				t.Fatalf("body of %d bytes (cap %d) accepted", len(body), cap(body))
 			}
-			p, err := mqttwire.Decode(typ, flags, body)
-			if err != nil {
+			var p mqttwire.Packet
+			if err := p.Decode(typ, flags, body); err != nil {
 				if !errors.Is(err, mqttwire.ErrMalformed) {
 					t.Fatalf("decode error %v is not ErrMalformed", err)
 				}
@@ -268,8 +271,8 @@ func FuzzReadPacket(f *testing.F) {
 			default:
 				continue
 			}
-			q, err := mqttwire.ReadPacket(reader(re), nil, limit)
-			if err != nil || !equal(p, q) {
+			var q mqttwire.Packet
+			if err := q.Read(reader(re), nil, limit); err != nil || !equal(p, q) {
 				t.Fatalf("round trip: %+v became %+v, %v", p, q, err)
 			}
 			// Not the whole packet: a remaining length may come in more

@@ -103,8 +103,8 @@ func dialMQTT(ctx context.Context, p connectParams) (*mconn, error) {
 		return nil, fmt.Errorf("send connect: %w", err)
 	}
 	br := bufio.NewReaderSize(tc, 64<<10)
-	ack, err := mqttwire.ReadPacket(br, nil, maxPacket)
-	if err != nil {
+	var ack mqttwire.Packet
+	if err := ack.Read(br, nil, maxPacket); err != nil {
 		_ = tc.Close()
 		return nil, fmt.Errorf("read connack: %w", err)
 	}
@@ -187,8 +187,8 @@ func (c *mconn) readLoop() {
 			_ = c.nc.SetReadDeadline(time.Now().Add(c.keepAlive))
 		}
 		// A nil buffer: each payload is fresh, for onPublish to keep.
-		p, err := mqttwire.ReadPacket(c.br, nil, maxPacket)
-		if err != nil {
+		var p mqttwire.Packet
+		if err := p.Read(c.br, nil, maxPacket); err != nil {
 			c.fail(fmt.Errorf("read: %w", err))
 			return
 		}
