@@ -11,6 +11,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"outpost/internal/mqttwire"
 )
 
 // Cred is one client's identity, as read from a --creds JSON lines file.
@@ -173,6 +175,10 @@ func firstErr(errs []error) error {
 	return first
 }
 
+// maxInbound bounds what we read from a broker: a publisher only ever
+// receives CONNACK, PUBACK and PINGRESP, so anything large is a broken peer.
+const maxInbound = 1 << 16
+
 // client is one MQTT connection. Its writer (publish) owns the window and
 // its reader goroutine (readAcks) releases slots as PUBACKs arrive.
 type client struct {
@@ -180,7 +186,7 @@ type client struct {
 	conn net.Conn
 	r    *bufio.Reader
 	w    *bufio.Writer
-	pub  publishTemplate
+	pub  mqttwire.PublishTemplate
 
 	// sent[id] is the time the PUBLISH with that packet id was written, in
 	// nanoseconds since start; atomics because the reader reads them.
@@ -210,7 +216,7 @@ func dial(ctx context.Context, cfg Config, cr Cred, payload []byte) (*client, er
 		conn: conn,
 		r:    bufio.NewReaderSize(conn, 32<<10),
 		w:    bufio.NewWriterSize(conn, 32<<10),
-		pub:  newPublishTemplate(strings.ReplaceAll(cfg.Topic, "{id}", cr.ClientID), payload, cfg.QoS),
+		pub:  mqttwire.NewPublishTemplate(strings.ReplaceAll(cfg.Topic, "{id}", cr.ClientID), payload, cfg.QoS),
 	}
 	if err := c.connect(cr); err != nil {
 		conn.Close()
@@ -223,17 +229,20 @@ func (c *client) connect(cr Cred) error {
 	ka := uint16(min(c.cfg.Keepalive/time.Second, 65535))
 	c.conn.SetDeadline(time.Now().Add(c.cfg.Timeout))
 	defer c.conn.SetDeadline(time.Time{})
-	if _, err := c.conn.Write(appendConnect(nil, cr.ClientID, cr.Username, cr.Password, c.cfg.Clean, ka)); err != nil {
+	if _, err := c.conn.Write(mqttwire.AppendConnect(nil, cr.ClientID, cr.Username, cr.Password, ka, c.cfg.Clean)); err != nil {
 		return fmt.Errorf("connect: %w", err)
 	}
-	typ, flags, body, err := readPacket(c.r, nil)
-	if err != nil {
+	var p mqttwire.Packet
+	if err := p.Read(c.r, nil, maxInbound); err != nil {
 		return fmt.Errorf("read connack: %w", err)
 	}
-	if typ != typeConnack {
-		return fmt.Errorf("%w: expected CONNACK, got type %d", errMalformed, typ)
+	if p.Type != mqttwire.TypeConnack {
+		return fmt.Errorf("%w: expected CONNACK, got type %d", mqttwire.ErrMalformed, p.Type)
 	}
-	return parseConnack(flags, body)
+	if p.Code != 0 {
+		return &mqttwire.RefusedError{Code: p.Code}
+	}
+	return nil
 }
 
 // publish sends messages until the count is reached or stop is closed,
@@ -291,7 +300,7 @@ func (c *client) publish(start time.Time, stop <-chan struct{}) error {
 				return false, fmt.Errorf("no PUBACK within %v", c.cfg.Timeout)
 			case <-ping.C:
 				// Only reached while the window is stuck: keep the session alive.
-				c.w.Write(pingreq)
+				c.w.Write(mqttwire.AppendPingreq(nil))
 				if err := c.w.Flush(); err != nil {
 					return false, fmt.Errorf("write: %w", err)
 				}
@@ -322,7 +331,7 @@ send:
 		if n%1024 == 0 {
 			c.conn.SetWriteDeadline(time.Now().Add(c.cfg.Timeout))
 		}
-		if _, err := c.w.Write(c.pub.packet(id)); err != nil {
+		if _, err := c.w.Write(c.pub.Packet(id)); err != nil {
 			return fmt.Errorf("write: %w", err)
 		}
 	}
@@ -334,7 +343,7 @@ send:
 	}
 	closing.Store(true)
 	c.conn.SetWriteDeadline(time.Now().Add(c.cfg.Timeout))
-	c.w.Write(disconnect)
+	c.w.Write(mqttwire.AppendDisconnect(nil))
 	c.w.Flush()
 	return nil
 }
@@ -343,31 +352,28 @@ send:
 // latency and frees its window slot.
 func (c *client) readAcks(start time.Time, window <-chan struct{}, closing *atomic.Bool) error {
 	buf := make([]byte, 16)
+	var p mqttwire.Packet
 	for {
-		typ, flags, body, err := readPacket(c.r, buf)
-		if err != nil {
+		if err := p.Read(c.r, buf, maxInbound); err != nil {
 			if closing.Load() {
 				return nil
 			}
 			return fmt.Errorf("read: %w", err)
 		}
-		switch typ {
-		case typePuback:
-			id, err := parsePuback(flags, body)
-			if err != nil {
-				return err
-			}
+		switch p.Type {
+		case mqttwire.TypePuback:
+			id := p.ID
 			now := time.Since(start)
 			c.hist.record(now - time.Duration(c.sent[id].Load()))
 			c.last = start.Add(now)
 			select {
 			case <-window:
 			default:
-				return fmt.Errorf("%w: PUBACK %d with nothing in flight", errMalformed, id)
+				return fmt.Errorf("%w: PUBACK %d with nothing in flight", mqttwire.ErrMalformed, id)
 			}
-		case typePingresp:
+		case mqttwire.TypePingresp:
 		default:
-			return fmt.Errorf("%w: unexpected packet type %d", errMalformed, typ)
+			return fmt.Errorf("%w: unexpected packet type %d", mqttwire.ErrMalformed, p.Type)
 		}
 	}
 }
@@ -383,12 +389,12 @@ send:
 		if n%1024 == 0 {
 			c.conn.SetWriteDeadline(time.Now().Add(c.cfg.Timeout))
 		}
-		if _, err := c.w.Write(c.pub.packet(0)); err != nil {
+		if _, err := c.w.Write(c.pub.Packet(0)); err != nil {
 			return fmt.Errorf("write: %w", err)
 		}
 		c.hist.n++ // counted as sent: QoS 0 has no ack and no latency
 	}
-	c.w.Write(disconnect)
+	c.w.Write(mqttwire.AppendDisconnect(nil))
 	if err := c.w.Flush(); err != nil {
 		return fmt.Errorf("write: %w", err)
 	}

@@ -6,6 +6,7 @@ import (
 	"context"
 	"encoding/binary"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -14,6 +15,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"outpost/internal/mqttwire"
 )
 
 // fakeBroker is a scripted MQTT server on 127.0.0.1:0. It holds back
@@ -80,8 +83,8 @@ func (fb *fakeBroker) fail(format string, args ...any) {
 func (fb *fakeBroker) serve(c net.Conn) {
 	defer c.Close()
 	r := bufio.NewReader(c)
-	typ, _, body, err := readPacket(r, nil)
-	if err != nil || typ != typeConnect {
+	typ, _, body, err := mqttwire.ReadFrame(r, nil, maxInbound)
+	if err != nil || typ != mqttwire.TypeConnect {
 		fb.fail("first packet: type %d, %v", typ, err)
 		return
 	}
@@ -90,7 +93,7 @@ func (fb *fakeBroker) serve(c net.Conn) {
 	fb.mu.Lock()
 	fb.conns = append(fb.conns, fc)
 	fb.mu.Unlock()
-	if _, err := c.Write([]byte{typeConnack << 4, 2, 0, fb.rc}); err != nil || fb.rc != 0 {
+	if _, err := c.Write([]byte{mqttwire.TypeConnack << 4, 2, 0, fb.rc}); err != nil || fb.rc != 0 {
 		return
 	}
 	var pending []uint16
@@ -98,48 +101,45 @@ func (fb *fakeBroker) serve(c net.Conn) {
 	ack := func() bool {
 		var b []byte
 		for _, id := range pending {
-			b = append(b, typePuback<<4, 2, byte(id>>8), byte(id))
+			b = mqttwire.AppendPuback(b, id)
 		}
 		pending = pending[:0]
 		_, err := c.Write(b)
 		return err == nil
 	}
 	for {
-		typ, flags, body, err := readPacket(r, nil)
-		if err != nil {
+		var p mqttwire.Packet
+		if err := p.Read(r, nil, maxInbound); err != nil {
+			if errors.Is(err, mqttwire.ErrMalformed) { // such as packet id 0
+				fb.fail("read: %v", err)
+			}
 			return
 		}
-		switch typ {
-		case typeDisconnect:
+		switch p.Type {
+		case mqttwire.TypeDisconnect:
 			return
-		case typePingreq:
-			c.Write([]byte{typePingresp << 4, 0})
+		case mqttwire.TypePingreq:
+			c.Write([]byte{mqttwire.TypePingresp << 4, 0})
 			continue
-		case typePublish:
+		case mqttwire.TypePublish:
 		default:
-			fb.fail("unexpected packet type %d", typ)
+			fb.fail("unexpected packet type %d", p.Type)
 			return
 		}
-		qos := flags >> 1 & 3
-		tl := int(binary.BigEndian.Uint16(body))
 		fb.mu.Lock()
 		fc.publishes++
-		fc.topics[string(body[2:2+tl])]++
+		fc.topics[p.Topic]++
 		fb.mu.Unlock()
 		if fb.closeAt > 0 && fc.publishes == fb.closeAt {
 			return
 		}
-		if qos == 0 {
+		if p.QoS == 0 {
 			fb.mu.Lock()
 			fc.qos0++
 			fb.mu.Unlock()
 			continue
 		}
-		id := binary.BigEndian.Uint16(body[2+tl:])
-		if id == 0 {
-			fb.fail("PUBLISH with packet id 0")
-		}
-		pending = append(pending, id)
+		pending = append(pending, p.ID)
 		fb.mu.Lock()
 		fc.maxOutstanding = max(fc.maxOutstanding, len(pending))
 		fb.mu.Unlock()
@@ -151,7 +151,7 @@ func (fb *fakeBroker) serve(c net.Conn) {
 			// a client that overshoots would have sent it already.
 			probed = true
 			c.SetReadDeadline(time.Now().Add(100 * time.Millisecond))
-			typ, _, _, err := readPacket(r, nil)
+			typ, _, _, err := mqttwire.ReadFrame(r, nil, maxInbound)
 			c.SetReadDeadline(time.Time{})
 			if ne, ok := err.(net.Error); !ok || !ne.Timeout() {
 				fb.mu.Lock()

@@ -10,6 +10,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"outpost/internal/mqttwire"
 )
 
 var (
@@ -24,18 +26,17 @@ type dialError struct{ err error }
 func (e *dialError) Error() string { return "dial: " + e.err.Error() }
 func (e *dialError) Unwrap() error { return e.err }
 
-// RefusedError is a CONNACK with a non-zero return code [MQTT 3.2.2.3].
-// Retrying helps only for code 3 (server unavailable).
-type RefusedError struct{ Code byte }
+// RefusedError is a CONNACK with a non-zero return code.
+type RefusedError = mqttwire.RefusedError
 
-func (e *RefusedError) Error() string {
-	reasons := [...]string{1: "unacceptable protocol version", 2: "identifier rejected",
-		3: "server unavailable", 4: "bad user name or password", 5: "not authorized"}
-	if int(e.Code) < len(reasons) && reasons[e.Code] != "" {
-		return "connection refused: " + reasons[e.Code]
-	}
-	return fmt.Sprintf("connection refused: code %d", e.Code)
-}
+// The link speaks the small part of MQTT 3.1.1 an IoT Hub device needs,
+// through mqttwire rather than an MQTT client library, so that it
+// controls exactly when a PUBACK goes out (a C2D is acked only after the
+// child acked it) and how writes are batched.
+
+// maxPacket bounds what the link reads: a 256 KiB message plus room for
+// its topic and property bag.
+const maxPacket = 256*1024 + 64*1024
 
 // maxPendingWrite is how much encoded output may wait for the socket
 // before writers block, which pushes back on the drain when the link is
@@ -49,7 +50,7 @@ type mconn struct {
 	nc        net.Conn
 	br        *bufio.Reader
 	keepAlive time.Duration
-	onPublish func(packet) // runs on the reader goroutine
+	onPublish func(mqttwire.Packet) // runs on the reader goroutine
 
 	done chan struct{} // closed when the connection ends
 	wake chan struct{} // output is pending
@@ -97,23 +98,23 @@ func dialMQTT(ctx context.Context, p connectParams) (*mconn, error) {
 	dl, _ := ctx.Deadline()
 	_ = tc.SetDeadline(dl)
 	ka := uint16(min((p.keepAlive+time.Second-1)/time.Second, 65535))
-	if _, err := tc.Write(connectPacket(p.clientID, p.username, p.password, ka, true)); err != nil {
+	if _, err := tc.Write(mqttwire.AppendConnect(nil, p.clientID, p.username, p.password, ka, true)); err != nil {
 		_ = tc.Close()
 		return nil, fmt.Errorf("send connect: %w", err)
 	}
 	br := bufio.NewReaderSize(tc, 64<<10)
-	ack, err := readPacket(br)
-	if err != nil {
+	var ack mqttwire.Packet
+	if err := ack.Read(br, nil, maxPacket); err != nil {
 		_ = tc.Close()
 		return nil, fmt.Errorf("read connack: %w", err)
 	}
-	if ack.typ != pktConnack {
+	if ack.Type != mqttwire.TypeConnack {
 		_ = tc.Close()
-		return nil, fmt.Errorf("read connack: got packet type %d", ack.typ)
+		return nil, fmt.Errorf("read connack: got packet type %d", ack.Type)
 	}
-	if ack.code != 0 {
+	if ack.Code != 0 {
 		_ = tc.Close()
-		return nil, &RefusedError{Code: ack.code}
+		return nil, &RefusedError{Code: ack.Code}
 	}
 	_ = tc.SetDeadline(time.Time{})
 	c := &mconn{
@@ -132,7 +133,7 @@ func dialMQTT(ctx context.Context, p connectParams) (*mconn, error) {
 }
 
 // start runs the reader and flusher; onPublish receives inbound PUBLISHes.
-func (c *mconn) start(onPublish func(packet)) {
+func (c *mconn) start(onPublish func(mqttwire.Packet)) {
 	c.onPublish = onPublish
 	c.wg.Add(2)
 	go c.readLoop()
@@ -171,7 +172,7 @@ func (c *mconn) Err() error {
 func (c *mconn) close(graceful bool) {
 	if graceful && c.Err() == nil {
 		_ = c.nc.SetWriteDeadline(time.Now().Add(200 * time.Millisecond))
-		_, _ = c.nc.Write(disconnectPacket)
+		_, _ = c.nc.Write(mqttwire.AppendDisconnect(nil))
 	}
 	c.fail(errConnClosed)
 	c.wg.Wait()
@@ -185,28 +186,29 @@ func (c *mconn) readLoop() {
 		if c.br.Buffered() == 0 {
 			_ = c.nc.SetReadDeadline(time.Now().Add(c.keepAlive))
 		}
-		p, err := readPacket(c.br)
-		if err != nil {
+		// A nil buffer: each payload is fresh, for onPublish to keep.
+		var p mqttwire.Packet
+		if err := p.Read(c.br, nil, maxPacket); err != nil {
 			c.fail(fmt.Errorf("read: %w", err))
 			return
 		}
 		c.lastRead.Store(time.Now().UnixNano())
-		switch p.typ {
-		case pktPuback, pktUnsuback:
-			c.resolve(p.id, nil)
-		case pktSuback:
+		switch p.Type {
+		case mqttwire.TypePuback, mqttwire.TypeUnsuback:
+			c.resolve(p.ID, nil)
+		case mqttwire.TypeSuback:
 			var err error
-			for _, code := range p.codes {
+			for _, code := range p.Codes {
 				if code == 0x80 {
 					err = errors.New("subscription refused")
 				}
 			}
-			c.resolve(p.id, err)
-		case pktPublish:
+			c.resolve(p.ID, err)
+		case mqttwire.TypePublish:
 			c.onPublish(p)
-		case pktPingresp:
+		case mqttwire.TypePingresp:
 		default:
-			c.fail(fmt.Errorf("unexpected packet type %d", p.typ))
+			c.fail(fmt.Errorf("unexpected packet type %d", p.Type))
 			return
 		}
 	}
@@ -240,7 +242,7 @@ func (c *mconn) flushLoop() {
 				lastPing = now
 				// Not write: the flusher must never wait for room it frees.
 				c.mu.Lock()
-				c.out = append(c.out, pingreqPacket...)
+				c.out = mqttwire.AppendPingreq(c.out)
 				c.mu.Unlock()
 			}
 		}
@@ -324,7 +326,7 @@ func (c *mconn) publish1(topic string, payload []byte, ch chan<- error) error {
 		c.mu.Unlock()
 		return err
 	}
-	c.out = appendPublish(c.out, topic, 1, id, payload)
+	c.out = mqttwire.AppendPublish(c.out, topic, 1, id, payload)
 	c.mu.Unlock()
 	c.signal()
 	return nil
@@ -332,17 +334,17 @@ func (c *mconn) publish1(topic string, payload []byte, ch chan<- error) error {
 
 // publish0 sends a QoS 0 PUBLISH.
 func (c *mconn) publish0(topic string, payload []byte) error {
-	return c.write(func(b []byte) []byte { return appendPublish(b, topic, 0, 0, payload) })
+	return c.write(func(b []byte) []byte { return mqttwire.AppendPublish(b, topic, 0, 0, payload) })
 }
 
 // puback acknowledges an inbound QoS 1 PUBLISH.
 func (c *mconn) puback(id uint16) error {
-	return c.write(func(b []byte) []byte { return appendPuback(b, id) })
+	return c.write(func(b []byte) []byte { return mqttwire.AppendPuback(b, id) })
 }
 
-// request sends a SUBSCRIBE or UNSUBSCRIBE built by enc for a fresh id
-// and waits for its ack.
-func (c *mconn) request(ctx context.Context, enc func(id uint16) []byte) error {
+// request sends a SUBSCRIBE or UNSUBSCRIBE that enc appends for a fresh
+// id and waits for its ack.
+func (c *mconn) request(ctx context.Context, enc func(b []byte, id uint16) []byte) error {
 	ch := make(chan error, 1)
 	c.mu.Lock()
 	if err := c.waitSpaceLocked(); err != nil {
@@ -354,7 +356,7 @@ func (c *mconn) request(ctx context.Context, enc func(id uint16) []byte) error {
 		c.mu.Unlock()
 		return err
 	}
-	c.out = append(c.out, enc(id)...)
+	c.out = enc(c.out, id)
 	c.mu.Unlock()
 	c.signal()
 	select {
@@ -366,9 +368,13 @@ func (c *mconn) request(ctx context.Context, enc func(id uint16) []byte) error {
 }
 
 func (c *mconn) subscribe(ctx context.Context, filters []string, qos []byte) error {
-	return c.request(ctx, func(id uint16) []byte { return subscribePacket(id, filters, qos) })
+	return c.request(ctx, func(b []byte, id uint16) []byte {
+		return mqttwire.AppendSubscribe(b, id, filters, qos)
+	})
 }
 
 func (c *mconn) unsubscribe(ctx context.Context, filters []string) error {
-	return c.request(ctx, func(id uint16) []byte { return unsubscribePacket(id, filters) })
+	return c.request(ctx, func(b []byte, id uint16) []byte {
+		return mqttwire.AppendUnsubscribe(b, id, filters)
+	})
 }

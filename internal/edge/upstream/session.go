@@ -11,6 +11,7 @@ import (
 	"sync/atomic"
 
 	"outpost/internal/message"
+	"outpost/internal/mqttwire"
 	"outpost/internal/topic"
 )
 
@@ -95,48 +96,48 @@ func (s *session) stop(graceful bool) {
 }
 
 // inbound handles a PUBLISH from the parent, on the reader goroutine.
-func (s *session) inbound(p packet) {
-	ackNow := p.qos > 0
+func (s *session) inbound(p mqttwire.Packet) {
+	ackNow := p.QoS > 0
 	defer func() {
 		if ackNow {
-			_ = s.c.puback(p.id)
+			_ = s.c.puback(p.ID)
 		}
 	}()
-	if rest, ok := strings.CutPrefix(p.topic, extResPrefix); ok {
+	if rest, ok := strings.CutPrefix(p.Topic, extResPrefix); ok {
 		st, q, _ := strings.Cut(rest, "/?")
 		status, err := strconv.Atoi(st)
 		bag, berr := topic.DecodeBag(q)
 		if err != nil || berr != nil {
-			s.l.log.Debug("bad extension reply topic", "topic", clip(p.topic))
+			s.l.log.Debug("bad extension reply topic", "topic", clip(p.Topic))
 			return
 		}
-		s.l.resolve(bag["$rid"], reply{status: status, body: p.payload})
+		s.l.resolve(bag["$rid"], reply{status: status, body: p.Payload})
 		return
 	}
-	tp, err := topic.Parse(p.topic)
+	tp, err := topic.Parse(p.Topic)
 	if err != nil {
-		s.l.log.Debug("unknown topic from parent", "topic", clip(p.topic), "error", err)
+		s.l.log.Debug("unknown topic from parent", "topic", clip(p.Topic), "error", err)
 		return
 	}
 	switch {
 	case tp.Kind == topic.KindTwinResponse && tp.OnBehalfOf != "":
-		s.l.resolve(tp.RID, reply{status: tp.Status, version: tp.Version, body: p.payload})
+		s.l.resolve(tp.RID, reply{status: tp.Status, version: tp.Version, body: p.Payload})
 	case tp.Kind == topic.KindC2D:
-		if p.qos > 0 {
+		if p.QoS > 0 {
 			ackNow = false // acked once the child has it
 		}
 		s.queueC2D(tp, p)
 	case tp.Kind == topic.KindMethodRequest && tp.OnBehalfOf != "":
-		s.wg.Go(func() { s.invoke(tp, p.payload) })
+		s.wg.Go(func() { s.invoke(tp, p.Payload) })
 	case tp.Kind == topic.KindTwinDesired && tp.OnBehalfOf != "":
-		d, m, v, body := tp.DeviceID, tp.ModuleID, tp.Version, p.payload
+		d, m, v, body := tp.DeviceID, tp.ModuleID, tp.Version, p.Payload
 		fn := func() { s.l.cfg.Local.DesiredPatch(d, m, v, body) }
 		if d == s.l.cfg.DeviceID && m == edgeHubModule {
 			fn = func() { s.l.cfg.Local.EdgeHubDesired(body) }
 		}
 		s.event(fn)
 	default:
-		s.l.log.Debug("unexpected topic from parent", "topic", clip(p.topic))
+		s.l.log.Debug("unexpected topic from parent", "topic", clip(p.Topic))
 	}
 }
 
@@ -169,13 +170,13 @@ type c2dItem struct {
 
 // queueC2D delivers C2D messages of one device in order, on a goroutine
 // per device that has some pending, so a slow child holds up only itself.
-func (s *session) queueC2D(tp topic.Topic, p packet) {
+func (s *session) queueC2D(tp topic.Topic, p mqttwire.Packet) {
 	d := tp.DeviceID
-	msg := &message.Message{DeviceID: d, Body: p.payload}
+	msg := &message.Message{DeviceID: d, Body: p.Payload}
 	topic.ToMessage(tp.Bag, msg)
 	s.mu.Lock()
 	q, busy := s.c2d[d]
-	s.c2d[d] = append(q, c2dItem{id: p.id, qos: p.qos, msg: msg})
+	s.c2d[d] = append(q, c2dItem{id: p.ID, qos: p.QoS, msg: msg})
 	s.mu.Unlock()
 	if !busy {
 		s.wg.Go(func() { s.deliverC2D(d) })
