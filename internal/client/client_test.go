@@ -830,31 +830,6 @@ func TestRawPublishSubscribe(t *testing.T) {
 	}
 }
 
-func TestMatchFilter(t *testing.T) {
-	tests := []struct {
-		f, t string
-		want bool
-	}{
-		{"a/b", "a/b", true},
-		{"a/b", "a/c", false},
-		{"a/+", "a/b", true},
-		{"a/+", "a/b/c", false},
-		{"a/#", "a", true},
-		{"a/#", "a/b/c", true},
-		{"#", "x/y", true},
-		{"+/b/#", "x/b/", true},
-		{"a/b/c", "a/b", false},
-		{"$iothub/e/twin/res/#", "$iothub/e/twin/res/200/?$rid=1", true},
-	}
-	for _, tt := range tests {
-		t.Run(tt.f+" "+tt.t, func(t *testing.T) {
-			if got := matchFilter(tt.f, tt.t); got != tt.want {
-				t.Errorf("matchFilter(%q, %q) = %v", tt.f, tt.t, got)
-			}
-		})
-	}
-}
-
 // stallConn stops delivering what the server sends once stalled, like a
 // link whose far end vanished without a FIN.
 type stallConn struct {

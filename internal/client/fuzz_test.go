@@ -51,16 +51,3 @@ func FuzzSplitHostPort(f *testing.F) {
 		}
 	})
 }
-
-func FuzzMatchFilter(f *testing.F) {
-	f.Add("a/+/#", "a/b/c")
-	f.Add("#", "")
-	f.Fuzz(func(t *testing.T, filter, topic string) {
-		if matchFilter(filter, topic) && filter == topic+"/x" {
-			t.Fatalf("%q matched %q", filter, topic)
-		}
-		if filter == topic && !matchFilter(filter, topic) {
-			t.Fatalf("a topic does not match itself as a filter: %q", topic)
-		}
-	})
-}

@@ -4,7 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strings"
+
+	"outpost/internal/topic"
 )
 
 // The raw API lets a caller use topics this package does not model, such
@@ -95,29 +96,9 @@ func (c *Client) rawHandler(t string) func(string, []byte) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	for _, r := range c.raw {
-		if matchFilter(r.filter, t) {
+		if topic.Match(r.filter, t) {
 			return r.fn
 		}
 	}
 	return nil
-}
-
-// matchFilter reports whether topic t matches the MQTT filter f, with
-// '+' for one level and a final '#' for any number of levels.
-func matchFilter(f, t string) bool {
-	for {
-		fl, frest, fmore := strings.Cut(f, "/")
-		if fl == "#" && !fmore {
-			return true
-		}
-		tl, trest, tmore := strings.Cut(t, "/")
-		if fl != "+" && fl != tl {
-			return false
-		}
-		if !fmore || !tmore {
-			// "a/#" also matches "a" [MQTT-4.7.1-2].
-			return fmore == tmore || (fmore && frest == "#")
-		}
-		f, t = frest, trest
-	}
 }

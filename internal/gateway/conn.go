@@ -19,6 +19,7 @@ import (
 
 	"outpost/internal/message"
 	"outpost/internal/sas"
+	"outpost/internal/topic"
 )
 
 const (
@@ -647,36 +648,12 @@ func subscribedQoS(cl *mqtt.Client, topicName string) (byte, bool) {
 	var qos byte
 	found := false
 	for filter, sub := range cl.State.Subscriptions.GetAll() {
-		if matchFilter(filter, topicName) {
+		if topic.Match(filter, topicName) {
 			found = true
 			qos = max(qos, sub.Qos)
 		}
 	}
 	return qos, found
-}
-
-// matchFilter reports whether an MQTT topic filter matches a topic name.
-// Topics starting with '$' are not matched by a leading wildcard
-// [MQTT-4.7.2-1].
-func matchFilter(filter, topicName string) bool {
-	if strings.HasPrefix(topicName, "$") && (strings.HasPrefix(filter, "+") || strings.HasPrefix(filter, "#")) {
-		return false
-	}
-	for {
-		f, frest, fmore := strings.Cut(filter, "/")
-		if f == "#" {
-			return true
-		}
-		t, trest, tmore := strings.Cut(topicName, "/")
-		if f != "+" && f != t {
-			return false
-		}
-		if !fmore || !tmore {
-			// "a/#" also matches "a" [MQTT-4.7.1-2].
-			return fmore == tmore || (fmore && frest == "#")
-		}
-		filter, topicName = frest, trest
-	}
 }
 
 // newCall registers a pending method call and returns its $rid.

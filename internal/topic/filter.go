@@ -118,3 +118,28 @@ func AllowedSubscription(filter, deviceID, moduleID string) bool {
 	}
 	return false
 }
+
+// Match reports whether the MQTT topic filter matches the topic name:
+// '+' matches one level and a last '#' any number of levels, none
+// included ("a/#" matches "a") [MQTT-4.7.1-2]. A name starting with '$'
+// is not matched by a filter starting with a wildcard [MQTT-4.7.2-1],
+// and a filter with '#' anywhere but last matches nothing.
+func Match(filter, name string) bool {
+	if strings.HasPrefix(name, "$") && (strings.HasPrefix(filter, "+") || strings.HasPrefix(filter, "#")) {
+		return false
+	}
+	for {
+		f, frest, fmore := strings.Cut(filter, "/")
+		if f == "#" {
+			return !fmore
+		}
+		n, nrest, nmore := strings.Cut(name, "/")
+		if f != "+" && f != n {
+			return false
+		}
+		if !fmore || !nmore {
+			return fmore == nmore || (fmore && frest == "#")
+		}
+		filter, name = frest, nrest
+	}
+}

@@ -2,6 +2,7 @@ package topic
 
 import (
 	"reflect"
+	"strings"
 	"testing"
 )
 
@@ -102,6 +103,67 @@ func FuzzParseFilter(f *testing.F) {
 		}
 		if tp.OnBehalfOf != "" && tp.ClientID() != tp.OnBehalfOf {
 			t.Fatalf("ParseFilter(%q): OnBehalfOf %q but ids %q", s, tp.OnBehalfOf, tp.ClientID())
+		}
+	})
+}
+
+func TestMatch(t *testing.T) {
+	tests := []struct {
+		filter, name string
+		want         bool
+	}{
+		{"$iothub/twin/res/#", "$iothub/twin/res/200/?$rid=1", true},
+		{"$iothub/twin/res/#", "$iothub/twin/res", true},
+		{"$iothub/twin/res/#", "$iothub/twin/PATCH/properties/desired/?$version=1", false},
+		{"$iothub/methods/POST/#", "$iothub/methods/POST/reboot/?$rid=1", true},
+		{"$iothub/e/twin/res/#", "$iothub/e/twin/res/200/?$rid=1", true},
+		{"$outpost/res/#", "$outpost/res/200/?$rid=7", true},
+		{"devices/d/messages/devicebound/#", "devices/d/messages/devicebound/", true},
+		{"devices/d/messages/devicebound/#", "devices/d/messages/devicebound/a=b", true},
+		{"devices/d/messages/devicebound/#", "devices/e/messages/devicebound/", false},
+		{"devices/+/messages/devicebound/#", "devices/e/messages/devicebound/x", true},
+		{"devices/d/modules/m/#", "devices/d/modules/m/inputs/in1/", true},
+		{"a/+", "a/b", true},
+		{"a/+", "a/b/c", false},
+		{"a/+", "a", false},
+		{"a/b", "a/b", true},
+		{"a/b", "a/c", false},
+		{"a/b", "a/b/", false},
+		{"a/b/", "a/b/", true},
+		{"a/b/c", "a/b", false},
+		{"a/#", "a", true},
+		{"a/#", "a/b/c", true},
+		{"+/b/#", "x/b/", true},
+		{"#", "a/b", true},
+		{"#", "", true},
+		{"#", "$SYS/x", false},
+		{"+/x", "$iothub/x", false},
+		{"a/#/b", "a/x/b", false},
+		{"#/b", "a/b", false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.filter+" "+tt.name, func(t *testing.T) {
+			if got := Match(tt.filter, tt.name); got != tt.want {
+				t.Fatalf("Match(%q, %q) = %v, want %v", tt.filter, tt.name, got, tt.want)
+			}
+		})
+	}
+}
+
+func FuzzMatch(f *testing.F) {
+	f.Add("a/+/#", "a/b/c")
+	f.Add("$iothub/twin/res/#", "$iothub/twin/res/200/?$rid=1")
+	f.Add("#", "")
+	f.Fuzz(func(t *testing.T, filter, name string) {
+		got := Match(filter, name)
+		if !strings.ContainsAny(filter, "+#") && got != (filter == name) {
+			t.Fatalf("literal filter %q vs %q: %v", filter, name, got)
+		}
+		if !strings.ContainsAny(name, "+#") && !Match(name, name) {
+			t.Fatalf("name %q does not match itself", name)
+		}
+		if got && filter == name+"/x" {
+			t.Fatalf("%q matched %q", filter, name)
 		}
 	})
 }

@@ -160,7 +160,7 @@ func (h *fakeHub) send(topicName string, payload []byte, qos byte) (uint16, erro
 	}
 	matched := false
 	for f := range cl.State.Subscriptions.GetAll() {
-		if matchFilter(f, topicName) {
+		if topic.Match(f, topicName) {
 			matched = true
 		}
 	}
@@ -182,23 +182,6 @@ func (h *fakeHub) pubackAt(id uint16) (time.Time, bool) {
 	defer h.mu.Unlock()
 	at, ok := h.pubacks[id]
 	return at, ok
-}
-
-func matchFilter(f, t string) bool {
-	for {
-		fl, frest, fmore := strings.Cut(f, "/")
-		if fl == "#" && !fmore {
-			return true
-		}
-		tl, trest, tmore := strings.Cut(t, "/")
-		if fl != "+" && fl != tl {
-			return false
-		}
-		if !fmore || !tmore {
-			return fmore == tmore || (fmore && frest == "#")
-		}
-		f, t = frest, trest
-	}
 }
 
 // handle serves a publish from the edge.
