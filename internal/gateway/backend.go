@@ -95,7 +95,7 @@ type C2DQueue interface {
 
 // Extender is an optional Backend extension that serves Outpost's own
 // request/reply topics, used by the edge's link to its parent (identity
-// sync, certificate signing).
+// sync, certificate signing, presence reports).
 //
 // A client subscribes to "$outpost/res/#", then publishes
 // "$outpost/req/{name}/?$rid={rid}" with any payload. The gateway calls

@@ -26,6 +26,11 @@ import (
 // (the hub crashed) is rewritten as Disconnected by any live hub's
 // sweep, so several hubs may share one NATS server and a crash leaves
 // no identity Connected for long.
+//
+// An identity connected through an edge is recorded from the edge's
+// reports (package dataplane): its record also names the edge (Via), and
+// its session is the edge link's session followed by "/" and the
+// identity's client id, so the end of the edge's link ends it.
 
 // Bucket names. Changing them orphans the data of existing hubs.
 const (

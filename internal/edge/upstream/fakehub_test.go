@@ -67,7 +67,7 @@ type fakeHub struct {
 	pubacks   map[uint16]time.Time         // C2D packet id -> when the edge acked it
 	methodRes map[string]chan methodResult // by $rid
 	refuse    bool                         // refuse connects (bad credentials)
-	presence  []presenceSeen                 // presence reports, in order
+	presence  []presenceSeen               // presence reports, in order
 	// presenceHold, when set, holds every presence report unanswered
 	// until it is closed.
 	presenceHold chan struct{}

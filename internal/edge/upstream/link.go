@@ -3,7 +3,8 @@
 // The edge connects as itself (clientId = edge id) and carries everything
 // over that one connection: the drain of the upstream store queues as
 // its children's telemetry, on-behalf-of twin requests, C2D and method
-// traffic for local clients, identity sync and edge CA signing.
+// traffic for local clients, identity sync, edge CA signing and reports
+// of which local clients are connected (presence.go).
 //
 // The drain reads every queue Config.Endpoints lists (one per route
 // priority) with store.NextByPriority, a batch at a time, so newer
