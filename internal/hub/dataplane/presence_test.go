@@ -131,6 +131,20 @@ func (e *env) paho(cid, password string, lost func(error)) paho.Client {
 	return c
 }
 
+// awaitEnd waits until the plane has handled the Disconnected of want,
+// the first session to end.
+func awaitEnd(t *testing.T, ended <-chan gateway.Session, want gateway.Session) {
+	t.Helper()
+	select {
+	case s := <-ended:
+		if s != want {
+			t.Fatalf("ended session %v; want the first", s.Identity())
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the first session's Disconnected never came")
+	}
+}
+
 // endWatch is the plane as the gateway's backend, reporting the sessions
 // whose Disconnected the plane has handled.
 type endWatch struct {
@@ -164,14 +178,7 @@ func TestPresenceTakeover(t *testing.T) {
 	}
 	// The old session's Disconnected arrives after the new Connected;
 	// once it is handled and written, the device is still Connected.
-	select {
-	case s := <-ended:
-		if s != s1 {
-			t.Fatalf("ended session %v; want the first", s.Identity())
-		}
-	case <-time.After(10 * time.Second):
-		t.Fatal("old session's Disconnected never came")
-	}
+	awaitEnd(t, ended, s1)
 	e.presenceIdle()
 	state, since2, _ := e.stateOf("dev1", "")
 	if state != identity.Connected || since2.Before(since1) {
@@ -470,13 +477,6 @@ func TestPresenceEdgeTakeover(t *testing.T) {
 	if _, err := e.report(s1, PresenceReport{Connected: []string{"kid1"}}); err == nil {
 		t.Fatal("a report of the taken-over link was accepted")
 	}
-	select {
-	case s := <-ended:
-		if s != s1 {
-			t.Fatalf("ended session %v; want the first", s.Identity())
-		}
-	case <-time.After(10 * time.Second):
-		t.Fatal("old link's Disconnected never came")
-	}
+	awaitEnd(t, ended, s1)
 	e.wantStates(map[string]string{"kid1": identity.Disconnected, "kid2": identity.Connected, "edge1": identity.Connected})
 }
