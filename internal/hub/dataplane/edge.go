@@ -162,7 +162,7 @@ func (p *Plane) presenceReport(ctx context.Context, s gateway.Session, payload [
 	}
 	if len(refused) > 0 {
 		p.log.Warn("edge reported identities outside its scope as connected; ignored",
-			"edge", id.DeviceID, "count", len(refused), "first", refused[0])
+			"edge", id.DeviceID, "count", len(refused), "first", refused[0][:min(len(refused[0]), 260)])
 	}
 	// Checked and queued under mu: a report of a link that a takeover or
 	// its end replaced is refused, and one queued before is written
