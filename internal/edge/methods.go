@@ -183,7 +183,8 @@ func jsonPayload(b []byte) json.RawMessage {
 }
 
 // Extension serves the edge's $outpost requests from local clients.
-func (b backend) Extension(ctx context.Context, id gateway.Identity, name string, payload []byte) ([]byte, error) {
+func (b backend) Extension(ctx context.Context, s gateway.Session, name string, payload []byte) ([]byte, error) {
+	id := s.Identity()
 	switch name {
 	case ExtInvoke:
 		var req InvokeRequest

@@ -95,16 +95,20 @@ type C2DQueue interface {
 
 // Extender is an optional Backend extension that serves Outpost's own
 // request/reply topics, used by the edge's link to its parent (identity
-// sync, certificate signing).
+// sync, certificate signing, presence reports).
 //
 // A client subscribes to "$outpost/res/#", then publishes
 // "$outpost/req/{name}/?$rid={rid}" with any payload. The gateway calls
 // Extension and replies on "$outpost/res/{status}/?$rid={rid}": 200 with
 // the reply as body, or the error's status (see StatusError) with a JSON
 // body {"errorCode":…,"message":…}. Requests of one connection are served
-// in order. Without an Extender every request is answered 404.
+// in order, and all before the Disconnected of the session that carried
+// them. Without an Extender every request is answered 404.
 type Extender interface {
-	Extension(ctx context.Context, id Identity, name string, payload []byte) (reply []byte, err error)
+	// Extension serves a request of s, the connection's own session
+	// (never one reached through an edge), so a backend can tell a
+	// request of a taken-over connection from one of its successor.
+	Extension(ctx context.Context, s Session, name string, payload []byte) (reply []byte, err error)
 }
 
 // Settle is how an HTTPS device settles a locked C2D message.

@@ -256,8 +256,8 @@ type extBackend struct {
 	ext func(context.Context, Identity, string, []byte) ([]byte, error)
 }
 
-func (e extBackend) Extension(ctx context.Context, id Identity, name string, p []byte) ([]byte, error) {
-	return e.ext(ctx, id, name, p)
+func (e extBackend) Extension(ctx context.Context, s Session, name string, p []byte) ([]byte, error) {
+	return e.ext(ctx, s.Identity(), name, p)
 }
 
 // testEnv is a gateway on real TLS listeners with a fake backend.

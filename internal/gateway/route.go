@@ -180,7 +180,7 @@ func (c *conn) serveRequest(ctx context.Context, r request, payload []byte) {
 			c.reply(res(se.Status), errorBody(se))
 			return
 		}
-		reply, err := ext.Extension(ctx, id, r.name, payload)
+		reply, err := ext.Extension(ctx, c.auth.Load().self, r.name, payload)
 		if err != nil {
 			se := c.requestFailed("extension "+r.name, cid, err)
 			c.reply(res(se.Status), errorBody(se))

@@ -26,6 +26,11 @@ import (
 // (the hub crashed) is rewritten as Disconnected by any live hub's
 // sweep, so several hubs may share one NATS server and a crash leaves
 // no identity Connected for long.
+//
+// An identity connected through an edge is recorded from the edge's
+// reports (package dataplane): its record also names the edge (Via), and
+// its session is the edge link's session followed by "/" and the
+// identity's client id, so the end of the edge's link ends it.
 
 // Bucket names. Changing them orphans the data of existing hubs.
 const (
@@ -51,6 +56,9 @@ type presence struct {
 	// Hub and Session name the connection of a Connected identity.
 	Hub     string `json:"hub,omitempty"`
 	Session string `json:"session,omitempty"`
+	// Via is the edge through which a Connected identity is connected;
+	// empty for one connected to the hub itself.
+	Via string `json:"via,omitempty"`
 }
 
 // heartbeat is what the hubs bucket stores for one hub instance.
@@ -130,6 +138,38 @@ func (h *Hub) SetConnected(ctx context.Context, deviceID, moduleID, session stri
 	now := h.now()
 	return h.changePresence(ctx, presenceKey(deviceID, moduleID), func(*presence) *presence {
 		return &presence{State: identity.Connected, Since: now, LastActivity: now, Hub: h.instance, Session: session}
+	})
+}
+
+// SetConnectedVia records that the identity is connected to edge, whose
+// link to this hub instance reports it as session. Unlike SetConnected,
+// it leaves connectionStateUpdatedTime and lastActivityTime alone when
+// the identity is Connected already: an edge reports its children again
+// after every reconnect of its own link, which changes no child's state.
+func (h *Hub) SetConnectedVia(ctx context.Context, deviceID, moduleID, edge, session string) error {
+	if !h.exists(deviceID, moduleID) {
+		return nil
+	}
+	now := h.now()
+	return h.changePresence(ctx, presenceKey(deviceID, moduleID), func(cur *presence) *presence {
+		next := &presence{State: identity.Connected, Since: now, LastActivity: now, Hub: h.instance, Session: session, Via: edge}
+		if cur != nil && cur.State == identity.Connected {
+			if cur.Session == session && cur.Hub == h.instance && cur.Via == edge {
+				return nil
+			}
+			next.Since, next.LastActivity = cur.Since, cur.LastActivity
+		}
+		return next
+	})
+}
+
+// DisconnectVia marks Disconnected the identities recorded as Connected
+// through edge, on any hub instance, whose session stale accepts: those
+// of an edge link that ended, or those a full report of the edge's new
+// link no longer names.
+func (h *Hub) DisconnectVia(ctx context.Context, edge string, stale func(session string) bool) error {
+	return h.disconnectWhere(ctx, func(p *presence) (bool, error) {
+		return p.Via == edge && stale(p.Session), nil
 	})
 }
 
@@ -267,6 +307,19 @@ func (h *Hub) sweepPresence(ctx context.Context, own bool) error {
 		alive[inst] = a
 		return !a, nil
 	}
+	errs := []error{h.disconnectWhere(ctx, func(p *presence) (bool, error) { return isDead(p.Hub) })}
+	if own {
+		if _, err := h.hubs.remove(ctx, h.instance, 0); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// disconnectWhere marks Disconnected the Connected records that match
+// accepts. A record rewritten meanwhile (another session's Connected) is
+// left as it is. An error of match stops the sweep.
+func (h *Hub) disconnectWhere(ctx context.Context, match func(*presence) (bool, error)) error {
 	type stale struct{ key, session string }
 	var found []stale
 	h.presTab.each(func(k string, r *row) bool {
@@ -281,25 +334,22 @@ func (h *Hub) sweepPresence(ctx context.Context, own bool) error {
 		if !ok {
 			continue
 		}
-		dead, err := isDead(r.val.(*presence).Hub)
-		if err != nil {
-			return err
-		}
-		if !dead {
+		p := r.val.(*presence)
+		if p.State != identity.Connected || p.Session != s.session {
 			continue
 		}
-		err = h.changePresence(ctx, s.key, func(cur *presence) *presence {
+		if hit, err := match(p); err != nil {
+			return err
+		} else if !hit {
+			continue
+		}
+		err := h.changePresence(ctx, s.key, func(cur *presence) *presence {
 			if cur == nil || cur.State != identity.Connected || cur.Session != s.session {
 				return nil
 			}
 			return &presence{State: identity.Disconnected, Since: h.now(), LastActivity: cur.LastActivity}
 		})
 		if err != nil {
-			errs = append(errs, err)
-		}
-	}
-	if own {
-		if _, err := h.hubs.remove(ctx, h.instance, 0); err != nil {
 			errs = append(errs, err)
 		}
 	}

@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net/http"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -66,6 +67,16 @@ type fakeHub struct {
 	pubacks   map[uint16]time.Time         // C2D packet id -> when the edge acked it
 	methodRes map[string]chan methodResult // by $rid
 	refuse    bool                         // refuse connects (bad credentials)
+	presence  []presenceSeen               // presence reports, in order
+	// presenceHold, when set, holds every presence report unanswered
+	// until it is closed.
+	presenceHold chan struct{}
+}
+
+// presenceSeen is a presence report as the fake hub got it.
+type presenceSeen struct {
+	conn int // which connection of the edge brought it
+	presenceReport
 }
 
 type methodResult struct {
@@ -190,8 +201,14 @@ func (h *fakeHub) handle(cl *mqtt.Client, pk packets.Packet) {
 	if rest, ok := strings.CutPrefix(name, extReqPrefix); ok {
 		ext, q, _ := strings.Cut(rest, "/?")
 		bag, _ := topic.DecodeBag(q)
-		status, body := h.extension(ext, pk.Payload)
-		_, _ = h.send(extResPrefix+strconv.Itoa(status)+"/?$rid="+bag["$rid"], body, 0)
+		reply := func(status int, body []byte) {
+			_, _ = h.send(extResPrefix+strconv.Itoa(status)+"/?$rid="+bag["$rid"], body, 0)
+		}
+		if ext == extPresence {
+			h.presenceRequest(pk.Payload, reply)
+			return
+		}
+		reply(h.extension(ext, pk.Payload))
 		return
 	}
 	tp, err := topic.Parse(name)
@@ -237,6 +254,37 @@ func (h *fakeHub) handle(cl *mqtt.Client, pk packets.Packet) {
 	default:
 		h.t.Errorf("fake hub: unexpected publish %q", name)
 	}
+}
+
+// presenceRequest records a presence report and answers it, unless
+// reports are held: then it answers once they are released, off the
+// publish path, as a slow hub would.
+func (h *fakeHub) presenceRequest(payload []byte, reply func(int, []byte)) {
+	var r presenceReport
+	if err := json.Unmarshal(payload, &r); err != nil {
+		h.t.Errorf("fake hub: presence report %s: %v", payload, err)
+		reply(http.StatusBadRequest, []byte(`{"errorCode":400000}`))
+		return
+	}
+	h.mu.Lock()
+	h.presence = append(h.presence, presenceSeen{conn: h.connects, presenceReport: r})
+	hold := h.presenceHold
+	h.mu.Unlock()
+	if hold == nil {
+		reply(http.StatusOK, []byte(`{}`))
+		return
+	}
+	go func() {
+		<-hold
+		reply(http.StatusOK, []byte(`{}`))
+	}()
+}
+
+// presenceReports returns the presence reports received so far.
+func (h *fakeHub) presenceReports() []presenceSeen {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return slices.Clone(h.presence)
 }
 
 // extension answers $outpost requests as the hub's device backend would.

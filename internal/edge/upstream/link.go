@@ -3,7 +3,8 @@
 // The edge connects as itself (clientId = edge id) and carries everything
 // over that one connection: the drain of the upstream store queues as
 // its children's telemetry, on-behalf-of twin requests, C2D and method
-// traffic for local clients, identity sync and edge CA signing.
+// traffic for local clients, identity sync, edge CA signing and reports
+// of which local clients are connected (presence.go).
 //
 // The drain reads every queue Config.Endpoints lists (one per route
 // priority) with store.NextByPriority, a batch at a time, so newer
@@ -177,8 +178,10 @@ type Link struct {
 	ridSeq  atomic.Uint64
 	running atomic.Bool
 
-	// subsChanged wakes the current session's subscription reconciler.
-	subsChanged chan struct{}
+	// subsChanged wakes the current session's subscription reconciler,
+	// presenceChanged its presence reporter.
+	subsChanged     chan struct{}
+	presenceChanged chan struct{}
 
 	kickMu sync.Mutex
 	// kickMu guards the following fields.
@@ -259,18 +262,19 @@ func New(cfg Config) (*Link, error) {
 		return nil, fmt.Errorf("new upstream link: %w", err)
 	}
 	return &Link{
-		cfg:         cfg,
-		log:         cfg.Logger.With("component", "upstream"),
-		now:         cfg.Now,
-		tls:         &tls.Config{ServerName: host, RootCAs: cfg.RootCAs, MinVersion: tls.VersionTLS12},
-		addr:        cfg.Addr,
-		active:      []*store.Reader{r},
-		refused:     map[string]bool{},
-		readers:     map[string]*store.Reader{Endpoint: r},
-		ridBase:     message.NewID()[:8] + ".",
-		subsChanged: make(chan struct{}, 1),
-		attached:    map[string]attachment{},
-		pending:     map[string]chan reply{},
+		cfg:             cfg,
+		log:             cfg.Logger.With("component", "upstream"),
+		now:             cfg.Now,
+		tls:             &tls.Config{ServerName: host, RootCAs: cfg.RootCAs, MinVersion: tls.VersionTLS12},
+		addr:            cfg.Addr,
+		active:          []*store.Reader{r},
+		refused:         map[string]bool{},
+		readers:         map[string]*store.Reader{Endpoint: r},
+		ridBase:         message.NewID()[:8] + ".",
+		subsChanged:     make(chan struct{}, 1),
+		presenceChanged: make(chan struct{}, 1),
+		attached:        map[string]attachment{},
+		pending:         map[string]chan reply{},
 	}, nil
 }
 
@@ -469,8 +473,9 @@ func (l *Link) Kick() {
 
 // Attach routes a local client's cloud traffic (C2D, methods, desired
 // patches) over the link; the subscriptions are made again after every
-// reconnect. Attach only identities in the edge's scope: the hub drops a
-// connection that subscribes for others.
+// reconnect. The hub is told the client is connected (see presence.go)
+// while it is attached and the link is up. Attach only identities in the
+// edge's scope: the hub drops a connection that subscribes for others.
 func (l *Link) Attach(deviceID, moduleID string) {
 	l.mu.Lock()
 	l.attached[message.ClientID(deviceID, moduleID)] = attachment{deviceID, moduleID}
@@ -487,9 +492,11 @@ func (l *Link) Detach(deviceID, moduleID string) {
 }
 
 func (l *Link) signalSubs() {
-	select {
-	case l.subsChanged <- struct{}{}:
-	default:
+	for _, ch := range []chan struct{}{l.subsChanged, l.presenceChanged} {
+		select {
+		case ch <- struct{}{}:
+		default:
+		}
 	}
 }
 

@@ -79,6 +79,7 @@ func (s *session) start() {
 	inflight := make(chan flight, s.l.cfg.Window-1)
 	s.wg.Go(func() { s.runEvents() })
 	s.wg.Go(func() { s.reconcile() })
+	s.wg.Go(func() { s.reportPresence() })
 	s.wg.Go(func() { s.publishLoop(inflight) })
 	s.wg.Go(func() { s.ackLoop(inflight) })
 	s.wg.Go(func() { s.storeAckLoop() })

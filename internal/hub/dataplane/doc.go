@@ -30,6 +30,11 @@
 // watcher on the registry drops the connections of deleted or disabled
 // identities, and of the edge whose scope they leave.
 //
+// Connection state and lastActivityTime (presence.go) are written off the
+// connection goroutines: for a session held here, from its Connected and
+// Disconnected; for a client of an edge, from the edge's presence reports
+// (Extension "presence"), ended with the edge's link.
+//
 // # Cloud-to-device
 //
 // C2D messages sit in the stream C2D, subject c2d.{enc(device)}, at most

@@ -10,6 +10,7 @@ import (
 	"outpost/internal/certs"
 	"outpost/internal/gateway"
 	"outpost/internal/identity"
+	"outpost/internal/topic"
 )
 
 // Extension names served to edges over $outpost/req/{name} (edge
@@ -17,6 +18,7 @@ import (
 const (
 	ExtSyncIdentities = "sync-identities"
 	ExtSignEdgeCA     = "sign-edge-ca"
+	ExtPresence       = "presence"
 )
 
 // Snapshot is the reply to sync-identities: what an edge needs to serve
@@ -37,9 +39,28 @@ type SignedCA struct {
 	RootCA      string `json:"rootCA"`
 }
 
-// Extension serves an edge's identity sync and edge CA signing. Only an
-// edge device, on its own connection, may ask.
-func (p *Plane) Extension(ctx context.Context, id gateway.Identity, name string, payload []byte) ([]byte, error) {
+// PresenceReport is the body of a presence request: which identities are
+// connected to the edge, or no longer are, since its last report on this
+// link. Ids are deviceId or deviceId/moduleId. Full ends a report of the
+// edge's whole set, made after every (re)connect of its link, possibly in
+// several requests of which only the last is Full: the edge's identities
+// that this link has not reported Connected are Disconnected then.
+type PresenceReport struct {
+	Full         bool     `json:"full,omitempty"`
+	Connected    []string `json:"connected,omitempty"`
+	Disconnected []string `json:"disconnected,omitempty"`
+}
+
+// PresenceReply is the reply to a presence request: the ids the hub
+// ignored, because they are not in the edge's scope.
+type PresenceReply struct {
+	Refused []string `json:"refused,omitempty"`
+}
+
+// Extension serves an edge's identity sync, edge CA signing and presence
+// reports. Only an edge device, on its own connection, may ask.
+func (p *Plane) Extension(ctx context.Context, s gateway.Session, name string, payload []byte) ([]byte, error) {
+	id := s.Identity()
 	if !id.Edge || id.ModuleID != "" || id.Via != "" {
 		return nil, &gateway.StatusError{Status: http.StatusForbidden, Code: "IotHubUnauthorizedAccess",
 			Message: "only an IoT Edge device may call " + name}
@@ -53,6 +74,8 @@ func (p *Plane) Extension(ctx context.Context, id gateway.Identity, name string,
 		return json.Marshal(s)
 	case ExtSignEdgeCA:
 		return p.signEdgeCA(id.DeviceID, payload)
+	case ExtPresence:
+		return p.presenceReport(ctx, s, payload)
 	}
 	return nil, &gateway.StatusError{Status: http.StatusNotFound, Code: "NotFound", Message: "no extension " + name}
 }
@@ -102,4 +125,55 @@ func (p *Plane) signEdgeCA(edgeID string, csrPEM []byte) ([]byte, error) {
 		return nil, fmt.Errorf("sign edge CA: %w", err)
 	}
 	return json.Marshal(SignedCA{Certificate: string(chain), RootCA: string(p.cfg.CA.CertPEM)})
+}
+
+// presenceReport checks an edge's presence report and queues it for the
+// presence writer; it does not wait for the writes, so the edge's other
+// requests (twins of its children) do not queue behind a large report.
+//
+// Connected ids must be in the edge's scope (InScope), and never the edge
+// itself, whose own connection is recorded apart; others are refused and
+// logged. Disconnected ids are not checked: they can only end a record
+// that this very link wrote.
+func (p *Plane) presenceReport(ctx context.Context, s gateway.Session, payload []byte) ([]byte, error) {
+	var req PresenceReport
+	if err := json.Unmarshal(payload, &req); err != nil {
+		return nil, badArgument("presence report: %v", err)
+	}
+	id := s.Identity()
+	r := &edgePresence{full: req.Full}
+	var refused []string
+	for _, cid := range req.Connected {
+		d, m, err := topic.ParseClientID(cid)
+		ok := err == nil && cid != id.DeviceID
+		if ok {
+			ok, _ = p.InScope(ctx, id, d, m) // reads memory only: never fails
+		}
+		if !ok {
+			refused = append(refused, cid)
+			continue
+		}
+		r.connected = append(r.connected, clientRef{d, m})
+	}
+	for _, cid := range req.Disconnected {
+		if d, m, err := topic.ParseClientID(cid); err == nil {
+			r.disconnected = append(r.disconnected, clientRef{d, m})
+		}
+	}
+	if len(refused) > 0 {
+		p.log.Warn("edge reported identities outside its scope as connected; ignored",
+			"edge", id.DeviceID, "count", len(refused), "first", refused[0][:min(len(refused[0]), 260)])
+	}
+	// Checked and queued under mu: a report of a link that a takeover or
+	// its end replaced is refused, and one queued before is written
+	// before the end of its link's children (edgeGone, queued after).
+	p.mu.Lock()
+	l := p.live[id.ClientID()]
+	if l == nil || l.s != s || l.presence == "" {
+		p.mu.Unlock()
+		return nil, &gateway.StatusError{Status: http.StatusConflict, Code: "Conflict", Message: "this connection of the edge has been replaced"}
+	}
+	p.pres.reported(id.DeviceID, l.presence, r)
+	p.mu.Unlock()
+	return json.Marshal(PresenceReply{Refused: refused})
 }

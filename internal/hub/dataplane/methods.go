@@ -73,6 +73,12 @@ func (p *Plane) Connected(s gateway.Session) {
 		if err := old.stop(); err != nil {
 			p.log.Warn("replaced session", "err", err)
 		}
+		// Its Disconnected will find it replaced: end the children its
+		// edge reported over it now. Those the new link reports again
+		// are written after this.
+		if isEdgeLink(old) {
+			p.pres.edgeGone(id.DeviceID, old.presence)
+		}
 	}
 	if l.presence != "" {
 		p.pres.connected(id.DeviceID, id.ModuleID, l.presence)
@@ -106,6 +112,16 @@ func (p *Plane) Disconnected(s gateway.Session) {
 	if l.presence != "" {
 		p.pres.disconnected(s.Identity().DeviceID, s.Identity().ModuleID, l.presence)
 	}
+	if isEdgeLink(l) {
+		p.pres.edgeGone(s.Identity().DeviceID, l.presence)
+	}
+}
+
+// isEdgeLink reports whether l is an edge's own link, whose end ends the
+// connections of the children it reported.
+func isEdgeLink(l *liveSession) bool {
+	id := l.s.Identity()
+	return l.presence != "" && id.Edge && id.ModuleID == ""
 }
 
 // methodCall and methodReply travel between replicas.

@@ -2,7 +2,9 @@ package dataplane
 
 import (
 	"context"
+	"errors"
 	"hash/maphash"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -22,14 +24,36 @@ const (
 	presConnected presenceKind = iota + 1
 	presDisconnected
 	presActivity
+	presReport   // an edge's presence report
+	presEdgeGone // an edge's link ended: what it reported is over
 )
 
+// presenceEvent is one write to do. For presReport and presEdgeGone,
+// deviceID is the edge's and session its link's, so they are written in
+// order with each other and with the edge's own Connected.
 type presenceEvent struct {
 	kind            presenceKind
 	deviceID, modID string
-	session         string // for presConnected and presDisconnected
-	activityKey     string // for presActivity: the pending entry to clear
+	session         string        // for all but presActivity
+	activityKey     string        // for presActivity: the pending entry to clear
+	report          *edgePresence // for presReport
 }
+
+// edgePresence is an edge's presence report, checked.
+type edgePresence struct {
+	full                    bool
+	connected, disconnected []clientRef
+}
+
+// clientRef names a device (moduleID empty) or a module.
+type clientRef struct{ deviceID, moduleID string }
+
+// writeTimeout bounds one presence write.
+const writeTimeout = 10 * time.Second
+
+// viaSession is the session id of a child's connection through an edge:
+// the edge link's session, so the end of that link ends it too.
+func viaSession(edgeSession, clientID string) string { return edgeSession + "/" + clientID }
 
 // presenceWriter records the gateway's presence events in the hub's
 // registry off the connection goroutines, which must not wait for KV.
@@ -96,6 +120,16 @@ func (w *presenceWriter) disconnected(deviceID, moduleID, session string) {
 	w.enqueue(presenceEvent{kind: presDisconnected, deviceID: deviceID, modID: moduleID, session: session})
 }
 
+// reported queues an edge's presence report, made on its link session.
+func (w *presenceWriter) reported(edgeID, session string, r *edgePresence) {
+	w.enqueue(presenceEvent{kind: presReport, deviceID: edgeID, session: session, report: r})
+}
+
+// edgeGone queues the end of the children an edge reported on session.
+func (w *presenceWriter) edgeGone(edgeID, session string) {
+	w.enqueue(presenceEvent{kind: presEdgeGone, deviceID: edgeID, session: session})
+}
+
 // activity queues an activity write unless the hub's record is recent
 // enough or a write is queued already.
 func (w *presenceWriter) activity(deviceID, moduleID string) {
@@ -136,27 +170,68 @@ func (w *presenceWriter) run(sh *presenceShard) {
 			return
 		}
 		for _, ev := range batch {
-			wctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-			w.write(wctx, ev)
-			cancel()
+			w.write(context.Background(), ev)
 		}
 	}
 }
 
-func (w *presenceWriter) write(ctx context.Context, ev presenceEvent) {
+// write does one event's writes, each bounded by writeTimeout and all by
+// parent.
+func (w *presenceWriter) write(parent context.Context, ev presenceEvent) {
 	h := w.p.h
+	do := func(f func(ctx context.Context) error) error {
+		ctx, cancel := context.WithTimeout(parent, writeTimeout)
+		defer cancel()
+		return f(ctx)
+	}
 	var err error
 	switch ev.kind {
 	case presConnected:
-		err = h.SetConnected(ctx, ev.deviceID, ev.modID, ev.session)
+		err = do(func(ctx context.Context) error { return h.SetConnected(ctx, ev.deviceID, ev.modID, ev.session) })
 	case presDisconnected:
-		err = h.SetDisconnected(ctx, ev.deviceID, ev.modID, ev.session)
+		err = do(func(ctx context.Context) error { return h.SetDisconnected(ctx, ev.deviceID, ev.modID, ev.session) })
 	case presActivity:
 		w.pending.Delete(ev.activityKey)
-		err = h.TouchActivity(ctx, ev.deviceID, ev.modID)
+		err = do(func(ctx context.Context) error { return h.TouchActivity(ctx, ev.deviceID, ev.modID) })
+	case presReport:
+		err = w.writeReport(ev, do)
+	case presEdgeGone:
+		prefix := viaSession(ev.session, "")
+		err = do(func(ctx context.Context) error {
+			return h.DisconnectVia(ctx, ev.deviceID, func(s string) bool { return strings.HasPrefix(s, prefix) })
+		})
 	}
 	w.queued.Add(-1)
 	if err != nil {
 		w.p.log.Warn("record presence", "device", ev.deviceID, "module", ev.modID, "err", err)
 	}
+}
+
+// writeReport records an edge's report. A full one ends the edge's
+// Connected records of other link sessions (an earlier link of the edge,
+// possibly to another hub instance) that this session has not reported:
+// the edge's current set replaces them.
+func (w *presenceWriter) writeReport(ev presenceEvent, do func(func(context.Context) error) error) error {
+	h := w.p.h
+	r := ev.report
+	var errs []error
+	for _, c := range r.connected {
+		sess := viaSession(ev.session, message.ClientID(c.deviceID, c.moduleID))
+		errs = append(errs, do(func(ctx context.Context) error {
+			return h.SetConnectedVia(ctx, c.deviceID, c.moduleID, ev.deviceID, sess)
+		}))
+	}
+	for _, c := range r.disconnected {
+		sess := viaSession(ev.session, message.ClientID(c.deviceID, c.moduleID))
+		errs = append(errs, do(func(ctx context.Context) error {
+			return h.SetDisconnected(ctx, c.deviceID, c.moduleID, sess)
+		}))
+	}
+	if r.full {
+		prefix := viaSession(ev.session, "")
+		errs = append(errs, do(func(ctx context.Context) error {
+			return h.DisconnectVia(ctx, ev.deviceID, func(s string) bool { return !strings.HasPrefix(s, prefix) })
+		}))
+	}
+	return errors.Join(errs...)
 }

@@ -3,6 +3,7 @@ package dataplane
 import (
 	"context"
 	"crypto/tls"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
@@ -130,6 +131,20 @@ func (e *env) paho(cid, password string, lost func(error)) paho.Client {
 	return c
 }
 
+// awaitEnd waits until the plane has handled the Disconnected of want,
+// the first session to end.
+func awaitEnd(t *testing.T, ended <-chan gateway.Session, want gateway.Session) {
+	t.Helper()
+	select {
+	case s := <-ended:
+		if s != want {
+			t.Fatalf("ended session %v; want the first", s.Identity())
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the first session's Disconnected never came")
+	}
+}
+
 // endWatch is the plane as the gateway's backend, reporting the sessions
 // whose Disconnected the plane has handled.
 type endWatch struct {
@@ -163,14 +178,7 @@ func TestPresenceTakeover(t *testing.T) {
 	}
 	// The old session's Disconnected arrives after the new Connected;
 	// once it is handled and written, the device is still Connected.
-	select {
-	case s := <-ended:
-		if s != s1 {
-			t.Fatalf("ended session %v; want the first", s.Identity())
-		}
-	case <-time.After(10 * time.Second):
-		t.Fatal("old session's Disconnected never came")
-	}
+	awaitEnd(t, ended, s1)
 	e.presenceIdle()
 	state, since2, _ := e.stateOf("dev1", "")
 	if state != identity.Connected || since2.Before(since1) {
@@ -325,4 +333,150 @@ func TestHTTPSDoesNotConnect(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// report sends an edge's presence report as the gateway would.
+func (e *env) report(s gateway.Session, r PresenceReport) (PresenceReply, error) {
+	e.t.Helper()
+	body, err := json.Marshal(r)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	raw, err := e.p.Extension(ctxT(e.t), s, ExtPresence, body)
+	if err != nil {
+		return PresenceReply{}, err
+	}
+	var rep PresenceReply
+	if err := json.Unmarshal(raw, &rep); err != nil {
+		e.t.Fatalf("reply %s: %v", raw, err)
+	}
+	return rep, nil
+}
+
+// wantStates checks, once every presence event is written, the states
+// of identities given as deviceId or deviceId/moduleId.
+func (e *env) wantStates(want map[string]string) {
+	e.t.Helper()
+	e.presenceIdle()
+	for cid, w := range want {
+		d, m, _ := strings.Cut(cid, "/")
+		if s, _, _ := e.stateOf(d, m); s != w {
+			e.t.Errorf("%s: %s; want %s", cid, s, w)
+		}
+	}
+}
+
+// An edge's reports mark its children and their modules, within its
+// scope only, until it reports them gone or its own link ends.
+func TestPresenceThroughEdge(t *testing.T) {
+	e := newEnv(t)
+	edge := e.device("edge1", true)
+	for _, id := range []string{"kid1", "kid2", "stranger"} {
+		e.device(id, false)
+	}
+	e.module("kid1", "m1")
+	if err := e.h.AddChildren(ctxT(t), "edge1", []string{"kid1", "kid2"}, false); err != nil {
+		t.Fatal(err)
+	}
+	ec := e.deviceClient(edge, nil)
+	edgeSince := e.waitState("edge1", "", identity.Connected)
+	s := e.session("edge1", "")
+
+	rep, err := e.report(s, PresenceReport{Full: true, Connected: []string{"kid1", "kid1/m1", "stranger", "edge1", "nobody", "bad/id/x"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := strings.Join(rep.Refused, ","); got != "stranger,edge1,nobody,bad/id/x" {
+		t.Fatalf("refused %q; want the ids outside the edge's scope", got)
+	}
+	e.wantStates(map[string]string{"kid1": identity.Connected, "kid1/m1": identity.Connected,
+		"kid2": identity.Disconnected, "stranger": identity.Disconnected, "edge1": identity.Connected})
+	if _, since, _ := e.stateOf("edge1", ""); !since.Equal(edgeSince) {
+		t.Errorf("the edge's own record changed: since %v, was %v", since, edgeSince)
+	}
+	kidSince := e.waitState("kid1", "", identity.Connected)
+
+	t.Run("changes", func(t *testing.T) {
+		if _, err := e.report(s, PresenceReport{Connected: []string{"kid2"}, Disconnected: []string{"kid1/m1", "stranger"}}); err != nil {
+			t.Fatal(err)
+		}
+		e.wantStates(map[string]string{"kid1": identity.Connected, "kid1/m1": identity.Disconnected, "kid2": identity.Connected})
+	})
+	t.Run("full report replaces the set, keeping the times of those still there", func(t *testing.T) {
+		if _, err := e.report(s, PresenceReport{Full: true, Connected: []string{"kid1"}}); err != nil {
+			t.Fatal(err)
+		}
+		e.wantStates(map[string]string{"kid1": identity.Connected, "kid2": identity.Connected})
+		if _, since, _ := e.stateOf("kid1", ""); !since.Equal(kidSince) {
+			t.Errorf("kid1 since %v after a report of no change; want %v", since, kidSince)
+		}
+	})
+	t.Run("link ends", func(t *testing.T) {
+		ec.Close()
+		e.waitState("edge1", "", identity.Disconnected)
+		e.wantStates(map[string]string{"kid1": identity.Disconnected, "kid2": identity.Disconnected})
+	})
+	t.Run("only an edge reports", func(t *testing.T) {
+		kc := e.deviceClient(e.device("kid3", false), nil)
+		defer kc.Close()
+		_, err := e.report(e.session("kid3", ""), PresenceReport{Full: true, Connected: []string{"kid3"}})
+		if st, _ := gatewayStatus(err); st != http.StatusForbidden {
+			t.Fatalf("a device's report: %v; want 403", err)
+		}
+	})
+}
+
+func gatewayStatus(err error) (int, string) {
+	var se *gateway.StatusError
+	if errors.As(err, &se) {
+		return se.Status, se.Code
+	}
+	return 0, ""
+}
+
+// A takeover of the edge's own link ends what the old link reported,
+// refuses the old link's late reports, and leaves what the new link
+// reported alone when the old link's end arrives.
+func TestPresenceEdgeTakeover(t *testing.T) {
+	ended := make(chan gateway.Session, 8)
+	e := newEnvWith(t, envOptions{wrap: func(p *Plane) gateway.Backend { return endWatch{p, ended} }})
+	edge := e.device("edge1", true)
+	e.device("kid1", false)
+	e.device("kid2", false)
+	if err := e.h.AddChildren(ctxT(t), "edge1", []string{"kid1", "kid2"}, false); err != nil {
+		t.Fatal(err)
+	}
+	tok, err := sas.Sign(sas.DeviceResource(testHost, "edge1", ""), edge.Authentication.SymmetricKey.PrimaryKey, "", time.Now().Add(time.Hour))
+	if err != nil {
+		t.Fatal(err)
+	}
+	lost := make(chan error, 1)
+	e.paho("edge1", tok, func(err error) { lost <- err })
+	s1 := e.session("edge1", "")
+	if _, err := e.report(s1, PresenceReport{Full: true, Connected: []string{"kid1", "kid2"}}); err != nil {
+		t.Fatal(err)
+	}
+	e.waitState("kid1", "", identity.Connected)
+	e.waitState("kid2", "", identity.Connected)
+
+	e.paho("edge1", tok, nil)
+	select {
+	case <-lost:
+	case <-time.After(10 * time.Second):
+		t.Fatal("first connection not taken over")
+	}
+	// The gateway lists the new session a moment before the plane has it.
+	checkFor(t, 10*time.Second, func() error {
+		s2 := e.gw.Sessions("edge1", "")
+		if s2 == nil || s2 == s1 {
+			return errors.New("no new session yet")
+		}
+		_, err := e.report(s2, PresenceReport{Full: true, Connected: []string{"kid2"}})
+		return err
+	})
+	if _, err := e.report(s1, PresenceReport{Connected: []string{"kid1"}}); err == nil {
+		t.Fatal("a report of the taken-over link was accepted")
+	}
+	awaitEnd(t, ended, s1)
+	e.wantStates(map[string]string{"kid1": identity.Disconnected, "kid2": identity.Connected, "edge1": identity.Connected})
 }
