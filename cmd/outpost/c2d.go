@@ -19,41 +19,32 @@ func runC2DMessage(ctx context.Context, args []string) error {
 }
 
 func c2dSend(ctx context.Context, args []string) error {
-	fs := newFlagSet("c2d-message send",
-		"c2d-message send --device-id D --data TEXT [--props k=v;k2=v2] [--message-id ID] [--correlation-id ID] [--content-type T] [--content-encoding E] [--expire-time-utc MS]")
-	var hub serviceFlags
-	hub.register(fs)
-	d := fs.String("device-id", "", "device id (required)")
-	data := fs.String("data", "", "message body")
-	props := fs.String("props", "", "application properties: k=v;k2=v2")
-	mid := fs.String("message-id", "", "message id (default: made up by the hub)")
-	cid := fs.String("correlation-id", "", "correlation id")
-	ct := fs.String("content-type", "", "content type, e.g. application/json")
-	ce := fs.String("content-encoding", "", "content encoding, e.g. utf-8")
-	exp := fs.Int64("expire-time-utc", 0, "expiry, Unix epoch milliseconds (default: one hour from now; at most 48 hours)")
-	if err := parseFlags(fs, args); err != nil {
+	c := newHubCommand("c2d-message send",
+		"--device-id D --data TEXT [--props k=v;k2=v2] [--message-id ID] [--correlation-id ID] [--content-type T] [--content-encoding E] [--expire-time-utc MS]")
+	d := c.deviceID()
+	data := c.String("data", "", "message body")
+	props := c.String("props", "", "application properties: k=v;k2=v2")
+	mid := c.String("message-id", "", "message id (default: made up by the hub)")
+	cid := c.String("correlation-id", "", "correlation id")
+	ct := c.String("content-type", "", "content type, e.g. application/json")
+	ce := c.String("content-encoding", "", "content encoding, e.g. utf-8")
+	exp := c.Int64("expire-time-utc", 0, "expiry, Unix epoch milliseconds (default: one hour from now; at most 48 hours)")
+	var p map[string]string
+	c.check(func() (err error) {
+		p, err = parseProps(*props)
 		return err
-	}
-	if err := required("device-id", *d); err != nil {
-		return err
-	}
-	p, err := parseProps(*props)
-	if err != nil {
-		return err
-	}
-	msg := service.C2DMessage{Body: []byte(*data), Properties: p, MessageID: *mid, CorrelationID: *cid, ContentType: *ct, ContentEncoding: *ce}
-	if *exp != 0 {
-		msg.Expiry = time.UnixMilli(*exp)
-	}
-	c, err := hub.client()
-	if err != nil {
-		return err
-	}
-	id, err := c.SendC2D(ctx, *d, msg)
-	if err != nil {
-		return err
-	}
-	return printValue(stdout, "json", map[string]string{"messageId": id})
+	})
+	return c.run(args, func(s *service.Client) (any, error) {
+		msg := service.C2DMessage{Body: []byte(*data), Properties: p, MessageID: *mid, CorrelationID: *cid, ContentType: *ct, ContentEncoding: *ce}
+		if *exp != 0 {
+			msg.Expiry = time.UnixMilli(*exp)
+		}
+		id, err := s.SendC2D(ctx, *d, msg)
+		if err != nil {
+			return nil, err
+		}
+		return map[string]string{"messageId": id}, nil
+	})
 }
 
 // parseProps reads "k=v;k2=v2", as az's --props takes them.

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 
 	"outpost/internal/certs"
+	"outpost/internal/service"
 )
 
 // Files written by `outpost certs create-edge-ca`.
@@ -30,34 +31,28 @@ func runCerts(ctx context.Context, args []string) error {
 // edge can be started with --edge-ca-cert and --edge-ca-key. The key
 // never leaves this machine.
 func runCreateEdgeCA(ctx context.Context, args []string) error {
-	fs := newFlagSet("certs create-edge-ca", "certs create-edge-ca --device-id EDGE --out DIR")
-	var sf serviceFlags
-	sf.register(fs)
-	id := fs.String("device-id", "", "the IoT Edge device the CA is for (required)")
-	out := fs.String("out", "", "folder to write edge-ca.pem, edge-ca-key.pem and root-ca.pem into (required)")
-	if err := parseFlags(fs, args); err != nil {
-		return err
-	}
-	if err := required("device-id", *id); err != nil {
-		return err
-	}
-	if err := required("out", *out); err != nil {
-		return err
-	}
-	for _, name := range []string{edgeCACertFile, edgeCAKeyFile} {
-		if _, err := os.Stat(filepath.Join(*out, name)); err == nil {
-			return fmt.Errorf("%s already exists: not overwriting an edge CA", filepath.Join(*out, name))
+	c := newHubCommand("certs create-edge-ca", "--device-id EDGE --out DIR")
+	id := c.requiredString("device-id", "the IoT Edge device the CA is for")
+	out := c.requiredString("out", "folder to write edge-ca.pem, edge-ca-key.pem and root-ca.pem into")
+	c.check(func() error {
+		for _, name := range []string{edgeCACertFile, edgeCAKeyFile} {
+			if _, err := os.Stat(filepath.Join(*out, name)); err == nil {
+				return fmt.Errorf("%s already exists: not overwriting an edge CA", filepath.Join(*out, name))
+			}
 		}
-	}
-	svc, err := sf.client()
+		return nil
+	})
+	return c.run(args, func(svc *service.Client) (any, error) { return nil, createEdgeCA(ctx, svc, *id, *out) })
+}
+
+// createEdgeCA has the hub sign a new edge CA for device id and writes it
+// into the folder out.
+func createEdgeCA(ctx context.Context, svc *service.Client, id, out string) error {
+	csr, key, err := certs.NewCSR(id)
 	if err != nil {
 		return err
 	}
-	csr, key, err := certs.NewCSR(*id)
-	if err != nil {
-		return err
-	}
-	signed, err := svc.SignEdgeCA(ctx, *id, csr)
+	signed, err := svc.SignEdgeCA(ctx, id, csr)
 	if err != nil {
 		return err
 	}
@@ -83,7 +78,7 @@ func runCreateEdgeCA(ctx context.Context, args []string) error {
 	if _, err := ca.Cert.Verify(x509.VerifyOptions{Roots: roots, Intermediates: inter}); err != nil {
 		return fmt.Errorf("hub's answer does not chain to its root CA: %w", err)
 	}
-	if err := os.MkdirAll(*out, 0o700); err != nil {
+	if err := os.MkdirAll(out, 0o700); err != nil {
 		return err
 	}
 	for _, f := range []struct {
@@ -95,12 +90,12 @@ func runCreateEdgeCA(ctx context.Context, args []string) error {
 		{edgeCACertFile, []byte(signed.Certificate), 0o644},
 		{rootCAFile, []byte(signed.RootCA), 0o644},
 	} {
-		if err := os.WriteFile(filepath.Join(*out, f.name), f.data, f.perm); err != nil {
+		if err := os.WriteFile(filepath.Join(out, f.name), f.data, f.perm); err != nil {
 			return err
 		}
 	}
-	fmt.Printf("wrote %s, %s and %s\nstart the edge with: --edge-ca-cert %s --edge-ca-key %s\n",
-		filepath.Join(*out, edgeCACertFile), filepath.Join(*out, edgeCAKeyFile), filepath.Join(*out, rootCAFile),
-		filepath.Join(*out, edgeCACertFile), filepath.Join(*out, edgeCAKeyFile))
+	fmt.Fprintf(stdout, "wrote %s, %s and %s\nstart the edge with: --edge-ca-cert %s --edge-ca-key %s\n",
+		filepath.Join(out, edgeCACertFile), filepath.Join(out, edgeCAKeyFile), filepath.Join(out, rootCAFile),
+		filepath.Join(out, edgeCACertFile), filepath.Join(out, edgeCAKeyFile))
 	return nil
 }

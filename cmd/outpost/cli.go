@@ -1,8 +1,9 @@
 package main
 
-// Shared pieces of the admin commands (device-identity, module-identity,
-// query, device-twin): the hub connection flags, sub-verb dispatch, and the
-// json/table/tsv renderers shaped like az's -o.
+// Shared pieces of the commands: the frame every command is declared in
+// (cmdFlags: flags, required flags, checks, the hub connection, -o and
+// printing), sub-verb dispatch, and the json/table/tsv renderers shaped
+// like az's -o.
 
 import (
 	"bytes"
@@ -12,8 +13,9 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"maps"
 	"os"
-	"sort"
+	"slices"
 	"strings"
 	"text/tabwriter"
 
@@ -32,6 +34,17 @@ var (
 	stderr io.Writer = os.Stderr
 )
 
+// caUsage is the help of --ca where it names the hub's CA.
+const caUsage = "PEM file of the CA that signed the hub's certificate (default $" + envCA + ", else the system roots)"
+
+// orEnv is a flag's value, or else the environment variable's.
+func orEnv(value, env string) string {
+	if value == "" {
+		return os.Getenv(env)
+	}
+	return value
+}
+
 // serviceFlags are the flags every admin command takes to reach the hub.
 type serviceFlags struct {
 	connStr string
@@ -40,32 +53,149 @@ type serviceFlags struct {
 
 func (h *serviceFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&h.connStr, "hub-connection-string", "", "the hub's service connection string (default $"+envHubConnectionString+")")
-	fs.StringVar(&h.ca, "ca", "", "PEM file of the CA that signed the hub's certificate (default $"+envCA+", else the system roots)")
+	fs.StringVar(&h.ca, "ca", "", caUsage)
 }
 
 // client builds a service client from the flags, falling back to the
 // environment.
 func (h *serviceFlags) client() (*service.Client, error) {
-	cs := h.connStr
-	if cs == "" {
-		cs = os.Getenv(envHubConnectionString)
-	}
+	cs := orEnv(h.connStr, envHubConnectionString)
 	if cs == "" {
 		return nil, errors.New("no hub connection string: pass --hub-connection-string or set " + envHubConnectionString)
 	}
-	ca := h.ca
-	if ca == "" {
-		ca = os.Getenv(envCA)
-	}
-	return service.New(service.Config{ConnectionString: cs, CAFile: ca})
+	return service.New(service.Config{ConnectionString: cs, CAFile: orEnv(h.ca, envCA)})
 }
 
-// outputFlag registers -o/--output with the formats allowed.
-func outputFlag(fs *flag.FlagSet, def string) *string {
-	o := new(string)
-	fs.StringVar(o, "o", def, "output format: json, table or tsv")
-	fs.StringVar(o, "output", def, "output format: json, table or tsv")
-	return o
+// allFormats are the -o formats printRaw renders.
+var allFormats = []string{"json", "table", "tsv"}
+
+// cmdFlags is the one frame of the CLI's commands: the flag set (embedded,
+// so that a command declares its own flags on it), the flags it requires,
+// its own checks, and, when it has them, -o and the hub connection flags.
+// A command declares its flags and checks, then calls run (or parse).
+type cmdFlags struct {
+	*flag.FlagSet
+	hub      *serviceFlags // nil: the command does not reach the hub
+	out      *string       // nil: no -o; results print as JSON
+	formats  []string
+	required []requiredFlag
+	checks   []func() error
+}
+
+type requiredFlag struct {
+	name  string
+	value *string
+}
+
+// newCommand starts a command whose usage is "outpost name synopsis".
+func newCommand(name, synopsis string) *cmdFlags {
+	return &cmdFlags{FlagSet: newFlagSet(name, name+" "+synopsis)}
+}
+
+// newHubCommand is newCommand for a command that talks to the hub's
+// service API: it takes --hub-connection-string and --ca.
+func newHubCommand(name, synopsis string) *cmdFlags {
+	c := newCommand(name, synopsis)
+	c.hub = new(serviceFlags)
+	c.hub.register(c.FlagSet)
+	return c
+}
+
+// requiredString declares a string flag that must not be empty.
+func (c *cmdFlags) requiredString(name, usage string) *string {
+	p := c.String(name, "", usage+" (required)")
+	c.required = append(c.required, requiredFlag{name, p})
+	return p
+}
+
+// deviceID declares the usual --device-id.
+func (c *cmdFlags) deviceID() *string { return c.requiredString("device-id", "device id") }
+
+// output declares -o and --output, one flag under two names. formats are
+// the ones it accepts and the help names (default: all three).
+func (c *cmdFlags) output(def string, formats ...string) *string {
+	if len(formats) == 0 {
+		formats = allFormats
+	}
+	c.out, c.formats = new(string), formats
+	usage := "output format: " + orList(formats)
+	c.StringVar(c.out, "o", def, usage)
+	c.StringVar(c.out, "output", def, usage)
+	return c.out
+}
+
+// check adds a check of the flags' values, run after the required flags
+// in the order added. A check may also keep what it parsed.
+func (c *cmdFlags) check(f func() error) { c.checks = append(c.checks, f) }
+
+// checkOutput validates -o. parse runs it after the other checks; a
+// command that has always reported a bad -o before some of its own checks
+// adds it among them, so that its errors keep their precedence.
+func (c *cmdFlags) checkOutput() error {
+	if c.out == nil {
+		return nil
+	}
+	return checkFormat(*c.out, c.formats...)
+}
+
+// parse parses args, then checks the required flags, the checks and -o,
+// in that order.
+func (c *cmdFlags) parse(args []string) error {
+	if err := parseFlags(c.FlagSet, args); err != nil {
+		return err
+	}
+	for _, r := range c.required {
+		if err := required(r.name, *r.value); err != nil {
+			return err
+		}
+	}
+	for _, f := range c.checks {
+		if err := f(); err != nil {
+			return err
+		}
+	}
+	return c.checkOutput()
+}
+
+// run is the rest of a hub command's life once its flags are declared:
+// parse and check them, connect to the hub, call, and print what call
+// returns (nothing when it returns nil).
+func (c *cmdFlags) run(args []string, call func(*service.Client) (any, error)) error {
+	if err := c.parse(args); err != nil {
+		return err
+	}
+	svc, err := c.hub.client()
+	if err != nil {
+		return err
+	}
+	v, err := call(svc)
+	if err != nil || v == nil {
+		return err
+	}
+	return c.print(v)
+}
+
+// print writes a result to stdout in the -o format, or as JSON for a
+// command without -o. A json.RawMessage is a document from the hub,
+// printed as it came.
+func (c *cmdFlags) print(v any) error {
+	format := "json"
+	if c.out != nil {
+		format = *c.out
+	}
+	if raw, ok := v.(json.RawMessage); ok {
+		return printRaw(stdout, format, raw)
+	}
+	return printValue(stdout, format, v)
+}
+
+// list is a call's list result, with nil as an empty list so that it
+// prints [] rather than null.
+func list[T any](s []T, err error) (any, error) {
+	if s == nil {
+		s = []T{}
+	}
+	return s, err
 }
 
 // newFlagSet returns a FlagSet that reports errors instead of exiting and
@@ -97,6 +227,18 @@ func parseFlags(fs *flag.FlagSet, args []string) error {
 	return nil
 }
 
+// parseServerFlags parses the flags of hub, edge and demo, which keep the
+// flag package's own usage and name a stray argument in the error.
+func parseServerFlags(fs *flag.FlagSet, args []string) error {
+	if err := fs.Parse(args); err != nil {
+		return errUsage
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("%s: unexpected argument %q", fs.Name(), fs.Arg(0))
+	}
+	return nil
+}
+
 // required fails when a mandatory flag is empty.
 func required(name, value string) error {
 	if strings.TrimSpace(value) == "" {
@@ -114,14 +256,9 @@ type subcommand struct {
 // dispatch runs the sub-verb named by args[0].
 func dispatch(ctx context.Context, group string, subs map[string]subcommand, args []string) error {
 	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
-		names := make([]string, 0, len(subs))
-		for n := range subs {
-			names = append(names, n)
-		}
-		sort.Strings(names)
 		var b strings.Builder
 		fmt.Fprintf(&b, "usage: outpost %s <command> [flags]\n\ncommands:\n", group)
-		for _, n := range names {
+		for _, n := range slices.Sorted(maps.Keys(subs)) {
 			fmt.Fprintf(&b, "  %-18s %s\n", n, subs[n].summary)
 		}
 		fmt.Fprint(stderr, b.String())
@@ -166,13 +303,20 @@ func parseJSONObject(flagName, s string) (map[string]any, error) {
 	return m, nil
 }
 
-// checkOutput validates an -o value.
-func checkOutput(o string) error {
-	switch o {
-	case "json", "table", "tsv":
+// checkFormat validates an -o value against the formats a command takes.
+func checkFormat(o string, formats ...string) error {
+	if slices.Contains(formats, o) {
 		return nil
 	}
-	return fmt.Errorf("-o: unknown output format %q (want json, table or tsv)", o)
+	return fmt.Errorf("-o: unknown output format %q (want %s)", o, orList(formats))
+}
+
+// orList joins words as "a, b or c".
+func orList(words []string) string {
+	if len(words) < 2 {
+		return strings.Join(words, "")
+	}
+	return strings.Join(words[:len(words)-1], ", ") + " or " + words[len(words)-1]
 }
 
 // printValue renders v (anything JSON-encodable) in the chosen format. A
@@ -206,7 +350,7 @@ func printRaw(w io.Writer, format string, raw []byte) error {
 		}
 		return writeTSV(w, rows)
 	}
-	return checkOutput(format)
+	return checkFormat(format, allFormats...)
 }
 
 // field is one top-level member of an object, in document order.

@@ -34,11 +34,8 @@ func parseDemoFlags(args []string, stderr io.Writer) (demoOptions, error) {
 	fs.Float64Var(&o.rate, "rate", demo.DefaultRate, "telemetry messages per second, per device")
 	fs.DurationVar(&o.offlineFor, "offline-for", demo.DefaultOfflineFor, "how long the edge's upstream link stays cut")
 	fs.BoolVar(&o.keep, "keep", false, "leave everything running after the story, with the commands to explore it, until Ctrl-C")
-	if err := fs.Parse(args); err != nil {
-		return o, errUsage
-	}
-	if fs.NArg() > 0 {
-		return o, fmt.Errorf("demo: unexpected argument %q", fs.Arg(0))
+	if err := parseServerFlags(fs, args); err != nil {
+		return o, err
 	}
 	switch {
 	case o.devices < 1 || o.devices > demo.MaxDevices:

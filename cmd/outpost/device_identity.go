@@ -27,45 +27,43 @@ func runDeviceIdentity(ctx context.Context, args []string) error {
 }
 
 // authFlags are the authentication flags shared by device and module
-// creation.
+// creation; check turns them into auth.
 type authFlags struct {
-	method        string
-	primaryThumb  string
-	secondaryTumb string
+	method         string
+	primaryThumb   string
+	secondaryThumb string
+	auth           identity.Authentication
 }
 
 func (a *authFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&a.method, "auth-method", "shared_private_key", "shared_private_key, x509_thumbprint or x509_ca")
 	fs.StringVar(&a.primaryThumb, "primary-thumbprint", "", "primary X.509 thumbprint (x509_thumbprint)")
-	fs.StringVar(&a.secondaryTumb, "secondary-thumbprint", "", "secondary X.509 thumbprint (x509_thumbprint)")
+	fs.StringVar(&a.secondaryThumb, "secondary-thumbprint", "", "secondary X.509 thumbprint (x509_thumbprint)")
 }
 
-// authentication turns the flags into the registry's authentication
-// mechanism. Keys are left empty so the hub generates them.
-func (a *authFlags) authentication() (identity.Authentication, error) {
-	var auth identity.Authentication
+// check turns the flags into the registry's authentication mechanism.
+// Keys are left empty so the hub generates them.
+func (a *authFlags) check() error {
 	switch a.method {
-	case "shared_private_key":
-		if a.primaryThumb != "" || a.secondaryTumb != "" {
-			return auth, errors.New("--primary-thumbprint and --secondary-thumbprint need --auth-method x509_thumbprint")
+	case "shared_private_key", "x509_ca":
+		if a.primaryThumb != "" || a.secondaryThumb != "" {
+			return errors.New("--primary-thumbprint and --secondary-thumbprint need --auth-method x509_thumbprint")
 		}
-		auth.Type = identity.AuthSAS
+		a.auth.Type = identity.AuthSAS
+		if a.method == "x509_ca" {
+			a.auth.Type = identity.AuthCA
+		}
 	case "x509_thumbprint":
 		if a.primaryThumb == "" {
-			return auth, errors.New("--auth-method x509_thumbprint needs --primary-thumbprint")
+			return errors.New("--auth-method x509_thumbprint needs --primary-thumbprint")
 		}
-		auth.Type = identity.AuthSelfSigned
-		auth.X509Thumbprint.PrimaryThumbprint = a.primaryThumb
-		auth.X509Thumbprint.SecondaryThumbprint = a.secondaryTumb
-	case "x509_ca":
-		if a.primaryThumb != "" || a.secondaryTumb != "" {
-			return auth, errors.New("--primary-thumbprint and --secondary-thumbprint need --auth-method x509_thumbprint")
-		}
-		auth.Type = identity.AuthCA
+		a.auth.Type = identity.AuthSelfSigned
+		a.auth.X509Thumbprint.PrimaryThumbprint = a.primaryThumb
+		a.auth.X509Thumbprint.SecondaryThumbprint = a.secondaryThumb
 	default:
-		return auth, fmt.Errorf("--auth-method: unknown method %q (want shared_private_key, x509_thumbprint or x509_ca)", a.method)
+		return fmt.Errorf("--auth-method: unknown method %q (want shared_private_key, x509_thumbprint or x509_ca)", a.method)
 	}
-	return auth, nil
+	return nil
 }
 
 func checkStatus(s string) error {
@@ -76,229 +74,115 @@ func checkStatus(s string) error {
 }
 
 func diCreate(ctx context.Context, args []string) error {
-	fs := newFlagSet("device-identity create", "device-identity create --device-id ID [--edge-enabled] [--auth-method M] [--status S]")
-	var hub serviceFlags
+	c := newHubCommand("device-identity create", "--device-id ID [--edge-enabled] [--auth-method M] [--status S]")
 	var auth authFlags
-	hub.register(fs)
-	auth.register(fs)
-	id := fs.String("device-id", "", "device id (required)")
-	edge := fs.Bool("edge-enabled", false, "make it an IoT Edge device")
-	status := fs.String("status", "enabled", "enabled or disabled")
-	out := outputFlag(fs, "json")
-	if err := parseFlags(fs, args); err != nil {
-		return err
-	}
-	if err := required("device-id", *id); err != nil {
-		return err
-	}
-	if err := checkStatus(*status); err != nil {
-		return err
-	}
-	if err := checkOutput(*out); err != nil {
-		return err
-	}
-	a, err := auth.authentication()
-	if err != nil {
-		return err
-	}
-	c, err := hub.client()
-	if err != nil {
-		return err
-	}
-	d := identity.Device{DeviceID: *id, Status: *status, Authentication: a}
-	d.Capabilities.IoTEdge = *edge
-	created, err := c.CreateDevice(ctx, d)
-	if err != nil {
-		return err
-	}
-	return printValue(stdout, *out, created)
+	auth.register(c.FlagSet)
+	id := c.deviceID()
+	edge := c.Bool("edge-enabled", false, "make it an IoT Edge device")
+	status := c.String("status", "enabled", "enabled or disabled")
+	c.output("json")
+	c.check(func() error { return checkStatus(*status) })
+	c.check(c.checkOutput) // before the auth flags, as it always was
+	c.check(auth.check)
+	return c.run(args, func(s *service.Client) (any, error) {
+		d := identity.Device{DeviceID: *id, Status: *status, Authentication: auth.auth}
+		d.Capabilities.IoTEdge = *edge
+		return s.CreateDevice(ctx, d)
+	})
 }
 
 // deviceIDCommand runs a command that needs only the hub and --device-id.
-func deviceIDCommand(ctx context.Context, name string, args []string, run func(ctx context.Context, c *service.Client, id, out string) error) error {
-	fs := newFlagSet("device-identity "+name, "device-identity "+name+" --device-id ID")
-	var hub serviceFlags
-	hub.register(fs)
-	id := fs.String("device-id", "", "device id (required)")
-	out := outputFlag(fs, "json")
-	if err := parseFlags(fs, args); err != nil {
-		return err
-	}
-	if err := required("device-id", *id); err != nil {
-		return err
-	}
-	if err := checkOutput(*out); err != nil {
-		return err
-	}
-	c, err := hub.client()
-	if err != nil {
-		return err
-	}
-	return run(ctx, c, *id, *out)
+func deviceIDCommand(name string, args []string, call func(s *service.Client, id string) (any, error)) error {
+	c := newHubCommand("device-identity "+name, "--device-id ID")
+	id := c.deviceID()
+	c.output("json")
+	return c.run(args, func(s *service.Client) (any, error) { return call(s, *id) })
 }
 
 func diShow(ctx context.Context, args []string) error {
-	return deviceIDCommand(ctx, "show", args, func(ctx context.Context, c *service.Client, id, out string) error {
-		d, err := c.GetDevice(ctx, id)
-		if err != nil {
-			return err
-		}
-		return printValue(stdout, out, d)
+	return deviceIDCommand("show", args, func(s *service.Client, id string) (any, error) {
+		return s.GetDevice(ctx, id)
 	})
 }
 
 func diDelete(ctx context.Context, args []string) error {
-	return deviceIDCommand(ctx, "delete", args, func(ctx context.Context, c *service.Client, id, _ string) error {
-		return c.DeleteDevice(ctx, id, "")
+	return deviceIDCommand("delete", args, func(s *service.Client, id string) (any, error) {
+		return nil, s.DeleteDevice(ctx, id, "")
 	})
 }
 
 func diUpdate(ctx context.Context, args []string) error {
-	fs := newFlagSet("device-identity update", "device-identity update --device-id ID [--status enabled|disabled] [--status-reason TEXT]")
-	var hub serviceFlags
-	hub.register(fs)
-	id := fs.String("device-id", "", "device id (required)")
-	status := fs.String("status", "", "enabled or disabled")
-	reason := fs.String("status-reason", "", "why the status changed")
-	out := outputFlag(fs, "json")
-	if err := parseFlags(fs, args); err != nil {
-		return err
-	}
-	if err := required("device-id", *id); err != nil {
-		return err
-	}
-	if *status != "" {
-		if err := checkStatus(*status); err != nil {
-			return err
+	c := newHubCommand("device-identity update", "--device-id ID [--status enabled|disabled] [--status-reason TEXT]")
+	id := c.deviceID()
+	status := c.String("status", "", "enabled or disabled")
+	reason := c.String("status-reason", "", "why the status changed")
+	c.output("json")
+	c.check(func() error {
+		if *status == "" {
+			return nil
 		}
-	}
-	if err := checkOutput(*out); err != nil {
-		return err
-	}
-	c, err := hub.client()
-	if err != nil {
-		return err
-	}
-	d, err := c.GetDevice(ctx, *id)
-	if err != nil {
-		return err
-	}
-	if *status != "" {
-		d.Status = *status
-	}
-	if *reason != "" {
-		d.StatusReason = *reason
-	}
-	// The etag read above makes this a compare-and-set: a concurrent change
-	// fails with PreconditionFailed instead of being overwritten.
-	updated, err := c.UpdateDevice(ctx, d)
-	if err != nil {
-		return err
-	}
-	return printValue(stdout, *out, updated)
+		return checkStatus(*status)
+	})
+	return c.run(args, func(s *service.Client) (any, error) {
+		d, err := s.GetDevice(ctx, *id)
+		if err != nil {
+			return nil, err
+		}
+		if *status != "" {
+			d.Status = *status
+		}
+		if *reason != "" {
+			d.StatusReason = *reason
+		}
+		// The etag read above makes this a compare-and-set: a concurrent
+		// change fails with PreconditionFailed instead of being overwritten.
+		return s.UpdateDevice(ctx, d)
+	})
 }
 
 func diList(ctx context.Context, args []string) error {
-	fs := newFlagSet("device-identity list", "device-identity list [-o json|table|tsv]")
-	var hub serviceFlags
-	hub.register(fs)
-	out := outputFlag(fs, "json")
-	if err := parseFlags(fs, args); err != nil {
-		return err
-	}
-	if err := checkOutput(*out); err != nil {
-		return err
-	}
-	c, err := hub.client()
-	if err != nil {
-		return err
-	}
-	ds, err := c.ListDevices(ctx)
-	if err != nil {
-		return err
-	}
-	if ds == nil {
-		ds = []identity.Device{}
-	}
-	return printValue(stdout, *out, ds)
+	c := newHubCommand("device-identity list", "[-o json|table|tsv]")
+	c.output("json")
+	return c.run(args, func(s *service.Client) (any, error) { return list(s.ListDevices(ctx)) })
 }
 
-// childrenCommand parses the flags of add-children and remove-children.
-func childrenCommand(name string, args []string, withForce bool) (c *service.Client, edge string, children []string, force bool, err error) {
-	fs := newFlagSet("device-identity "+name, "device-identity "+name+" --device-id EDGE --child-list a,b,c")
-	var hub serviceFlags
-	hub.register(fs)
-	id := fs.String("device-id", "", "the edge (parent) device id (required)")
-	list := fs.String("child-list", "", "child device ids, separated by commas (required)")
-	var f *bool
-	if withForce {
-		f = fs.Bool("force", false, "take children away from another parent")
-	}
-	if err = parseFlags(fs, args); err != nil {
-		return
-	}
-	if err = required("device-id", *id); err != nil {
-		return
-	}
-	if err = required("child-list", *list); err != nil {
-		return
-	}
-	children = splitList(*list)
-	if len(children) == 0 {
-		err = errors.New("--child-list: no device ids")
-		return
-	}
-	if f != nil {
-		force = *f
-	}
-	c, err = hub.client()
-	return c, *id, children, force, err
+// childrenCommand declares the flags add-children and remove-children
+// share; children holds the parsed --child-list once run has parsed it.
+func childrenCommand(name string) (c *cmdFlags, edge *string, children *[]string) {
+	c = newHubCommand("device-identity "+name, "--device-id EDGE --child-list a,b,c")
+	edge = c.requiredString("device-id", "the edge (parent) device id")
+	list := c.requiredString("child-list", "child device ids, separated by commas")
+	children = new([]string)
+	c.check(func() error {
+		if *children = splitList(*list); len(*children) == 0 {
+			return errors.New("--child-list: no device ids")
+		}
+		return nil
+	})
+	return c, edge, children
 }
 
 func diAddChildren(ctx context.Context, args []string) error {
-	c, edge, children, force, err := childrenCommand("add-children", args, true)
-	if err != nil {
-		return err
-	}
-	return c.AddChildren(ctx, edge, children, force)
+	c, edge, children := childrenCommand("add-children")
+	force := c.Bool("force", false, "take children away from another parent")
+	return c.run(args, func(s *service.Client) (any, error) {
+		return nil, s.AddChildren(ctx, *edge, *children, *force)
+	})
 }
 
 func diRemoveChildren(ctx context.Context, args []string) error {
-	c, edge, children, _, err := childrenCommand("remove-children", args, false)
-	if err != nil {
-		return err
-	}
-	return c.RemoveChildren(ctx, edge, children)
+	c, edge, children := childrenCommand("remove-children")
+	return c.run(args, func(s *service.Client) (any, error) {
+		return nil, s.RemoveChildren(ctx, *edge, *children)
+	})
 }
 
 func diListChildren(ctx context.Context, args []string) error {
-	fs := newFlagSet("device-identity list-children", "device-identity list-children --device-id EDGE [-o json|table|tsv]")
-	var hub serviceFlags
-	hub.register(fs)
-	id := fs.String("device-id", "", "the edge (parent) device id (required)")
+	c := newHubCommand("device-identity list-children", "--device-id EDGE [-o json|table|tsv]")
+	id := c.requiredString("device-id", "the edge (parent) device id")
 	// One id a line unless asked otherwise: it is what scripts want.
-	out := outputFlag(fs, "tsv")
-	if err := parseFlags(fs, args); err != nil {
-		return err
-	}
-	if err := required("device-id", *id); err != nil {
-		return err
-	}
-	if err := checkOutput(*out); err != nil {
-		return err
-	}
-	c, err := hub.client()
-	if err != nil {
-		return err
-	}
-	ids, err := c.ListChildren(ctx, *id)
-	if err != nil {
-		return err
-	}
-	if ids == nil {
-		ids = []string{}
-	}
-	return printValue(stdout, *out, ids)
+	c.output("tsv")
+	return c.run(args, func(s *service.Client) (any, error) { return list(s.ListChildren(ctx, *id)) })
 }
 
 // diConnectionString is `device-identity connection-string show`.
@@ -308,37 +192,28 @@ func diConnectionString(ctx context.Context, args []string) error {
 	}, args)
 }
 
+// diConnectionStringShow prints the string alone, for scripts.
 func diConnectionStringShow(ctx context.Context, args []string) error {
-	fs := newFlagSet("device-identity connection-string show", "device-identity connection-string show --device-id ID [--module-id M] [--gateway-hostname H]")
-	var hub serviceFlags
-	hub.register(fs)
-	id := fs.String("device-id", "", "device id (required)")
-	mod := fs.String("module-id", "", "module id, for a module's connection string")
-	gw := fs.String("gateway-hostname", "", "GatewayHostName: the edge device the client connects through")
-	if err := parseFlags(fs, args); err != nil {
-		return err
-	}
-	if err := required("device-id", *id); err != nil {
-		return err
-	}
-	c, err := hub.client()
-	if err != nil {
-		return err
-	}
-	var cs string
-	if *mod == "" {
-		d, err := c.GetDevice(ctx, *id)
-		if err != nil {
-			return err
+	c := newHubCommand("device-identity connection-string show", "--device-id ID [--module-id M] [--gateway-hostname H]")
+	id := c.deviceID()
+	mod := c.String("module-id", "", "module id, for a module's connection string")
+	gw := c.String("gateway-hostname", "", "GatewayHostName: the edge device the client connects through")
+	return c.run(args, func(s *service.Client) (any, error) {
+		var cs string
+		if *mod == "" {
+			d, err := s.GetDevice(ctx, *id)
+			if err != nil {
+				return nil, err
+			}
+			cs = service.DeviceConnectionString(d, s.HostName(), *gw)
+		} else {
+			m, err := s.GetModule(ctx, *id, *mod)
+			if err != nil {
+				return nil, err
+			}
+			cs = service.ModuleConnectionString(m, s.HostName(), *gw)
 		}
-		cs = service.DeviceConnectionString(d, c.HostName(), *gw)
-	} else {
-		m, err := c.GetModule(ctx, *id, *mod)
-		if err != nil {
-			return err
-		}
-		cs = service.ModuleConnectionString(m, c.HostName(), *gw)
-	}
-	_, err = fmt.Fprintln(stdout, cs)
-	return err
+		_, err := fmt.Fprintln(stdout, cs)
+		return nil, err
+	})
 }

@@ -16,74 +16,54 @@ func runDeviceTwin(ctx context.Context, args []string) error {
 	}, args)
 }
 
+// twinCommand declares the flags both verbs take: the twin's device and
+// module, and -o.
+func twinCommand(name, synopsis string) (c *cmdFlags, dev, mod *string) {
+	c = newHubCommand("device-twin "+name, synopsis)
+	dev = c.deviceID()
+	mod = c.String("module-id", "", "module id, for a module twin")
+	c.output("json")
+	return c, dev, mod
+}
+
+// twinDocument is the twin as the hub sent it.
+func twinDocument(t *service.Twin, err error) (any, error) {
+	if err != nil {
+		return nil, err
+	}
+	return t.Raw, nil
+}
+
 func dtShow(ctx context.Context, args []string) error {
-	fs := newFlagSet("device-twin show", "device-twin show --device-id D [--module-id M]")
-	var hub serviceFlags
-	hub.register(fs)
-	d := fs.String("device-id", "", "device id (required)")
-	m := fs.String("module-id", "", "module id, for a module twin")
-	out := outputFlag(fs, "json")
-	if err := parseFlags(fs, args); err != nil {
-		return err
-	}
-	if err := required("device-id", *d); err != nil {
-		return err
-	}
-	if err := checkOutput(*out); err != nil {
-		return err
-	}
-	c, err := hub.client()
-	if err != nil {
-		return err
-	}
-	t, err := c.GetTwin(ctx, *d, *m)
-	if err != nil {
-		return err
-	}
-	return printRaw(stdout, *out, t.Raw)
+	c, d, m := twinCommand("show", "--device-id D [--module-id M]")
+	return c.run(args, func(s *service.Client) (any, error) { return twinDocument(s.GetTwin(ctx, *d, *m)) })
 }
 
 func dtUpdate(ctx context.Context, args []string) error {
-	fs := newFlagSet("device-twin update", "device-twin update --device-id D [--module-id M] [--desired JSON] [--tags JSON] [--etag E]")
-	var hub serviceFlags
-	hub.register(fs)
-	d := fs.String("device-id", "", "device id (required)")
-	m := fs.String("module-id", "", "module id, for a module twin")
-	desired := fs.String("desired", "", `desired properties to merge, as a JSON object; null removes a property`)
-	tags := fs.String("tags", "", `tags to merge, as a JSON object; null removes a tag`)
-	etag := fs.String("etag", "", "apply only if the twin's etag still is this (default: unconditionally)")
-	out := outputFlag(fs, "json")
-	if err := parseFlags(fs, args); err != nil {
-		return err
-	}
-	if err := required("device-id", *d); err != nil {
-		return err
-	}
-	if *desired == "" && *tags == "" {
-		return errors.New("nothing to update: pass --desired and/or --tags")
-	}
-	if err := checkOutput(*out); err != nil {
-		return err
-	}
+	c, d, m := twinCommand("update", "--device-id D [--module-id M] [--desired JSON] [--tags JSON] [--etag E]")
+	desired := c.String("desired", "", `desired properties to merge, as a JSON object; null removes a property`)
+	tags := c.String("tags", "", `tags to merge, as a JSON object; null removes a tag`)
+	etag := c.String("etag", "", "apply only if the twin's etag still is this (default: unconditionally)")
+	c.check(func() error {
+		if *desired == "" && *tags == "" {
+			return errors.New("nothing to update: pass --desired and/or --tags")
+		}
+		return nil
+	})
+	c.check(c.checkOutput) // before the JSON errors, as it always was
 	var patchTags, patchDesired map[string]any
-	var err error
-	if *tags != "" {
-		if patchTags, err = parseJSONObject("tags", *tags); err != nil {
-			return err
+	c.check(func() (err error) {
+		if *tags != "" {
+			if patchTags, err = parseJSONObject("tags", *tags); err != nil {
+				return err
+			}
 		}
-	}
-	if *desired != "" {
-		if patchDesired, err = parseJSONObject("desired", *desired); err != nil {
-			return err
+		if *desired != "" {
+			patchDesired, err = parseJSONObject("desired", *desired)
 		}
-	}
-	c, err := hub.client()
-	if err != nil {
 		return err
-	}
-	t, err := c.UpdateTwin(ctx, *d, *m, service.NewTwinPatch(patchTags, patchDesired), *etag)
-	if err != nil {
-		return err
-	}
-	return printRaw(stdout, *out, t.Raw)
+	})
+	return c.run(args, func(s *service.Client) (any, error) {
+		return twinDocument(s.UpdateTwin(ctx, *d, *m, service.NewTwinPatch(patchTags, patchDesired), *etag))
+	})
 }

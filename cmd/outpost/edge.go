@@ -76,11 +76,8 @@ flags of outpost edge:
 	fs.StringVar(&f.edgeCACert, "edge-ca-cert", "", "PEM file of your own edge CA certificate (default: the hub signs one at first sync)")
 	fs.StringVar(&f.edgeCAKey, "edge-ca-key", "", "PEM file of your own edge CA's private key")
 	fs.StringVar(&f.stateDir, "state-dir", "", "folder where the edge keeps the edgeHub environment of its last deployment (default: the user's config folder/outpost)")
-	if err := fs.Parse(args); err != nil {
-		return errUsage
-	}
-	if fs.NArg() > 0 {
-		return fmt.Errorf("edge: unexpected argument %q", fs.Arg(0))
+	if err := parseServerFlags(fs, args); err != nil {
+		return err
 	}
 	cfg, err := f.config()
 	if err != nil {
@@ -251,38 +248,30 @@ func writeDeploymentEnv(file string, env map[string]string) error {
 // as IoT Edge's agent would create them, so they can authenticate to
 // the edge.
 func runEdgeSetModules(ctx context.Context, args []string) error {
-	fs := newFlagSet("edge set-modules", "edge set-modules --device-id EDGE --content deployment.json")
-	var hub serviceFlags
-	hub.register(fs)
-	d := fs.String("device-id", "", "the edge device's id (required)")
-	content := fs.String("content", "", "the deployment manifest, a JSON file (required)")
-	if err := parseFlags(fs, args); err != nil {
+	c := newHubCommand("edge set-modules", "--device-id EDGE --content deployment.json")
+	d := c.requiredString("device-id", "the edge device's id")
+	content := c.requiredString("content", "the deployment manifest, a JSON file")
+	var m *manifest.Manifest
+	c.check(func() error {
+		data, err := os.ReadFile(*content)
+		if err != nil {
+			return fmt.Errorf("read --content: %w", err)
+		}
+		m, err = manifest.Parse(data)
 		return err
-	}
-	if err := required("device-id", *d); err != nil {
-		return err
-	}
-	if err := required("content", *content); err != nil {
-		return err
-	}
-	data, err := os.ReadFile(*content)
+	})
+	return c.run(args, func(s *service.Client) (any, error) { return nil, setModules(ctx, s, *d, m) })
+}
+
+// setModules writes the manifest's desired properties into the module
+// twins of edge device d.
+func setModules(ctx context.Context, c *service.Client, d string, m *manifest.Manifest) error {
+	dev, err := c.GetDevice(ctx, d)
 	if err != nil {
-		return fmt.Errorf("read --content: %w", err)
-	}
-	m, err := manifest.Parse(data)
-	if err != nil {
-		return err
-	}
-	c, err := hub.client()
-	if err != nil {
-		return err
-	}
-	dev, err := c.GetDevice(ctx, *d)
-	if err != nil {
-		return fmt.Errorf("device %s: %w", *d, err)
+		return fmt.Errorf("device %s: %w", d, err)
 	}
 	if !dev.IsEdge() {
-		return fmt.Errorf("device %s is not an IoT Edge device (create it with --edge-enabled)", *d)
+		return fmt.Errorf("device %s is not an IoT Edge device (create it with --edge-enabled)", d)
 	}
 	names := make([]string, 0, len(m.Desired))
 	for n := range m.Desired {
@@ -307,15 +296,15 @@ func runEdgeSetModules(ctx context.Context, args []string) error {
 	})
 	for _, n := range names {
 		if n != manifest.EdgeAgent && n != manifest.EdgeHub {
-			if _, err := c.GetModule(ctx, *d, n); service.IsNotFound(err) {
-				if _, err := c.CreateModule(ctx, identity.Module{DeviceID: *d, ModuleID: n}); err != nil {
+			if _, err := c.GetModule(ctx, d, n); service.IsNotFound(err) {
+				if _, err := c.CreateModule(ctx, identity.Module{DeviceID: d, ModuleID: n}); err != nil {
 					return fmt.Errorf("create module %s: %w", n, err)
 				}
 			} else if err != nil {
 				return fmt.Errorf("module %s: %w", n, err)
 			}
 		}
-		if err := replaceDesired(ctx, c, *d, n, m.Desired[n]); err != nil {
+		if err := replaceDesired(ctx, c, d, n, m.Desired[n]); err != nil {
 			return fmt.Errorf("module %s twin: %w", n, err)
 		}
 	}
@@ -324,7 +313,7 @@ func runEdgeSetModules(ctx context.Context, args []string) error {
 		ttl = fmt.Sprintf("%d s", int64(m.TTL/time.Second))
 	}
 	fmt.Fprintf(stdout, "deployment applied to %s: %d module twins, %d routes, store-and-forward TTL %s\n",
-		*d, len(names), len(m.Routes.Routes), ttl)
+		d, len(names), len(m.Routes.Routes), ttl)
 	return nil
 }
 

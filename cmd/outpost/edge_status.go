@@ -2,16 +2,17 @@ package main
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net/http"
 	"net/url"
-	"os"
-	"sort"
+	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -28,30 +29,19 @@ const edgeStatusTimeout = 15 * time.Second
 // runEdgeStatus is `outpost edge status`: it reads the edge's GET /status
 // and shows its link, queues, last sync, clients, TTL and routes.
 func runEdgeStatus(ctx context.Context, args []string) error {
-	fs := newFlagSet("edge status", "edge status --edge-url https://HOST:PORT [--ca FILE] [--connection-string CS] [-o json|table]")
-	edgeURL := fs.String("edge-url", "", "the edge's HTTPS address, https://HOST:PORT (required)")
-	ca := fs.String("ca", "", "PEM file of the hub's root CA, which the edge's certificate chains to (default $"+envCA+", else the system roots)")
-	connStr := fs.String("connection-string", "", "the edge device's connection string, to sign a token; needed unless the edge is reached on loopback")
-	out := new(string)
-	fs.StringVar(out, "o", "table", "output format: json or table")
-	fs.StringVar(out, "output", "table", "output format: json or table")
-	if err := parseFlags(fs, args); err != nil {
+	c := newCommand("edge status", "--edge-url https://HOST:PORT [--ca FILE] [--connection-string CS] [-o json|table]")
+	edgeURL := c.requiredString("edge-url", "the edge's HTTPS address, https://HOST:PORT")
+	ca := c.String("ca", "", "PEM file of the hub's root CA, which the edge's certificate chains to (default $"+envCA+", else the system roots)")
+	connStr := c.String("connection-string", "", "the edge device's connection string, to sign a token; needed unless the edge is reached on loopback")
+	out := c.output("table", "json", "table")
+	if err := c.parse(args); err != nil {
 		return err
-	}
-	if err := required("edge-url", *edgeURL); err != nil {
-		return err
-	}
-	if *out != "json" && *out != "table" {
-		return fmt.Errorf("-o: unknown output format %q (want json or table)", *out)
 	}
 	u, err := statusURL(*edgeURL)
 	if err != nil {
 		return err
 	}
-	caFile := *ca
-	if caFile == "" {
-		caFile = os.Getenv(envCA)
-	}
+	caFile := orEnv(*ca, envCA)
 	tlsCfg := &tls.Config{MinVersion: tls.VersionTLS12}
 	if caFile != "" {
 		if tlsCfg.RootCAs, err = service.LoadCA(caFile); err != nil {
@@ -177,17 +167,10 @@ func writeEdgeStatus(w io.Writer, st *edge.Status, now time.Time) error {
 	if len(st.Queues) == 0 {
 		b.WriteString("  none\n")
 	} else {
-		names := make([]string, 0, len(st.Queues))
-		for n := range st.Queues {
-			names = append(names, n)
-		}
 		// Highest priority first, as the edge drains them; then by name.
-		sort.Slice(names, func(i, j int) bool {
-			qi, qj := st.Queues[names[i]], st.Queues[names[j]]
-			if qi.Priority != qj.Priority {
-				return qi.Priority < qj.Priority
-			}
-			return names[i] < names[j]
+		names := slices.Sorted(maps.Keys(st.Queues))
+		slices.SortStableFunc(names, func(a, b string) int {
+			return cmp.Compare(st.Queues[a].Priority, st.Queues[b].Priority)
 		})
 		tw = tabwriter.NewWriter(&b, 0, 0, 2, ' ', 0)
 		fmt.Fprintln(tw, "  ENDPOINT\tLENGTH\tBYTES\tOLDEST\tPRIORITY\tTTL")
@@ -216,13 +199,8 @@ func writeEdgeStatus(w io.Writer, st *edge.Status, now time.Time) error {
 	if len(st.Routes) == 0 {
 		b.WriteString("  none\n")
 	} else {
-		names := make([]string, 0, len(st.Routes))
-		for n := range st.Routes {
-			names = append(names, n)
-		}
-		sort.Strings(names)
 		tw = tabwriter.NewWriter(&b, 0, 0, 2, ' ', 0)
-		for _, n := range names {
+		for _, n := range slices.Sorted(maps.Keys(st.Routes)) {
 			fmt.Fprintf(tw, "  %s\t%s\n", oneLine(n), oneLine(st.Routes[n]))
 		}
 		if err := tw.Flush(); err != nil {

@@ -368,3 +368,36 @@ Routes:
 		})
 	}
 }
+
+// TestWriteEdgeStatusOrder pins the order of queues (as the edge drains
+// them: priority, then name) and of routes (by name).
+func TestWriteEdgeStatusOrder(t *testing.T) {
+	st := edge.Status{
+		DeviceID: "e",
+		Queues: map[string]edge.QueueStatus{
+			"b": {Priority: 1, TTLSeconds: 60}, "a": {Priority: 1, TTLSeconds: 60},
+			"z": {Priority: 0, TTLSeconds: 60}, "c": {Priority: 2, TTLSeconds: 60},
+		},
+		Routes: map[string]string{"r2": "FROM /b INTO $upstream", "r1": "FROM /a INTO $upstream"},
+	}
+	var b bytes.Buffer
+	if err := writeEdgeStatus(&b, &st, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{`
+Queues:
+  ENDPOINT  LENGTH  BYTES  OLDEST  PRIORITY  TTL
+  z         0       0      -       0         60s (1m0s)
+  a         0       0      -       1         60s (1m0s)
+  b         0       0      -       1         60s (1m0s)
+  c         0       0      -       2         60s (1m0s)
+`, `
+Routes:
+  r1  FROM /a INTO $upstream
+  r2  FROM /b INTO $upstream
+`} {
+		if !strings.Contains(b.String(), want) {
+			t.Errorf("got\n%s\nwant it to contain\n%s", b.String(), want)
+		}
+	}
+}

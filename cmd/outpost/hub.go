@@ -30,11 +30,8 @@ func runHub(ctx context.Context, args []string) error {
 	fs.StringVar(&f.plainAddr, "mqtt-plain-addr", "", "also serve MQTT over plain TCP here; for local tests only (default: off)")
 	fs.StringVar(&f.httpsAddr, "https-addr", hubserver.DefaultHTTPSAddr, "HTTPS listen address (service REST API, device HTTPS, MQTT over WebSocket)")
 	fs.StringVar(&f.natsURL, "nats-url", "", "external NATS cluster to keep state in, instead of the embedded server")
-	if err := fs.Parse(args); err != nil {
-		return errUsage
-	}
-	if fs.NArg() > 0 {
-		return fmt.Errorf("hub: unexpected argument %q", fs.Arg(0))
+	if err := parseServerFlags(fs, args); err != nil {
+		return err
 	}
 	if f.dataDir == "" {
 		return errors.New("hub: --data-dir is required")

@@ -8,9 +8,10 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"maps"
 	"os"
 	"os/signal"
-	"sort"
+	"slices"
 	"strings"
 	"syscall"
 )
@@ -74,14 +75,9 @@ func run(ctx context.Context, args []string) error {
 }
 
 func usage(cmds map[string]command) {
-	names := make([]string, 0, len(cmds))
-	for n := range cmds {
-		names = append(names, n)
-	}
-	sort.Strings(names)
 	var b strings.Builder
 	b.WriteString("usage: outpost <command> [flags]\n\ncommands:\n")
-	for _, n := range names {
+	for _, n := range slices.Sorted(maps.Keys(cmds)) {
 		fmt.Fprintf(&b, "  %-22s %s\n", n, cmds[n].summary)
 	}
 	fmt.Fprint(os.Stderr, b.String())

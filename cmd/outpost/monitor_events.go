@@ -32,29 +32,26 @@ import (
 // "base64" added to the line. -o table prints one line a message: time,
 // origin, body, properties.
 func runMonitorEvents(ctx context.Context, args []string) error {
-	fs := newFlagSet("monitor-events", "monitor-events [--device-id D] [--timeout S] [-o json|table] [--from-start] [--consumer-group G]")
-	var hub serviceFlags
-	hub.register(fs)
-	device := fs.String("device-id", "", "only this device and its modules")
-	timeout := fs.Int("timeout", 300, "stop after this many seconds without a message (0: never), as az does")
-	fromStart := fs.Bool("from-start", false, "read the stream from its oldest retained message instead of from now")
-	group := fs.String("consumer-group", "", "a named reader that resumes where it stopped; default $Default reads from now")
-	out := outputFlag(fs, "json")
-	if err := parseFlags(fs, args); err != nil {
-		return err
-	}
-	if *out != "json" && *out != "table" {
-		return fmt.Errorf("-o: unknown output format %q (want json or table)", *out)
-	}
-	if *timeout < 0 {
-		return fmt.Errorf("--timeout: want seconds >= 0, not %d", *timeout)
-	}
-	c, err := hub.client()
-	if err != nil {
-		return err
-	}
-	return monitorEvents(ctx, c, service.EventsOptions{DeviceID: *device, FromStart: *fromStart, ConsumerGroup: *group},
-		time.Duration(*timeout)*time.Second, *out, stdout, stderr)
+	c := newHubCommand("monitor-events", "[--device-id D] [--timeout S] [-o json|table] [--from-start] [--consumer-group G]")
+	device := c.String("device-id", "", "only this device and its modules")
+	timeout := c.Int("timeout", 300, "stop after this many seconds without a message (0: never), as az does")
+	fromStart := c.Bool("from-start", false, "read the stream from its oldest retained message instead of from now")
+	group := c.String("consumer-group", "", "a named reader that resumes where it stopped; default $Default reads from now")
+	// The help names tsv, as it always has, but events have no tsv form.
+	out := c.output("json")
+	c.check(func() error {
+		if err := checkFormat(*out, "json", "table"); err != nil {
+			return err
+		}
+		if *timeout < 0 {
+			return fmt.Errorf("--timeout: want seconds >= 0, not %d", *timeout)
+		}
+		return nil
+	})
+	return c.run(args, func(s *service.Client) (any, error) {
+		return nil, monitorEvents(ctx, s, service.EventsOptions{DeviceID: *device, FromStart: *fromStart, ConsumerGroup: *group},
+			time.Duration(*timeout)*time.Second, *out, stdout, stderr)
+	})
 }
 
 // monitorEvents streams events to w until ctx ends or no event came for

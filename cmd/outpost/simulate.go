@@ -9,7 +9,6 @@ import (
 	"io"
 	"math/rand/v2"
 	"net"
-	"os"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -37,19 +36,16 @@ import (
 // devices then use MQTT over WebSocket on it, unless GatewayHostName
 // names the MQTT endpoint to dial (an edge); --transport overrides.
 func runSimulate(ctx context.Context, args []string) error {
-	fs := newFlagSet("simulate", "simulate --connection-string CS [--count N] [--rate R] [--messages M] [--duration S] [--transport auto|mqtt|ws] [--ca FILE]")
-	cs := fs.String("connection-string", "", "a service connection string (creates devices) or a device connection string (required)")
-	count := fs.Int("count", 1, "number of devices (service connection string only)")
-	rate := fs.Float64("rate", 1, "messages per second, per device")
-	messages := fs.Int("messages", 0, "stop each device after this many messages (0: run until interrupted)")
-	duration := fs.Duration("duration", 0, "stop after this long (0: run until interrupted)")
-	prefix := fs.String("prefix", "sim-", "device id prefix for created devices")
-	transport := fs.String("transport", "auto", "auto, mqtt (TLS, port 8883 unless HostName names one) or ws (MQTT over WebSocket)")
-	ca := fs.String("ca", "", "PEM file of the CA that signed the hub's certificate (default $"+envCA+", else the system roots)")
-	if err := parseFlags(fs, args); err != nil {
-		return err
-	}
-	if err := required("connection-string", *cs); err != nil {
+	c := newCommand("simulate", "--connection-string CS [--count N] [--rate R] [--messages M] [--duration S] [--transport auto|mqtt|ws] [--ca FILE]")
+	cs := c.requiredString("connection-string", "a service connection string (creates devices) or a device connection string")
+	count := c.Int("count", 1, "number of devices (service connection string only)")
+	rate := c.Float64("rate", 1, "messages per second, per device")
+	messages := c.Int("messages", 0, "stop each device after this many messages (0: run until interrupted)")
+	duration := c.Duration("duration", 0, "stop after this long (0: run until interrupted)")
+	prefix := c.String("prefix", "sim-", "device id prefix for created devices")
+	transport := c.String("transport", "auto", "auto, mqtt (TLS, port 8883 unless HostName names one) or ws (MQTT over WebSocket)")
+	ca := c.String("ca", "", caUsage)
+	if err := c.parse(args); err != nil {
 		return err
 	}
 	if *count < 1 || *count > 10000 {
@@ -65,10 +61,7 @@ func runSimulate(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	caFile := *ca
-	if caFile == "" {
-		caFile = os.Getenv(envCA)
-	}
+	caFile := orEnv(*ca, envCA)
 	sim := simulation{rate: *rate, messages: *messages, transport: *transport, out: stderr}
 	if caFile != "" {
 		if sim.roots, err = service.LoadCA(caFile); err != nil {
