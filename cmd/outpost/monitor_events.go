@@ -37,12 +37,8 @@ func runMonitorEvents(ctx context.Context, args []string) error {
 	timeout := c.Int("timeout", 300, "stop after this many seconds without a message (0: never), as az does")
 	fromStart := c.Bool("from-start", false, "read the stream from its oldest retained message instead of from now")
 	group := c.String("consumer-group", "", "a named reader that resumes where it stopped; default $Default reads from now")
-	// The help names tsv, as it always has, but events have no tsv form.
-	out := c.output("json")
+	out := c.output("json", "json", "table") // events have no tsv form
 	c.check(func() error {
-		if err := checkFormat(*out, "json", "table"); err != nil {
-			return err
-		}
 		if *timeout < 0 {
 			return fmt.Errorf("--timeout: want seconds >= 0, not %d", *timeout)
 		}
