@@ -201,7 +201,7 @@ func (e *Edge) deliver(ctx context.Context, eps []string, c consumer, s gateway.
 			wait = 0
 			continue
 		}
-		if errors.Is(failed, gateway.ErrNotConnected) {
+		if errors.Is(failed, gateway.ErrNotConnected) || errors.Is(failed, gateway.ErrConnectionLost) {
 			return
 		}
 		// Typically ErrNotSubscribed: the client connected and has not

@@ -367,3 +367,62 @@ func TestChildToChild(t *testing.T) {
 		return nil
 	})
 }
+
+// A local method request goes to the target once: when the target drops
+// before answering, the call fails and is not replayed on its next
+// connection, even within the connect timeout.
+func TestLocalMethodAtMostOnce(t *testing.T) {
+	env := newMethodEnv(t)
+	first := make(chan struct{}, 1)
+	c1 := env.te.newClient("child2", "", env.child2Key)
+	c1.OnMethod("reboot", func(ctx context.Context, _ string, _ []byte) (int, []byte) {
+		first <- struct{}{}
+		<-ctx.Done()
+		return 200, nil
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := c1.Connect(ctx); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() {
+		_, err := env.caller.Invoke(ctx, client.MethodCall{DeviceID: "child2", MethodName: "reboot",
+			ResponseTimeout: 20 * time.Second, ConnectTimeout: 20 * time.Second})
+		done <- err
+	}()
+	select {
+	case <-first:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the request never reached the target")
+	}
+	c1.Close() // drops with the call pending
+	var mu sync.Mutex
+	again := 0
+	c2 := env.te.newClient("child2", "", env.child2Key)
+	c2.OnMethod("reboot", func(context.Context, string, []byte) (int, []byte) {
+		mu.Lock()
+		again++
+		mu.Unlock()
+		return 200, nil
+	})
+	if err := c2.Connect(ctx); err != nil {
+		t.Fatal(err)
+	}
+	defer c2.Close()
+	select {
+	case err := <-done:
+		var ie *client.InvokeError
+		if !errors.As(err, &ie) || ie.Status != http.StatusNotFound || ie.Code != "DeviceNotOnline" {
+			t.Fatalf("invoke: %v; want 404 DeviceNotOnline", err)
+		}
+	case <-ctx.Done():
+		t.Fatal("the call did not end")
+	}
+	// The call has ended, so a replay would have happened already.
+	mu.Lock()
+	defer mu.Unlock()
+	if again != 0 {
+		t.Fatalf("the request was delivered again, %d times, to the next connection", again)
+	}
+}

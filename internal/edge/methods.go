@@ -100,8 +100,13 @@ func (e *Edge) Invoke(ctx context.Context, caller gateway.Identity, req InvokeRe
 			case err == nil:
 				return InvokeResult{Status: status, Payload: jsonPayload(resp)}, nil
 			case errors.Is(err, gateway.ErrNotSubscribed), errors.Is(err, gateway.ErrNotConnected):
-				// Between CONNACK and its SUBSCRIBE, or just gone: wait
-				// within the connect timeout.
+				// Between CONNACK and its SUBSCRIBE, or just gone: the
+				// request was not sent; wait within the connect timeout.
+			case errors.Is(err, gateway.ErrConnectionLost):
+				// Sent, then the target dropped: it may have run the
+				// method, which must run at most once.
+				return InvokeResult{}, &gateway.StatusError{Status: http.StatusNotFound, Code: "DeviceNotOnline",
+					Message: fmt.Sprintf("%s disconnected before answering method %s", cid, req.MethodName)}
 			case timedOut && errors.Is(ctx.Err(), context.Canceled):
 				return InvokeResult{}, ctx.Err()
 			case timedOut:

@@ -192,15 +192,20 @@ type Session interface {
 	// "$version") if the client subscribed to desired updates.
 	SendDesired(version int64, patch []byte) error
 	// InvokeMethod publishes a direct method request, assigning the $rid,
-	// and waits for the device's response or ctx.
+	// and waits for the device's response or ctx. ErrNotConnected and
+	// ErrNotSubscribed mean the request was not sent; ErrConnectionLost
+	// means it was and the connection ended before the response, so the
+	// device may have run it: a caller must not send it again.
 	InvokeMethod(ctx context.Context, name string, payload []byte) (status int, resp []byte, err error)
 	// SendC2D publishes a cloud-to-device message at QoS 1. The channel
 	// yields one value: nil when the device acknowledged it (the backend
-	// may then delete it from its queue), or why it was not delivered
-	// (ErrNotSubscribed, ErrNotConnected when the connection ended first).
-	// Unacknowledged messages are not resent by the gateway: the backend
-	// redelivers from its queue, e.g. on the next Connected. A client
-	// that subscribed at QoS 0 gets QoS 0, and nil once it is written.
+	// may then delete it from its queue), or why it was not: unsent
+	// (ErrNotSubscribed, ErrNotConnected), or sent and unacknowledged
+	// when the connection ended (ErrConnectionLost), which counts as a
+	// delivery. Unacknowledged messages are not resent by the gateway:
+	// the backend redelivers from its queue, e.g. on the next Connected.
+	// A client that subscribed at QoS 0 gets QoS 0, and nil once it is
+	// written.
 	SendC2D(msg *message.Message) (acked <-chan error)
 	// SendInput publishes a message to a module's named input, likewise.
 	SendInput(input string, msg *message.Message) (acked <-chan error)
@@ -211,9 +216,12 @@ type Session interface {
 
 // Errors a Session reports.
 var (
-	ErrNotConnected  = errors.New("not connected")
-	ErrNotSubscribed = errors.New("client has not subscribed to this topic")
-	ErrNotSupported  = errors.New("not supported for this session")
+	ErrNotConnected = errors.New("not connected")
+	// ErrConnectionLost: the connection ended after the request or message
+	// was written (or while writing it), so the device may have it.
+	ErrConnectionLost = errors.New("connection lost after sending")
+	ErrNotSubscribed  = errors.New("client has not subscribed to this topic")
+	ErrNotSupported   = errors.New("not supported for this session")
 )
 
 // AuthError is an authentication failure with a reason that is logged and

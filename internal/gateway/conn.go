@@ -356,7 +356,7 @@ func (c *conn) finish(err error) {
 	c.acks, c.children = nil, nil
 	c.mu.Unlock()
 	for _, ch := range acks {
-		ch <- ErrNotConnected
+		ch <- ErrConnectionLost // written, never acknowledged
 	}
 	if cl := c.cl.Load(); cl != nil {
 		s.clients.Delete(cl)
@@ -603,13 +603,28 @@ func (c *conn) send(topicName string, payload []byte, qos byte) (<-chan error, e
 			}
 			c.mu.Unlock()
 		}
-		return nil, fmt.Errorf("write to client: %w", err)
+		return nil, writeError(err)
 	}
 	if qos == 0 {
 		ch = make(chan error, 1)
 		ch <- nil
 	}
 	return ch, nil
+}
+
+// writeError tells apart why a PUBLISH failed to go out: refused before
+// any byte was written (closed connection, or a packet the client cannot
+// take), or a failed network write, after which the client may hold it.
+func writeError(err error) error {
+	var code packets.Code
+	switch {
+	case errors.Is(err, mqtt.ErrConnectionClosed):
+		return ErrNotConnected
+	case errors.As(err, &code):
+		return fmt.Errorf("write to client: %w", err)
+	default:
+		return fmt.Errorf("write to client: %w (%w)", ErrConnectionLost, err)
+	}
 }
 
 // nextPIDLocked picks a packet id not awaiting a PUBACK. mochi never

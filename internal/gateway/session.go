@@ -80,9 +80,9 @@ func (ss *session) InvokeMethod(ctx context.Context, name string, payload []byte
 	case <-ctx.Done():
 		return 0, nil, fmt.Errorf("method %s on %s: %w", name, cid, ctx.Err())
 	case <-ss.c.ctx.Done():
-		return 0, nil, ErrNotConnected
+		return 0, nil, fmt.Errorf("method %s on %s: %w", name, cid, ErrConnectionLost)
 	case <-ss.done:
-		return 0, nil, ErrNotConnected
+		return 0, nil, fmt.Errorf("method %s on %s: %w", name, cid, ErrConnectionLost)
 	}
 }
 

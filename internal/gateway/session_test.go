@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -120,15 +121,22 @@ func TestMethodInvoke(t *testing.T) {
 	e.be.addDevice("dev1", device{})
 	c := e.mustConnect("dev1")
 	s := e.be.session(t, "dev1")
-	answer := true
+	var answer atomic.Bool
+	answer.Store(true)
+	unanswered := make(chan struct{}, 1)
 	wait(t, c.Subscribe(topic.FilterMethods, 0, func(c paho.Client, m paho.Message) {
 		tp, err := topic.Parse(m.Topic())
 		if err != nil || tp.Kind != topic.KindMethodRequest {
 			t.Errorf("method topic %q: %v", m.Topic(), err)
 			return
 		}
-		if answer {
+		if answer.Load() {
 			c.Publish(topic.MethodResponse(201, tp.RID), 0, false, `{"echo":`+string(m.Payload())+`,"name":"`+tp.MethodName+`"}`)
+			return
+		}
+		select {
+		case unanswered <- struct{}{}:
+		default:
 		}
 	}))
 
@@ -143,7 +151,7 @@ func TestMethodInvoke(t *testing.T) {
 	}
 
 	t.Run("timeout", func(t *testing.T) {
-		answer = false
+		answer.Store(false)
 		ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
 		defer cancel()
 		if _, _, err := s.InvokeMethod(ctx, "slow", nil); !errors.Is(err, context.DeadlineExceeded) {
@@ -155,8 +163,33 @@ func TestMethodInvoke(t *testing.T) {
 			t.Fatal("accepted a method name with /")
 		}
 	})
-	t.Run("device gone", func(t *testing.T) {
+	t.Run("device drops with the call pending", func(t *testing.T) {
+		// Sent: ErrConnectionLost, which callers must not retry, and
+		// not ErrNotConnected, which they may.
+		for len(unanswered) > 0 {
+			<-unanswered // left by the timeout case
+		}
+		got := make(chan error, 1)
+		go func() {
+			_, _, err := s.InvokeMethod(ctx, "reboot", nil)
+			got <- err
+		}()
+		select {
+		case <-unanswered:
+		case <-time.After(10 * time.Second):
+			t.Fatal("request not received")
+		}
 		c.Disconnect(0)
+		select {
+		case err := <-got:
+			if !errors.Is(err, ErrConnectionLost) || errors.Is(err, ErrNotConnected) {
+				t.Fatalf("got %v, want ErrConnectionLost", err)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatal("the call did not end with the connection")
+		}
+	})
+	t.Run("device gone", func(t *testing.T) {
 		checkFor(t, 5*time.Second, func() error {
 			if _, _, err := s.InvokeMethod(ctx, "x", nil); !errors.Is(err, ErrNotConnected) {
 				return fmt.Errorf("got %v, want ErrNotConnected", err)
@@ -218,8 +251,9 @@ func TestC2DDelivery(t *testing.T) {
 		rc.nc.Close() // never PUBACK
 		select {
 		case err := <-acked:
-			if !errors.Is(err, ErrNotConnected) {
-				t.Fatalf("got %v, want ErrNotConnected", err)
+			// Sent, so a delivery that counts; not ErrNotConnected.
+			if !errors.Is(err, ErrConnectionLost) || errors.Is(err, ErrNotConnected) {
+				t.Fatalf("got %v, want ErrConnectionLost", err)
 			}
 		case <-time.After(10 * time.Second):
 			t.Fatal("ack channel never yielded")

@@ -90,7 +90,7 @@ func (p *Plane) SendC2D(ctx context.Context, deviceID string, msg *message.Messa
 // deliverC2D sends a connected device its queue over MQTT, in order, one
 // message at a time, and deletes each once the device acknowledged it.
 // It runs until the session ends; unacknowledged messages are sent again
-// at the next connection.
+// at the next connection, up to MaxDeliveryCount deliveries in all.
 func (p *Plane) deliverC2D(ctx context.Context, s gateway.Session) {
 	d := s.Identity().DeviceID
 	subj := c2dSubject(d)
@@ -135,6 +135,26 @@ func (p *Plane) deliverC2D(ctx context.Context, s gateway.Session) {
 			next = raw.Sequence + 1
 			continue
 		}
+		// Counted before it is sent, so that no crash loses a count; an
+		// attempt that sent nothing is taken back.
+		key := deliveryKey(raw.Sequence, raw.Time)
+		n, err := p.countDelivery(ctx, key, 1)
+		if err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			log.Warn("c2d delivery: count delivery", "err", err)
+			if !waitWake(ctx, nil, time.Second) {
+				return
+			}
+			continue
+		}
+		if n > p.cfg.MaxDeliveryCount {
+			log.Info("c2d message reached the max delivery count: dropped", "seq", raw.Sequence, "deliveries", n-1)
+			p.deleteC2D(raw.Sequence)
+			next = raw.Sequence + 1
+			continue
+		}
 		select {
 		case err = <-s.SendC2D(msg):
 		case <-ctx.Done():
@@ -146,6 +166,7 @@ func (p *Plane) deliverC2D(ctx context.Context, s gateway.Session) {
 			next, retry = raw.Sequence+1, 0
 			p.pres.activity(d, "")
 		case errors.Is(err, gateway.ErrNotSubscribed):
+			p.uncountDelivery(key)
 			// A device subscribes after CONNACK, and the gateway does not
 			// announce subscriptions: look again, less and less often.
 			retry = min(max(2*retry, 50*time.Millisecond), 5*time.Second)
@@ -153,12 +174,67 @@ func (p *Plane) deliverC2D(ctx context.Context, s gateway.Session) {
 				return
 			}
 		case errors.Is(err, gateway.ErrNotConnected):
+			p.uncountDelivery(key)
 			return
+		case errors.Is(err, gateway.ErrConnectionLost):
+			return // sent and not acknowledged: a delivery, counted
 		default:
 			log.Warn("c2d delivery: dropping message the device cannot take", "seq", raw.Sequence, "err", err)
 			p.deleteC2D(raw.Sequence)
 			next = raw.Sequence + 1
 		}
+	}
+}
+
+// deliveryKey names a C2D message's delivery count: its stream sequence
+// and the time the stream stored it (both in a JetStream ack subject),
+// so a count never outlives a recreated stream's reused sequence.
+func deliveryKey(seq uint64, stored time.Time) string {
+	return strconv.FormatUint(seq, 10) + "." + strconv.FormatInt(stored.UnixNano(), 10)
+}
+
+// countDelivery adds delta to a message's delivery count and returns the
+// new count; delta 0 only reads it. The count lives in JetStream, so
+// MQTT and HTTPS deliveries on any replica, before and after a restart,
+// add up to the one count that MaxDeliveryCount bounds.
+func (p *Plane) countDelivery(ctx context.Context, key string, delta int) (int, error) {
+	for {
+		n := 0
+		e, err := p.deliveries.Get(ctx, key)
+		switch {
+		case errors.Is(err, jetstream.ErrKeyNotFound):
+		case err != nil:
+			return 0, fmt.Errorf("c2d delivery count: %w", err)
+		default:
+			if n, err = strconv.Atoi(string(e.Value())); err != nil {
+				return 0, fmt.Errorf("c2d delivery count %q: %w", e.Value(), err)
+			}
+		}
+		if delta == 0 || n+delta < 0 {
+			return n, nil
+		}
+		val := []byte(strconv.Itoa(n + delta))
+		if e == nil {
+			_, err = p.deliveries.Create(ctx, key, val)
+		} else {
+			_, err = p.deliveries.Update(ctx, key, val, e.Revision())
+		}
+		if err == nil {
+			return n + delta, nil
+		}
+		if !errors.Is(err, jetstream.ErrKeyExists) {
+			return 0, fmt.Errorf("c2d delivery count: %w", err)
+		}
+		// Another delivery or settlement wrote it meanwhile: again.
+	}
+}
+
+// uncountDelivery takes back the count of an attempt that sent nothing.
+func (p *Plane) uncountDelivery(key string) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := p.countDelivery(ctx, key, -1); err != nil {
+		p.log.Warn("c2d: take back a delivery count", "key", key, "err", err)
 	}
 }
 
@@ -216,18 +292,15 @@ func (p *Plane) consumerFor(ctx context.Context, deviceID string) (jetstream.Con
 	return c, nil
 }
 
-// C2DReceive locks the device's next C2D message for LockTimeout. The
-// lock token is the JetStream acknowledgement subject, base64url.
-func (p *Plane) C2DReceive(ctx context.Context, id gateway.Identity) (*message.Message, string, error) {
-	if id.ModuleID != "" {
-		return nil, "", badArgument("modules receive no cloud-to-device messages")
-	}
-	var m jetstream.Msg
+// fetchC2D takes the next message of the device's HTTPS consumer, nil
+// when there is none.
+func (p *Plane) fetchC2D(ctx context.Context, deviceID string) (jetstream.Msg, error) {
 	for attempt := 0; ; attempt++ {
-		c, err := p.consumerFor(ctx, id.DeviceID)
+		c, err := p.consumerFor(ctx, deviceID)
 		if err != nil {
-			return nil, "", err
+			return nil, err
 		}
+		var m jetstream.Msg
 		batch, err := c.FetchNoWait(1)
 		if err == nil {
 			for got := range batch.Messages() {
@@ -236,20 +309,53 @@ func (p *Plane) C2DReceive(ctx context.Context, id gateway.Identity) (*message.M
 			err = batch.Error()
 		}
 		if err == nil || errors.Is(err, jetstream.ErrNoMessages) {
-			break
+			return m, nil
 		}
 		// The consumer may have been removed for inactivity: make it
 		// again, once.
-		p.consumers.Delete(id.DeviceID)
+		p.consumers.Delete(deviceID)
 		if attempt > 0 {
-			return nil, "", fmt.Errorf("c2d receive: %w", err)
+			return nil, fmt.Errorf("c2d receive: %w", err)
 		}
 	}
-	// A poll is activity, as in IoT Hub, though it connects nothing.
-	p.pres.activity(id.DeviceID, "")
-	if m == nil {
-		return nil, "", nil
+}
+
+// C2DReceive locks the device's next C2D message for LockTimeout. The
+// lock token is the JetStream acknowledgement subject, base64url. A
+// message delivered MaxDeliveryCount times already, over either
+// protocol, is dropped instead.
+func (p *Plane) C2DReceive(ctx context.Context, id gateway.Identity) (*message.Message, string, error) {
+	if id.ModuleID != "" {
+		return nil, "", badArgument("modules receive no cloud-to-device messages")
 	}
+	var m jetstream.Msg
+	for {
+		var err error
+		if m, err = p.fetchC2D(ctx, id.DeviceID); err != nil || m == nil {
+			if err == nil {
+				// A poll is activity, as in IoT Hub, though it connects nothing.
+				p.pres.activity(id.DeviceID, "")
+			}
+			return nil, "", err
+		}
+		meta, err := m.Metadata()
+		if err != nil {
+			_ = m.Nak()
+			return nil, "", fmt.Errorf("c2d receive: %w", err)
+		}
+		n, err := p.countDelivery(ctx, deliveryKey(meta.Sequence.Stream, meta.Timestamp), 1)
+		if err != nil {
+			_ = m.Nak()
+			return nil, "", err
+		}
+		if n <= p.cfg.MaxDeliveryCount {
+			break
+		}
+		p.log.Info("c2d message reached the max delivery count: dropped", "device", id.DeviceID, "seq", meta.Sequence.Stream, "deliveries", n-1)
+		_ = m.Term()
+		p.deleteC2D(meta.Sequence.Stream)
+	}
+	p.pres.activity(id.DeviceID, "")
 	msg, err := decodeMsg(m.Headers(), m.Data())
 	if err != nil {
 		_ = m.Term()
@@ -320,10 +426,15 @@ func (p *Plane) C2DSettle(ctx context.Context, id gateway.Identity, lock string,
 	case gateway.Reject:
 		err = ack("+TERM")
 	case gateway.Abandon:
-		if a.delivered < uint64(p.cfg.MaxDeliveryCount) {
+		// Deliveries over MQTT count too.
+		var n int
+		if n, err = p.countDelivery(ctx, deliveryKey(a.seq, a.at), 0); err != nil {
+			return err
+		}
+		if n = max(n, int(a.delivered)); n < p.cfg.MaxDeliveryCount {
 			return ack("-NAK")
 		}
-		p.log.Info("c2d message abandoned at its last delivery: dropped", "device", id.DeviceID, "seq", a.seq, "deliveries", a.delivered)
+		p.log.Info("c2d message abandoned at its last delivery: dropped", "device", id.DeviceID, "seq", a.seq, "deliveries", n)
 		err = ack("+TERM")
 	default:
 		return badArgument("unknown settle action %v", action)

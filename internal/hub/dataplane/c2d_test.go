@@ -4,13 +4,16 @@ import (
 	"fmt"
 	"net/http"
 	"strconv"
-	"strings"
 	"testing"
 	"time"
 
+	paho "github.com/eclipse/paho.mqtt.golang"
+
 	"outpost/internal/client"
+	"outpost/internal/identity"
 	"outpost/internal/message"
 	"outpost/internal/service"
+	"outpost/internal/topic"
 )
 
 func TestC2DOverMQTT(t *testing.T) {
@@ -135,19 +138,11 @@ func TestC2DOverHTTPS(t *testing.T) {
 	// receive returns the body and lock of the next message, "" on 204.
 	receive := func() (string, string) {
 		t.Helper()
-		resp := e.deviceHTTP(http.MethodGet, base+"?api-version=2021-04-12", d)
-		switch resp.StatusCode {
-		case http.StatusNoContent:
-			return "", ""
-		case http.StatusOK:
-		default:
-			t.Fatalf("receive: %d %s", resp.StatusCode, readAll(t, resp.Body))
+		body, lock, h := e.receiveC2D(d)
+		if body != "" && (h.Get("iothub-app-k") != body || h.Get("iothub-messageid") == "") {
+			t.Errorf("receive headers %v", h)
 		}
-		body := readAll(t, resp.Body)
-		if resp.Header.Get("iothub-app-k") != body || resp.Header.Get("iothub-messageid") == "" {
-			t.Errorf("receive headers %v", resp.Header)
-		}
-		return body, strings.Trim(resp.Header.Get("ETag"), `"`)
+		return body, lock
 	}
 	settle := func(method, path string) int {
 		t.Helper()
@@ -223,6 +218,138 @@ func TestC2DOverHTTPS(t *testing.T) {
 			t.Errorf("owner's complete after the refused attempt: %d", st)
 		}
 	})
+}
+
+// lazyDevice connects d over MQTT with a client that acknowledges
+// nothing by itself, subscribes to C2D, and returns the first message.
+func (e *env) lazyDevice(t *testing.T, d identity.Device) (paho.Client, paho.Message) {
+	t.Helper()
+	got := make(chan paho.Message, 1)
+	c := e.pahoWith(e.pahoOptions(d.DeviceID, e.deviceToken(d)).SetCleanSession(true).SetAutoAckDisabled(true))
+	tok := c.Subscribe(topic.C2DFilter(d.DeviceID), 1, func(_ paho.Client, m paho.Message) {
+		select {
+		case got <- m:
+		default:
+		}
+	})
+	if !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+		t.Fatalf("subscribe: %v", tok.Error())
+	}
+	select {
+	case m := <-got:
+		return c, m
+	case <-time.After(10 * time.Second):
+		t.Fatal("no c2d message arrived")
+		return nil, nil
+	}
+}
+
+// Every MQTT delivery counts, across connections, and the message is
+// dropped after MaxDeliveryCount of them, as in IoT Hub.
+func TestC2DMaxDeliveryOverMQTT(t *testing.T) {
+	const maxDeliveries = 3
+	e := newEnv(t, func(c *Config) { c.MaxDeliveryCount = maxDeliveries })
+	d := e.device("lazy-dev", false)
+	ctx := ctxT(t)
+	send := func(body string) {
+		t.Helper()
+		if _, err := e.svc.SendC2D(ctx, "lazy-dev", service.C2DMessage{Body: []byte(body)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	send("first")
+	send("second")
+	for i := range maxDeliveries {
+		c, m := e.lazyDevice(t, d)
+		if string(m.Payload()) != "first" {
+			t.Fatalf("connection %d got %q; want first", i+1, m.Payload())
+		}
+		c.Disconnect(0) // without a PUBACK
+	}
+	c, m := e.lazyDevice(t, d)
+	if string(m.Payload()) != "second" {
+		t.Fatalf("after %d unacknowledged deliveries got %q; want the next message", maxDeliveries, m.Payload())
+	}
+	if n := e.pendingC2D("lazy-dev"); n != 1 {
+		t.Errorf("%d pending; want 1, the first message dropped", n)
+	}
+	m.Ack()
+	checkFor(t, 10*time.Second, func() error {
+		if n := e.pendingC2D("lazy-dev"); n != 0 {
+			return fmt.Errorf("%d pending after the PUBACK", n)
+		}
+		return nil
+	})
+	c.Disconnect(0)
+
+	// An acknowledged message is not sent again.
+	send("third")
+	if _, m := e.lazyDevice(t, d); string(m.Payload()) != "third" {
+		t.Fatalf("after a PUBACK got %q; want third", m.Payload())
+	}
+}
+
+// MQTT and HTTPS deliveries of a message add up to one count.
+func TestC2DDeliveryCountShared(t *testing.T) {
+	e := newEnv(t, func(c *Config) { c.MaxDeliveryCount = 2 })
+	d := e.device("mixed-dev", false)
+	ctx := ctxT(t)
+	abandon := func(t *testing.T, lock string) {
+		t.Helper()
+		if st := e.deviceHTTP(http.MethodPost, "/devices/mixed-dev/messages/devicebound/"+lock+"/abandon", d).StatusCode; st != http.StatusNoContent {
+			t.Fatalf("abandon: %d", st)
+		}
+	}
+	// mqtt delivers the next message once, unacknowledged.
+	mqtt := func(t *testing.T, want string) {
+		t.Helper()
+		c, m := e.lazyDevice(t, d)
+		if string(m.Payload()) != want {
+			t.Fatalf("mqtt got %q; want %q", m.Payload(), want)
+		}
+		c.Disconnect(0)
+	}
+	receive := func(t *testing.T, want string) string {
+		t.Helper()
+		var body, lock string
+		// An abandoned or unacknowledged message is offered again at once.
+		checkFor(t, 10*time.Second, func() error {
+			if body, lock, _ = e.receiveC2D(d); body != want {
+				return fmt.Errorf("https got %q; want %q", body, want)
+			}
+			return nil
+		})
+		return lock
+	}
+	tests := []struct {
+		name  string
+		steps func(t *testing.T, body string)
+	}{
+		{"https then mqtt", func(t *testing.T, body string) {
+			abandon(t, receive(t, body))
+			mqtt(t, body)
+			// A third delivery would exceed the count.
+			if got, _, _ := e.receiveC2D(d); got != "" {
+				t.Errorf("https got %q after two deliveries; want nothing", got)
+			}
+		}},
+		{"mqtt then https", func(t *testing.T, body string) {
+			mqtt(t, body)
+			abandon(t, receive(t, body)) // the last delivery: dropped
+		}},
+	}
+	for i, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			body := "m" + strconv.Itoa(i)
+			if _, err := e.svc.SendC2D(ctx, "mixed-dev", service.C2DMessage{Body: []byte(body)}); err != nil {
+				t.Fatal(err)
+			}
+			tc.steps(t, body)
+			if n := e.pendingC2D("mixed-dev"); n != 0 {
+				t.Errorf("%d pending after two deliveries; want the message dropped", n)
+			}
+		})
+	}
 }
 
 func TestParseAck(t *testing.T) {

@@ -47,5 +47,18 @@
 // acknowledges it. An HTTPS device polls through a durable consumer of its
 // own: a fetch is a lock (the consumer's ack wait, LockTimeout), and the
 // lock token is the JetStream ack subject, so any replica can settle it.
-// After MaxDeliveryCount deliveries an abandoned message is dropped.
+//
+// Every delivery, over MQTT or HTTPS, counts in the KV bucket
+// C2D_DELIVERIES, keyed by the message's stream sequence and stored time:
+// durable and shared, where the HTTPS consumer's own count would miss
+// MQTT deliveries and an in-memory count would reset at a restart. A
+// message is dropped at the delivery after its MaxDeliveryCount-th, or
+// when its last allowed delivery is abandoned. MQTT counts a delivery
+// before sending and takes it back when nothing was sent (the device had
+// not subscribed yet).
+//
+// A direct method request runs at most once: the method subscriptions
+// are a queue group, and a caller retries (within its connect timeout)
+// only when no session sent the request, never after the device dropped
+// with it pending (gateway.ErrConnectionLost).
 package dataplane

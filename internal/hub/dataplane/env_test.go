@@ -13,6 +13,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"strings"
 	"testing"
 	"time"
 
@@ -272,10 +273,6 @@ func (e *env) deviceHTTP(method, path string, d identity.Device) *http.Response 
 
 func (e *env) deviceHTTPBody(method, path string, d identity.Device, body []byte, header http.Header) *http.Response {
 	e.t.Helper()
-	tok, err := sas.Sign(sas.DeviceResource(testHost, d.DeviceID, ""), d.Authentication.SymmetricKey.PrimaryKey, "", time.Now().Add(time.Hour))
-	if err != nil {
-		e.t.Fatal(err)
-	}
 	req, err := http.NewRequest(method, e.https.URL+path, bytes.NewReader(body))
 	if err != nil {
 		e.t.Fatal(err)
@@ -283,7 +280,7 @@ func (e *env) deviceHTTPBody(method, path string, d identity.Device, body []byte
 	for k, v := range header {
 		req.Header[k] = v
 	}
-	req.Header.Set("Authorization", tok)
+	req.Header.Set("Authorization", e.deviceToken(d))
 	hc := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: e.pool, ServerName: "localhost"}}}
 	resp, err := hc.Do(req)
 	if err != nil {
@@ -291,6 +288,31 @@ func (e *env) deviceHTTPBody(method, path string, d identity.Device, body []byte
 	}
 	e.t.Cleanup(func() { resp.Body.Close() })
 	return resp
+}
+
+// deviceToken signs an hour's SAS token with the device's key.
+func (e *env) deviceToken(d identity.Device) string {
+	e.t.Helper()
+	tok, err := sas.Sign(sas.DeviceResource(testHost, d.DeviceID, ""), d.Authentication.SymmetricKey.PrimaryKey, "", time.Now().Add(time.Hour))
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return tok
+}
+
+// receiveC2D polls the device's C2D queue over HTTPS: the body and lock
+// of the next message, "" when there is none.
+func (e *env) receiveC2D(d identity.Device) (body, lock string, h http.Header) {
+	e.t.Helper()
+	resp := e.deviceHTTP(http.MethodGet, "/devices/"+d.DeviceID+"/messages/devicebound?api-version=2021-04-12", d)
+	switch resp.StatusCode {
+	case http.StatusNoContent:
+		return "", "", resp.Header
+	case http.StatusOK:
+	default:
+		e.t.Fatalf("receive: %d %s", resp.StatusCode, readAll(e.t, resp.Body))
+	}
+	return readAll(e.t, resp.Body), strings.Trim(resp.Header.Get("ETag"), `"`), resp.Header
 }
 
 func readAll(t *testing.T, r io.Reader) string {

@@ -55,7 +55,10 @@ func (p *Plane) Connected(s gateway.Session) {
 	if id.Via == "" {
 		l.presence = p.h.Instance() + "." + strconv.FormatUint(p.sessSeq.Add(1), 36)
 	}
-	sub, err := p.nc.Subscribe(methodSubject(cid), func(m *nats.Msg) { p.serveMethod(ctx, l, m) })
+	// A queue group: while an old session of the identity lingers (on
+	// this replica or another), each call still reaches one session, so
+	// a notConnected answer from one cannot hide a delivery by another.
+	sub, err := p.nc.QueueSubscribe(methodSubject(cid), "method", func(m *nats.Msg) { p.serveMethod(ctx, l, m) })
 	if err != nil {
 		p.log.Error("subscribe for direct methods", "identity", cid, "err", err)
 	}
@@ -138,8 +141,13 @@ type methodReply struct {
 }
 
 const (
+	// replyNotConnected: the request did not reach the device; the
+	// caller may try again within its connect timeout.
 	replyNotConnected = "notConnected"
-	replyTimeout      = "timeout"
+	// replyLost: the request reached the device, which dropped before
+	// answering. Never sent again: a method runs at most once.
+	replyLost    = "lost"
+	replyTimeout = "timeout"
 )
 
 // serveMethod runs a method call that another replica (or this one)
@@ -156,6 +164,12 @@ func (p *Plane) serveMethod(ctx context.Context, l *liveSession, m *nats.Msg) {
 	}
 	go func() {
 		defer p.wg.Done()
+		if ctx.Err() != nil {
+			// The session ended (or was replaced) before the request
+			// went out.
+			respond(m, methodReply{Error: replyNotConnected})
+			return
+		}
 		cctx, cancel := context.WithTimeout(ctx, time.Duration(call.TimeoutMs)*time.Millisecond)
 		defer cancel()
 		status, payload, err := l.s.InvokeMethod(cctx, call.Name, call.Payload)
@@ -165,8 +179,12 @@ func (p *Plane) serveMethod(ctx context.Context, l *liveSession, m *nats.Msg) {
 			p.pres.activity(l.s.Identity().DeviceID, l.s.Identity().ModuleID)
 		case errors.Is(err, context.DeadlineExceeded):
 			rep.Error = replyTimeout
-		case errors.Is(err, gateway.ErrNotConnected), errors.Is(err, gateway.ErrNotSubscribed), errors.Is(err, context.Canceled):
+		case errors.Is(err, gateway.ErrNotConnected), errors.Is(err, gateway.ErrNotSubscribed):
 			rep.Error = replyNotConnected
+		case errors.Is(err, gateway.ErrConnectionLost), errors.Is(err, context.Canceled):
+			// Canceled: the session ended while the request, already
+			// sent, waited for its answer.
+			rep.Error = replyLost
 		default:
 			rep.Error = err.Error()
 		}
@@ -204,6 +222,10 @@ var (
 	errDeviceNotOnline = func(cid string) error {
 		return &gateway.StatusError{Status: http.StatusNotFound, Code: "DeviceNotOnline",
 			Message: fmt.Sprintf("device %s is not connected, or not subscribed to methods", cid)}
+	}
+	errDroppedCall = func(cid, name string) error {
+		return &gateway.StatusError{Status: http.StatusNotFound, Code: "DeviceNotOnline",
+			Message: fmt.Sprintf("%s disconnected before answering method %s; it is not sent again", cid, name)}
 	}
 	errGatewayTimeout = func(cid, name string) error {
 		return &gateway.StatusError{Status: http.StatusGatewayTimeout, Code: "GatewayTimeout",
@@ -274,6 +296,8 @@ func (p *Plane) InvokeMethod(ctx context.Context, deviceID, moduleID string, req
 			return MethodResponse{Status: rep.Status, Payload: jsonPayload(rep.Payload)}, nil
 		case replyTimeout:
 			return MethodResponse{}, errGatewayTimeout(cid, req.MethodName)
+		case replyLost:
+			return MethodResponse{}, errDroppedCall(cid, req.MethodName)
 		case replyNotConnected:
 			left := time.Until(connectBy)
 			if presence == nil || left <= 0 {

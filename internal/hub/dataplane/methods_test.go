@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"net/http"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -135,6 +136,54 @@ func TestMethodOnBehalfOf(t *testing.T) {
 	res, err := e.svc.InvokeMethod(ctx, "child-m", "", service.MethodRequest{MethodName: "hello", ResponseTimeoutInSeconds: 5})
 	if err != nil || res.Status != 200 || string(res.Payload) != `{"via":"edge"}` {
 		t.Fatalf("invoke through edge: %+v %v", res, err)
+	}
+}
+
+// A method request goes to the device once: when the device drops
+// before answering, the call fails and is not replayed on its next
+// connection, even within the connect timeout.
+func TestMethodAtMostOnce(t *testing.T) {
+	e := newEnv(t)
+	d := e.device("once-dev", false)
+	ctx := ctxT(t)
+	first := make(chan struct{}, 1)
+	c1 := e.deviceClient(d, func(c *client.Client) {
+		c.OnMethod("reboot", func(ctx context.Context, _ string, _ []byte) (int, []byte) {
+			first <- struct{}{}
+			<-ctx.Done()
+			return 200, nil
+		})
+	})
+	e.session("once-dev", "")
+	done := make(chan error, 1)
+	go func() {
+		_, err := e.svc.InvokeMethod(ctx, "once-dev", "", service.MethodRequest{MethodName: "reboot", ConnectTimeoutInSeconds: 30, ResponseTimeoutInSeconds: 30})
+		done <- err
+	}()
+	select {
+	case <-first:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the request never reached the device")
+	}
+	c1.Close() // drops with the call pending
+	var again atomic.Int32
+	e.deviceClient(d, func(c *client.Client) {
+		c.OnMethod("reboot", func(context.Context, string, []byte) (int, []byte) {
+			again.Add(1)
+			return 200, nil
+		})
+	})
+	select {
+	case err := <-done:
+		if st, code := serviceStatus(err); st != http.StatusNotFound || code != "DeviceNotOnline" {
+			t.Fatalf("invoke: %v; want 404 DeviceNotOnline", err)
+		}
+	case <-time.After(40 * time.Second):
+		t.Fatal("the call did not end")
+	}
+	// The call has ended, so a replay would have happened already.
+	if n := again.Load(); n != 0 {
+		t.Fatalf("the request was delivered again, %d times, to the next connection", n)
 	}
 }
 

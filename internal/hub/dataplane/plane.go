@@ -49,6 +49,9 @@ const (
 const (
 	StreamTelemetry = "TELEMETRY"
 	StreamC2D       = "C2D"
+	// BucketC2DDeliveries counts the deliveries of each C2D message, over
+	// any protocol (see countDelivery).
+	BucketC2DDeliveries = "C2D_DELIVERIES"
 )
 
 // Config configures a Plane.
@@ -89,6 +92,10 @@ type Plane struct {
 	tel  jetstream.Stream
 	c2d  jetstream.Stream
 	pool *x509.CertPool // nil without a CA
+
+	// deliveries counts C2D deliveries per message: durable, and shared
+	// by the replicas and both protocols.
+	deliveries jetstream.KeyValue
 
 	gw atomic.Pointer[gateway.Server]
 
@@ -237,6 +244,19 @@ func (p *Plane) openStreams(ctx context.Context) error {
 	})
 	if err != nil {
 		return fmt.Errorf("dataplane: open c2d stream: %w", err)
+	}
+	p.deliveries, err = p.js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+		Bucket:      BucketC2DDeliveries,
+		Description: "delivery count of each c2d message, by stream sequence and time",
+		History:     1,
+		Storage:     jetstream.FileStorage,
+		Replicas:    p.cfg.Replicas,
+		// A count is written at a delivery, so it outlives its message,
+		// which lives at most MaxC2DTTL from being queued.
+		TTL: MaxC2DTTL,
+	})
+	if err != nil {
+		return fmt.Errorf("dataplane: open c2d delivery counts: %w", err)
 	}
 	return nil
 }

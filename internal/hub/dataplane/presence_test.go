@@ -21,7 +21,6 @@ import (
 	"outpost/internal/hub"
 	"outpost/internal/identity"
 	"outpost/internal/message"
-	"outpost/internal/sas"
 )
 
 // stateOf reads an identity's connection fields as the service API does.
@@ -107,7 +106,15 @@ func TestPresenceOverMQTT(t *testing.T) {
 // so a taken-over connection stays gone.
 func (e *env) paho(cid, password string, lost func(error)) paho.Client {
 	e.t.Helper()
-	opts := paho.NewClientOptions().
+	return e.pahoWith(e.pahoOptions(cid, password).SetConnectionLostHandler(func(_ paho.Client, err error) {
+		if lost != nil {
+			lost(err)
+		}
+	}))
+}
+
+func (e *env) pahoOptions(cid, password string) *paho.ClientOptions {
+	return paho.NewClientOptions().
 		AddBroker("tls://127.0.0.1:" + e.mqttPort).
 		SetClientID(cid).
 		SetUsername(testHost + "/" + cid + "/?api-version=2021-04-12").
@@ -116,16 +123,16 @@ func (e *env) paho(cid, password string, lost func(error)) paho.Client {
 		SetProtocolVersion(4).
 		SetCleanSession(false).
 		SetAutoReconnect(false).
-		SetConnectTimeout(10 * time.Second).
-		SetConnectionLostHandler(func(_ paho.Client, err error) {
-			if lost != nil {
-				lost(err)
-			}
-		})
+		SetConnectTimeout(10 * time.Second)
+}
+
+// pahoWith connects a paho client, disconnected at the test's end.
+func (e *env) pahoWith(opts *paho.ClientOptions) paho.Client {
+	e.t.Helper()
 	c := paho.NewClient(opts)
 	tok := c.Connect()
 	if !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
-		e.t.Fatalf("connect %s: %v", cid, tok.Error())
+		e.t.Fatalf("connect %s: %v", opts.ClientID, tok.Error())
 	}
 	e.t.Cleanup(func() { c.Disconnect(0) })
 	return c
@@ -161,10 +168,7 @@ func TestPresenceTakeover(t *testing.T) {
 	ended := make(chan gateway.Session, 8)
 	e := newEnvWith(t, envOptions{wrap: func(p *Plane) gateway.Backend { return endWatch{p, ended} }})
 	d := e.device("dev1", false)
-	tok, err := sas.Sign(sas.DeviceResource(testHost, "dev1", ""), d.Authentication.SymmetricKey.PrimaryKey, "", time.Now().Add(time.Hour))
-	if err != nil {
-		t.Fatal(err)
-	}
+	tok := e.deviceToken(d)
 	lost := make(chan error, 1)
 	e.paho("dev1", tok, func(err error) { lost <- err })
 	s1 := e.session("dev1", "")
@@ -446,10 +450,7 @@ func TestPresenceEdgeTakeover(t *testing.T) {
 	if err := e.h.AddChildren(ctxT(t), "edge1", []string{"kid1", "kid2"}, false); err != nil {
 		t.Fatal(err)
 	}
-	tok, err := sas.Sign(sas.DeviceResource(testHost, "edge1", ""), edge.Authentication.SymmetricKey.PrimaryKey, "", time.Now().Add(time.Hour))
-	if err != nil {
-		t.Fatal(err)
-	}
+	tok := e.deviceToken(edge)
 	lost := make(chan error, 1)
 	e.paho("edge1", tok, func(err error) { lost <- err })
 	s1 := e.session("edge1", "")
