@@ -321,7 +321,8 @@ func (p *Plane) fetchC2D(ctx context.Context, deviceID string) (jetstream.Msg, e
 }
 
 // C2DReceive locks the device's next C2D message for LockTimeout. The
-// lock token is the JetStream acknowledgement subject, base64url. A
+// lock token is the JetStream acknowledgement subject and the time of
+// the lock, base64url. A
 // message delivered MaxDeliveryCount times already, over either
 // protocol, is dropped instead.
 func (p *Plane) C2DReceive(ctx context.Context, id gateway.Identity) (*message.Message, string, error) {
@@ -361,7 +362,11 @@ func (p *Plane) C2DReceive(ctx context.Context, id gateway.Identity) (*message.M
 		_ = m.Term()
 		return nil, "", err
 	}
-	return msg, base64.RawURLEncoding.EncodeToString([]byte(m.Reply())), nil
+	// The ack subject's time is when the stream stored the message, not
+	// when it was locked; the token carries the lock's own time. A device
+	// that forges it can only settle its own message late.
+	token := m.Reply() + " " + strconv.FormatInt(p.now().UnixNano(), 10)
+	return msg, base64.RawURLEncoding.EncodeToString([]byte(token)), nil
 }
 
 // ackSubject is what a lock token holds: the parts of a JetStream
@@ -372,12 +377,21 @@ type ackSubject struct {
 	consumer  string
 	delivered uint64
 	seq       uint64
-	at        time.Time
+	at        time.Time // when the stream stored the message
+	locked    time.Time // when C2DReceive handed it out
 }
 
-// parseAck reads $JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ns>.<pending>
-// and its newer form with domain and account hash after ACK.
-func parseAck(reply string) (ackSubject, bool) {
+// parseLock reads a lock token: "$JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ns>.<pending> <lock ns>",
+// the subject also in its newer form with domain and account hash after ACK.
+func parseLock(token string) (ackSubject, bool) {
+	reply, lockedAt, ok := strings.Cut(token, " ")
+	if !ok {
+		return ackSubject{}, false
+	}
+	lns, err := strconv.ParseInt(lockedAt, 10, 64)
+	if err != nil {
+		return ackSubject{}, false
+	}
 	t := strings.Split(reply, ".")
 	if len(t) < 9 || t[0] != "$JS" || t[1] != "ACK" {
 		return ackSubject{}, false
@@ -394,7 +408,7 @@ func parseAck(reply string) (ackSubject, bool) {
 	if err1 != nil || err2 != nil || err3 != nil {
 		return ackSubject{}, false
 	}
-	a.at = time.Unix(0, ns)
+	a.at, a.locked = time.Unix(0, ns), time.Unix(0, lns)
 	return a, true
 }
 
@@ -406,12 +420,11 @@ func (p *Plane) C2DSettle(ctx context.Context, id gateway.Identity, lock string,
 	if err != nil {
 		return errLockLost
 	}
-	a, ok := parseAck(string(raw))
+	a, ok := parseLock(string(raw))
 	if !ok || a.stream != StreamC2D || a.consumer != httpsConsumer(id.DeviceID) {
 		return errLockLost
 	}
-	// JetStream's clock stamps the delivery; compare with the real one.
-	if time.Since(a.at) > p.cfg.LockTimeout {
+	if p.now().Sub(a.locked) > p.cfg.LockTimeout {
 		return errLockLost
 	}
 	ack := func(verb string) error {

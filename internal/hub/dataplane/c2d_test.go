@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"net/http"
 	"strconv"
+	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -352,40 +354,82 @@ func TestC2DDeliveryCountShared(t *testing.T) {
 	}
 }
 
-func TestParseAck(t *testing.T) {
+// TestC2DLockOfAnOldMessage: a lock runs from the receive, not from
+// when the message was queued, and expires LockTimeout after it.
+func TestC2DLockOfAnOldMessage(t *testing.T) {
+	const lockTimeout = 2 * time.Second
+	var skew atomic.Int64 // the plane's clock runs this far ahead
+	e := newEnv(t, func(c *Config) {
+		c.LockTimeout = lockTimeout
+		c.Now = func() time.Time { return time.Now().Add(time.Duration(skew.Load())) }
+	})
+	d := e.device("old-dev", false)
+	base := "/devices/old-dev/messages/devicebound/"
+	send := func(body string) {
+		t.Helper()
+		if _, err := e.svc.SendC2D(ctxT(t), "old-dev", service.C2DMessage{Body: []byte(body)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	send("old")
+	// The stream's own clock stamps the message, so it must really age.
+	<-time.After(lockTimeout + lockTimeout/4)
+	body, lock, _ := e.receiveC2D(d)
+	if body != "old" {
+		t.Fatalf("received %q; want old", body)
+	}
+	if st := e.deviceHTTP(http.MethodDelete, base+lock, d).StatusCode; st != http.StatusNoContent {
+		t.Fatalf("complete of a message queued %v before its lock: %d; want 204", lockTimeout+lockTimeout/4, st)
+	}
+
+	send("late")
+	body, lock, _ = e.receiveC2D(d)
+	if body != "late" {
+		t.Fatalf("received %q; want late", body)
+	}
+	skew.Add(int64(lockTimeout + time.Second))
+	if st := e.deviceHTTP(http.MethodDelete, base+lock, d).StatusCode; st != http.StatusPreconditionFailed {
+		t.Errorf("complete after the lock expired: %d; want 412", st)
+	}
+}
+
+func TestParseLock(t *testing.T) {
 	tests := []struct {
-		reply    string
+		token    string
 		ok       bool
 		consumer string
 		seq      uint64
+		locked   int64
 	}{
-		{"$JS.ACK.C2D.https-ZA.2.17.3.1700000000000000000.0", true, "https-ZA", 17},
-		{"$JS.ACK.hub.ACCHASH.C2D.https-ZA.1.9.1.1700000000000000000.4.rnd", true, "https-ZA", 9},
-		{"$JS.ACK.C2D.x", false, "", 0},
-		{"_INBOX.abc", false, "", 0},
-		{"$JS.ACK.C2D.https-ZA.two.17.3.1700000000000000000.0", false, "", 0},
+		{"$JS.ACK.C2D.https-ZA.2.17.3.1700000000000000000.0 1700000000500000000", true, "https-ZA", 17, 1700000000500000000},
+		{"$JS.ACK.hub.ACCHASH.C2D.https-ZA.1.9.1.1700000000000000000.4.rnd 7", true, "https-ZA", 9, 7},
+		{"$JS.ACK.C2D.https-ZA.2.17.3.1700000000000000000.0", false, "", 0, 0},
+		{"$JS.ACK.C2D.https-ZA.2.17.3.1700000000000000000.0 soon", false, "", 0, 0},
+		{"$JS.ACK.C2D.x 1", false, "", 0, 0},
+		{"_INBOX.abc 1", false, "", 0, 0},
+		{"$JS.ACK.C2D.https-ZA.two.17.3.1700000000000000000.0 1", false, "", 0, 0},
 	}
 	for _, tc := range tests {
-		t.Run(tc.reply, func(t *testing.T) {
-			a, ok := parseAck(tc.reply)
+		t.Run(tc.token, func(t *testing.T) {
+			a, ok := parseLock(tc.token)
 			if ok != tc.ok || a.consumer != tc.consumer || a.seq != tc.seq {
-				t.Errorf("parseAck = %+v, %v; want consumer %q seq %d ok %v", a, ok, tc.consumer, tc.seq, tc.ok)
+				t.Errorf("parseLock = %+v, %v; want consumer %q seq %d ok %v", a, ok, tc.consumer, tc.seq, tc.ok)
 			}
-			if ok && a.stream != StreamC2D {
-				t.Errorf("stream %q", a.stream)
+			if ok && (a.stream != StreamC2D || a.locked.UnixNano() != tc.locked) {
+				t.Errorf("stream %q, locked %d; want %d", a.stream, a.locked.UnixNano(), tc.locked)
 			}
 		})
 	}
 }
 
-func FuzzParseAck(f *testing.F) {
-	f.Add("$JS.ACK.C2D.https-ZA.2.17.3.1700000000000000000.0")
-	f.Add("$JS.ACK.hub.ACC.C2D.c.1.9.1.1.4.r")
-	f.Add("....")
+func FuzzParseLock(f *testing.F) {
+	f.Add("$JS.ACK.C2D.https-ZA.2.17.3.1700000000000000000.0 1700000000500000000")
+	f.Add("$JS.ACK.hub.ACC.C2D.c.1.9.1.1.4.r 1")
+	f.Add(".... 1")
 	f.Fuzz(func(t *testing.T, s string) {
-		a, ok := parseAck(s)
-		if ok && a.reply != s {
-			t.Errorf("reply %q; want %q", a.reply, s)
+		a, ok := parseLock(s)
+		if reply, _, _ := strings.Cut(s, " "); ok && a.reply != reply {
+			t.Errorf("reply %q; want %q", a.reply, reply)
 		}
 	})
 }
