@@ -64,25 +64,6 @@ func TestSummarize(t *testing.T) {
 	}
 }
 
-func TestMedianOf(t *testing.T) {
-	tests := []struct {
-		in   []float64
-		want float64
-	}{
-		{nil, 0},
-		{[]float64{3}, 3},
-		{[]float64{5, 1, 3}, 3},
-		{[]float64{4, 1, 3, 2}, 2.5},
-	}
-	for _, tt := range tests {
-		t.Run("", func(t *testing.T) {
-			if got := medianOf(tt.in); got != tt.want {
-				t.Errorf("medianOf(%v) = %v, want %v", tt.in, got, tt.want)
-			}
-		})
-	}
-}
-
 func TestParsePair(t *testing.T) {
 	tests := []struct {
 		in      string
