@@ -1,13 +1,12 @@
 package main
 
 import (
-	"bufio"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
-	"slices"
 	"strings"
+
+	"outpost/bench/summary"
 )
 
 // summarize reads Result JSON lines, in the order run.sh produced them, and
@@ -23,32 +22,14 @@ import (
 // own peer on every measure: msg/s, and PUBACK p50 and p99 (for latency, a
 // ratio under 1 means the target answers faster).
 func summarize(r io.Reader, w io.Writer, baselines []string, pairs []pair) error {
-	var order []string
-	runs := map[string][]Result{}
-	sc := bufio.NewScanner(r)
-	sc.Buffer(nil, 1<<20)
-	for line := 1; sc.Scan(); line++ {
-		s := strings.TrimSpace(sc.Text())
-		if s == "" {
-			continue
-		}
-		var res Result
-		if err := json.Unmarshal([]byte(s), &res); err != nil {
-			return fmt.Errorf("summarize: line %d: %w", line, err)
-		}
+	order, runs, err := summary.Read(r, func(res Result) (string, error) {
 		if res.Label == "" {
-			return fmt.Errorf("summarize: line %d: no label", line)
+			return "", errors.New("no label")
 		}
-		if _, ok := runs[res.Label]; !ok {
-			order = append(order, res.Label)
-		}
-		runs[res.Label] = append(runs[res.Label], res)
-	}
-	if err := sc.Err(); err != nil {
+		return res.Label, nil
+	})
+	if err != nil {
 		return fmt.Errorf("summarize: %w", err)
-	}
-	if len(order) == 0 {
-		return errors.New("summarize: no results")
 	}
 
 	head := "| target | runs | msg/s (median) | PUBACK p50 | PUBACK p99 |"
@@ -62,11 +43,11 @@ func summarize(r io.Reader, w io.Writer, baselines []string, pairs []pair) error
 	for _, label := range order {
 		rs := runs[label]
 		row := fmt.Sprintf("| %s | %d | %.0f | %s | %s |", label, len(rs),
-			median(rs, func(r Result) float64 { return r.MsgsPerSec }),
-			ms(median(rs, func(r Result) float64 { return r.P50us })),
-			ms(median(rs, func(r Result) float64 { return r.P99us })))
+			summary.Median(rs, msgsPerSec),
+			summary.Ms(summary.Median(rs, p50)),
+			summary.Ms(summary.Median(rs, p99)))
 		for _, b := range baselines {
-			row += " " + ratio(rs, runs[b]) + " |"
+			row += " " + summary.Ratio(rs, runs[b], msgsPerSec) + " |"
 		}
 		fmt.Fprintln(w, row)
 	}
@@ -82,9 +63,9 @@ func summarize(r io.Reader, w io.Writer, baselines []string, pairs []pair) error
 			continue
 		}
 		fmt.Fprintf(w, "| %s | %s | %d | %s | %s | %s |\n", p.target, p.peer, min(len(rs), len(base)),
-			ratioOf(rs, base, func(r Result) float64 { return r.MsgsPerSec }),
-			ratioOf(rs, base, func(r Result) float64 { return r.P50us }),
-			ratioOf(rs, base, func(r Result) float64 { return r.P99us }))
+			summary.Ratio(rs, base, msgsPerSec),
+			summary.Ratio(rs, base, p50),
+			summary.Ratio(rs, base, p99))
 	}
 	return nil
 }
@@ -100,44 +81,6 @@ func parsePair(s string) (pair, error) {
 	return pair{t, p}, nil
 }
 
-func median(rs []Result, f func(Result) float64) float64 {
-	v := make([]float64, len(rs))
-	for i, r := range rs {
-		v[i] = f(r)
-	}
-	return medianOf(v)
-}
-
-func medianOf(v []float64) float64 {
-	if len(v) == 0 {
-		return 0
-	}
-	slices.Sort(v)
-	if n := len(v); n%2 == 1 {
-		return v[n/2]
-	} else {
-		return (v[n/2-1] + v[n/2]) / 2
-	}
-}
-
-func ratio(rs, base []Result) string {
-	return ratioOf(rs, base, func(r Result) float64 { return r.MsgsPerSec })
-}
-
-// ratioOf is the median over rounds of f(rs[i]) / f(base[i]).
-func ratioOf(rs, base []Result, f func(Result) float64) string {
-	var v []float64
-	for i := range min(len(rs), len(base)) {
-		if b := f(base[i]); b > 0 {
-			v = append(v, f(rs[i])/b)
-		}
-	}
-	if len(v) == 0 {
-		return "–"
-	}
-	return fmt.Sprintf("%.2f", medianOf(v))
-}
-
-func ms(us float64) string {
-	return fmt.Sprintf("%.2f ms", us/1000)
-}
+func msgsPerSec(r Result) float64 { return r.MsgsPerSec }
+func p50(r Result) float64        { return r.P50us }
+func p99(r Result) float64        { return r.P99us }

@@ -3,8 +3,11 @@ package main
 import (
 	"bytes"
 	"encoding/json"
+	"io"
 	"strings"
 	"testing"
+
+	"outpost/bench/summary/summarytest"
 )
 
 func TestSummarize(t *testing.T) {
@@ -41,43 +44,11 @@ func TestSummarize(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			var out bytes.Buffer
-			err := summarize(strings.NewReader(tt.in), &out, tt.baselines, tt.pairs)
-			if tt.name == "pairs" && strings.Contains(out.String(), "| outpost | absent |") {
-				t.Errorf("a pair with no peer runs got a row:\n%s", out.String())
-			}
-			if tt.wantErr != "" {
-				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
-					t.Fatalf("err = %v, want %q", err, tt.wantErr)
-				}
-				return
-			}
-			if err != nil {
-				t.Fatal(err)
-			}
-			for _, w := range tt.want {
-				if !strings.Contains(out.String(), w) {
-					t.Errorf("output lacks %q:\n%s", w, out.String())
-				}
-			}
-		})
-	}
-}
-
-func TestMedianOf(t *testing.T) {
-	tests := []struct {
-		in   []float64
-		want float64
-	}{
-		{nil, 0},
-		{[]float64{3}, 3},
-		{[]float64{5, 1, 3}, 3},
-		{[]float64{4, 1, 3, 2}, 2.5},
-	}
-	for _, tt := range tests {
-		t.Run("", func(t *testing.T) {
-			if got := medianOf(tt.in); got != tt.want {
-				t.Errorf("medianOf(%v) = %v, want %v", tt.in, got, tt.want)
+			out := summarytest.Check(t, func(r io.Reader, w io.Writer) error {
+				return summarize(r, w, tt.baselines, tt.pairs)
+			}, tt.in, tt.want, tt.wantErr)
+			if tt.name == "pairs" && strings.Contains(out, "| outpost | absent |") {
+				t.Errorf("a pair with no peer runs got a row:\n%s", out)
 			}
 		})
 	}

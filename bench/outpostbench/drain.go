@@ -21,6 +21,7 @@ import (
 	"syscall"
 	"time"
 
+	"outpost/bench/summary"
 	"outpost/internal/certs"
 	"outpost/internal/netfault"
 	"outpost/internal/service"
@@ -528,41 +529,15 @@ func exitDetail(err error) error {
 // one row per label: medians over rounds, and the worst round for what
 // was lost.
 func summarizeDrain(r io.Reader, w io.Writer) error {
-	var order []string
-	runs := map[string][]drainResult{}
-	sc := bufio.NewScanner(r)
-	sc.Buffer(nil, 1<<20)
-	for line := 1; sc.Scan(); line++ {
-		s := strings.TrimSpace(sc.Text())
-		if s == "" {
-			continue
-		}
-		var res drainResult
-		if err := json.Unmarshal([]byte(s), &res); err != nil {
-			return fmt.Errorf("summarize-drain: line %d: %w", line, err)
-		}
-		if _, ok := runs[res.Label]; !ok {
-			order = append(order, res.Label)
-		}
-		runs[res.Label] = append(runs[res.Label], res)
-	}
-	if err := sc.Err(); err != nil {
+	order, runs, err := summary.Read(r, func(res drainResult) (string, error) { return res.Label, nil })
+	if err != nil {
 		return fmt.Errorf("summarize-drain: %w", err)
-	}
-	if len(order) == 0 {
-		return errors.New("summarize-drain: no results")
 	}
 	fmt.Fprintln(w, "| run | rounds | offline ingest msg/s | lost on kill -9 (worst) | edge RSS, backlog queued | reconnect | transfer | drain msg/s | missing / duplicated at hub (worst) |")
 	fmt.Fprintln(w, "|---|---:|---:|---:|---:|---:|---:|---:|---:|")
 	for _, label := range order {
 		rs := runs[label]
-		med := func(f func(drainResult) float64) float64 {
-			v := make([]float64, len(rs))
-			for i, r := range rs {
-				v[i] = f(r)
-			}
-			return median(v)
-		}
+		med := func(f func(drainResult) float64) float64 { return summary.Median(rs, f) }
 		var lost, missing, dup int64
 		for _, r := range rs {
 			lost = max(lost, int64(r.Backlog)-r.QueuedAfterKill9)

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"encoding/json"
+	"io"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -11,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"outpost/bench/summary/summarytest"
 	"outpost/internal/identity"
 	"outpost/internal/outposttest"
 	"outpost/internal/sas"
@@ -196,22 +198,9 @@ func TestSummarizeRTT(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			var out bytes.Buffer
-			err := summarizeRTT(strings.NewReader(tt.in), &out, tt.peer)
-			if tt.wantErr != "" {
-				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
-					t.Fatalf("err = %v, want %q", err, tt.wantErr)
-				}
-				return
-			}
-			if err != nil {
-				t.Fatal(err)
-			}
-			for _, w := range tt.want {
-				if !strings.Contains(out.String(), w) {
-					t.Errorf("output lacks %q:\n%s", w, out.String())
-				}
-			}
+			summarytest.Check(t, func(r io.Reader, w io.Writer) error {
+				return summarizeRTT(r, w, tt.peer)
+			}, tt.in, tt.want, tt.wantErr)
 		})
 	}
 }
@@ -236,13 +225,7 @@ func TestSummarizeDrain(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			var out bytes.Buffer
-			if err := summarizeDrain(strings.NewReader(tt.in), &out); err != nil {
-				t.Fatal(err)
-			}
-			if !strings.Contains(out.String(), tt.want) {
-				t.Errorf("output lacks %q:\n%s", tt.want, out.String())
-			}
+			summarytest.Check(t, summarizeDrain, tt.in, []string{tt.want}, "")
 		})
 	}
 }

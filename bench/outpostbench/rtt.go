@@ -1,10 +1,8 @@
 package main
 
 import (
-	"bufio"
 	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -15,6 +13,7 @@ import (
 	"strings"
 	"time"
 
+	"outpost/bench/summary"
 	"outpost/internal/certs"
 	"outpost/internal/client"
 	"outpost/internal/sas"
@@ -318,28 +317,9 @@ func summarizeRTTCmd(args []string, r io.Reader, w io.Writer) error {
 // per-round ratios: the i-th run of a label against the i-th of the peer,
 // which ran seconds apart.
 func summarizeRTT(r io.Reader, w io.Writer, peerLabel string) error {
-	var order []string
-	runs := map[string][]rttResult{}
-	sc := bufio.NewScanner(r)
-	for line := 1; sc.Scan(); line++ {
-		s := strings.TrimSpace(sc.Text())
-		if s == "" {
-			continue
-		}
-		var res rttResult
-		if err := json.Unmarshal([]byte(s), &res); err != nil {
-			return fmt.Errorf("summarize-rtt: line %d: %w", line, err)
-		}
-		if _, ok := runs[res.Label]; !ok {
-			order = append(order, res.Label)
-		}
-		runs[res.Label] = append(runs[res.Label], res)
-	}
-	if err := sc.Err(); err != nil {
+	order, runs, err := summary.Read(r, func(res rttResult) (string, error) { return res.Label, nil })
+	if err != nil {
 		return fmt.Errorf("summarize-rtt: %w", err)
-	}
-	if len(order) == 0 {
-		return errors.New("summarize-rtt: no results")
 	}
 	fmt.Fprintf(w, "| run | rounds | p50 (median) | p99 (median) | p50 × %s | p99 × %s |\n", peerLabel, peerLabel)
 	fmt.Fprintln(w, "|---|---:|---:|---:|---:|---:|")
@@ -349,44 +329,8 @@ func summarizeRTT(r io.Reader, w io.Writer, peerLabel string) error {
 		p50 := func(r rttResult) float64 { return r.P50us }
 		p99 := func(r rttResult) float64 { return r.P99us }
 		fmt.Fprintf(w, "| %s | %d | %s | %s | %s | %s |\n", label, len(rs),
-			msStr(medianBy(rs, p50)), msStr(medianBy(rs, p99)),
-			ratioBy(rs, peer, p50), ratioBy(rs, peer, p99))
+			summary.Ms(summary.Median(rs, p50)), summary.Ms(summary.Median(rs, p99)),
+			summary.Ratio(rs, peer, p50), summary.Ratio(rs, peer, p99))
 	}
 	return nil
 }
-
-func medianBy(rs []rttResult, f func(rttResult) float64) float64 {
-	v := make([]float64, len(rs))
-	for i, r := range rs {
-		v[i] = f(r)
-	}
-	return median(v)
-}
-
-// ratioBy is the median over rounds of f(rs[i]) / f(peer[i]).
-func ratioBy(rs, peer []rttResult, f func(rttResult) float64) string {
-	var v []float64
-	for i := range min(len(rs), len(peer)) {
-		if p := f(peer[i]); p > 0 {
-			v = append(v, f(rs[i])/p)
-		}
-	}
-	if len(v) == 0 {
-		return "–"
-	}
-	return fmt.Sprintf("%.2f", median(v))
-}
-
-func median(v []float64) float64 {
-	if len(v) == 0 {
-		return 0
-	}
-	s := slices.Clone(v)
-	slices.Sort(s)
-	if n := len(s); n%2 == 1 {
-		return s[n/2]
-	}
-	return (s[len(s)/2-1] + s[len(s)/2]) / 2
-}
-
-func msStr(usv float64) string { return fmt.Sprintf("%.2f ms", usv/1000) }

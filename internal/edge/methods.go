@@ -50,21 +50,9 @@ const (
 // extension, and (without DeviceID and ModuleID, which the path carries)
 // of POST /twins/{d}[/modules/{m}]/methods.
 type InvokeRequest struct {
-	DeviceID   string          `json:"deviceId,omitempty"`
-	ModuleID   string          `json:"moduleId,omitempty"`
-	MethodName string          `json:"methodName"`
-	Payload    json.RawMessage `json:"payload,omitempty"`
-	// ResponseTimeoutInSeconds: 0 means 30; at most 300.
-	ResponseTimeoutInSeconds int `json:"responseTimeoutInSeconds,omitempty"`
-	// ConnectTimeoutInSeconds: how long to wait for the target to
-	// connect; 0 fails at once when it is not connected.
-	ConnectTimeoutInSeconds int `json:"connectTimeoutInSeconds,omitempty"`
-}
-
-// InvokeResult is the target's answer.
-type InvokeResult struct {
-	Status  int             `json:"status"`
-	Payload json.RawMessage `json:"payload"`
+	DeviceID string `json:"deviceId,omitempty"`
+	ModuleID string `json:"moduleId,omitempty"`
+	gateway.MethodCall
 }
 
 func badArgument(format string, args ...any) *gateway.StatusError {
@@ -74,17 +62,17 @@ func badArgument(format string, args ...any) *gateway.StatusError {
 // Invoke calls a direct method on a child device or module connected to
 // this edge on behalf of caller. Errors are *gateway.StatusError (see
 // above), or ctx's error when the caller went away.
-func (e *Edge) Invoke(ctx context.Context, caller gateway.Identity, req InvokeRequest) (InvokeResult, error) {
-	payload, respT, connT, err := gateway.CheckMethodCall(req.MethodName, req.Payload, req.ResponseTimeoutInSeconds, req.ConnectTimeoutInSeconds)
+func (e *Edge) Invoke(ctx context.Context, caller gateway.Identity, req InvokeRequest) (gateway.MethodResult, error) {
+	payload, respT, connT, err := req.Check()
 	if err != nil {
-		return InvokeResult{}, err
+		return gateway.MethodResult{}, err
 	}
 	if req.DeviceID == "" {
-		return InvokeResult{}, badArgument("no target deviceId")
+		return gateway.MethodResult{}, badArgument("no target deviceId")
 	}
 	cid := message.ClientID(req.DeviceID, req.ModuleID)
 	if err := e.inScope(req.DeviceID, req.ModuleID); err != nil {
-		return InvokeResult{}, err
+		return gateway.MethodResult{}, err
 	}
 	notOnline := &gateway.StatusError{Status: http.StatusNotFound, Code: "DeviceNotOnline",
 		Message: fmt.Sprintf("%s is not connected to edge %s, or not subscribed to methods", cid, e.cfg.DeviceID)}
@@ -98,28 +86,28 @@ func (e *Edge) Invoke(ctx context.Context, caller gateway.Identity, req InvokeRe
 			cancel()
 			switch {
 			case err == nil:
-				return InvokeResult{Status: status, Payload: jsonPayload(resp)}, nil
+				return gateway.MethodResult{Status: status, Payload: gateway.ResultPayload(resp)}, nil
 			case errors.Is(err, gateway.ErrNotSubscribed), errors.Is(err, gateway.ErrNotConnected):
 				// Between CONNACK and its SUBSCRIBE, or just gone: the
 				// request was not sent; wait within the connect timeout.
 			case errors.Is(err, gateway.ErrConnectionLost):
 				// Sent, then the target dropped: it may have run the
 				// method, which must run at most once.
-				return InvokeResult{}, &gateway.StatusError{Status: http.StatusNotFound, Code: "DeviceNotOnline",
+				return gateway.MethodResult{}, &gateway.StatusError{Status: http.StatusNotFound, Code: "DeviceNotOnline",
 					Message: fmt.Sprintf("%s disconnected before answering method %s", cid, req.MethodName)}
 			case timedOut && errors.Is(ctx.Err(), context.Canceled):
-				return InvokeResult{}, ctx.Err()
+				return gateway.MethodResult{}, ctx.Err()
 			case timedOut:
-				return InvokeResult{}, &gateway.StatusError{Status: http.StatusGatewayTimeout, Code: "GatewayTimeout",
+				return gateway.MethodResult{}, &gateway.StatusError{Status: http.StatusGatewayTimeout, Code: "GatewayTimeout",
 					Message: fmt.Sprintf("%s did not answer method %s within %v", cid, req.MethodName, respT)}
 			default:
-				return InvokeResult{}, fmt.Errorf("method %s on %s: %w", req.MethodName, cid, err)
+				return gateway.MethodResult{}, fmt.Errorf("method %s on %s: %w", req.MethodName, cid, err)
 			}
 		}
 		left := connectBy.Sub(e.now())
 		if left <= 0 {
 			e.log.Debug("local method: target not online", "caller", caller.ClientID(), "target", cid, "method", req.MethodName)
-			return InvokeResult{}, notOnline
+			return gateway.MethodResult{}, notOnline
 		}
 		if s != nil {
 			left = min(left, methodSubscribeRetry)
@@ -130,7 +118,7 @@ func (e *Edge) Invoke(ctx context.Context, caller gateway.Identity, req InvokeRe
 		case <-t.C:
 		case <-ctx.Done():
 			t.Stop()
-			return InvokeResult{}, ctx.Err()
+			return gateway.MethodResult{}, ctx.Err()
 		}
 		t.Stop()
 	}
@@ -172,19 +160,6 @@ func (e *Edge) wakeConnWaitersLocked() {
 		close(e.connWake)
 		e.connWake = nil
 	}
-}
-
-// jsonPayload is a response as JSON: as sent when it is JSON, else as a
-// JSON string; an empty response is null.
-func jsonPayload(b []byte) json.RawMessage {
-	if len(b) == 0 {
-		return json.RawMessage("null")
-	}
-	if json.Valid(b) {
-		return json.RawMessage(b)
-	}
-	s, _ := json.Marshal(string(b))
-	return s
 }
 
 // Extension serves the edge's $outpost requests from local clients.

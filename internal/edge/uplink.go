@@ -8,6 +8,7 @@ import (
 
 	"outpost/internal/edge/store"
 	"outpost/internal/edge/upstream"
+	"outpost/internal/identity"
 )
 
 // Uplink is what the edge needs of its link to the parent hub
@@ -83,10 +84,9 @@ type Local = upstream.Local
 // state change reaches the edge as the link reported it.
 type LinkState = upstream.State
 
-// Snapshot is the identities in the edge's scope, with their keys and
-// thumbprints, and the hub's root CA, as the hub sent them. The edge
-// stores it sealed, as JSON, to serve offline after a restart.
-type Snapshot = upstream.Snapshot
+// Snapshot is the identities in the edge's scope, as the hub sent them.
+// The edge stores it sealed, as JSON, to serve offline after a restart.
+type Snapshot = identity.ScopeSnapshot
 
 // ErrOffline is what an Uplink returns (wrapped or not) when the link is
 // down; the link's own sentinel, so its errors need no mapping.

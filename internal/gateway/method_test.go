@@ -6,7 +6,7 @@ import (
 	"time"
 )
 
-func TestCheckMethodCall(t *testing.T) {
+func TestMethodCallCheck(t *testing.T) {
 	tests := []struct {
 		name          string
 		method        string
@@ -31,7 +31,8 @@ func TestCheckMethodCall(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			body, resp, connect, err := CheckMethodCall(tt.method, []byte(tt.payload), tt.resp, tt.connect)
+			c := MethodCall{MethodName: tt.method, Payload: []byte(tt.payload), ResponseTimeoutInSeconds: tt.resp, ConnectTimeoutInSeconds: tt.connect}
+			body, resp, connect, err := c.Check()
 			if !tt.ok {
 				var se *StatusError
 				if !errors.As(err, &se) || se.Status != 400 || se.Code != "ArgumentInvalid" {
@@ -41,6 +42,23 @@ func TestCheckMethodCall(t *testing.T) {
 			}
 			if err != nil || string(body) != tt.wantBody || resp != tt.wantResp || connect != tt.wantConnect {
 				t.Fatalf("got %q %v %v %v; want %q %v %v", body, resp, connect, err, tt.wantBody, tt.wantResp, tt.wantConnect)
+			}
+		})
+	}
+}
+
+func TestResultPayload(t *testing.T) {
+	tests := []struct{ name, in, want string }{
+		{"empty", "", "null"},
+		{"JSON object", `{"a":[1,2]}`, `{"a":[1,2]}`},
+		{"JSON string", `"hi"`, `"hi"`},
+		{"text", "not json", `"not json"`},
+		{"text with quotes", `say "hi"`, `"say \"hi\""`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := ResultPayload([]byte(tt.in)); string(got) != tt.want {
+				t.Errorf("ResultPayload(%q) = %s, want %s", tt.in, got, tt.want)
 			}
 		})
 	}

@@ -2,8 +2,6 @@ package hub
 
 import (
 	"context"
-	"errors"
-	"fmt"
 
 	"github.com/nats-io/nats.go/jetstream"
 
@@ -26,63 +24,14 @@ type IdentityChange struct {
 // The data plane uses it to drop the live connections of identities that
 // were deleted or disabled, on whichever replica holds them.
 func (h *Hub) WatchIdentities(ctx context.Context) (<-chan IdentityChange, error) {
-	ctx, cancel := context.WithCancel(ctx)
-	dw, err := h.devices.kv.WatchAll(ctx, jetstream.UpdatesOnly())
-	if err != nil {
-		cancel()
-		return nil, fmt.Errorf("watch devices: %w", err)
-	}
-	mw, err := h.modules.kv.WatchAll(ctx, jetstream.UpdatesOnly())
-	if err != nil {
-		dw.Stop()
-		cancel()
-		return nil, fmt.Errorf("watch modules: %w", err)
-	}
-	out := make(chan IdentityChange, 64)
-	if !h.goStart() {
-		dw.Stop()
-		mw.Stop()
-		cancel()
-		return nil, errors.New("watch identities: hub closed")
-	}
-	go func() {
-		defer h.wg.Done()
-		defer close(out)
-		defer cancel()
-		defer dw.Stop()
-		defer mw.Stop()
-		for {
-			var e jetstream.KeyValueEntry
-			var ok bool
-			select {
-			case <-ctx.Done():
-				return
-			case <-h.done:
-				return
-			case e, ok = <-dw.Updates():
-			case e, ok = <-mw.Updates():
-			}
-			if !ok {
-				return
-			}
-			if e == nil {
-				continue
-			}
-			c, err := identityChange(e)
-			if err != nil {
-				h.log.Error("skip identity change", "bucket", e.Bucket(), "key", e.Key(), "err", err)
-				continue
-			}
-			select {
-			case out <- c:
-			case <-ctx.Done():
-				return
-			case <-h.done:
-				return
-			}
+	return watchUpdates(ctx, h, "identities", func(e jetstream.KeyValueEntry) (IdentityChange, bool) {
+		c, err := identityChange(e)
+		if err != nil {
+			h.log.Error("skip identity change", "bucket", e.Bucket(), "key", e.Key(), "err", err)
+			return IdentityChange{}, false
 		}
-	}()
-	return out, nil
+		return c, true
+	}, h.devices, h.modules)
 }
 
 func identityChange(e jetstream.KeyValueEntry) (IdentityChange, error) {

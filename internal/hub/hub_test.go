@@ -629,6 +629,17 @@ func TestReplicasShareExternalNATS(t *testing.T) {
 	if _, err := a.PatchTwin(ctx, "d", "", TwinPatch{Tags: map[string]any{"t": 1}}, tw.ETag); err != nil {
 		t.Fatalf("patch on a with b's etag: %v", err)
 	}
+	// So does a delete: of a module, with the etag b served on its update.
+	if _, err := a.CreateOrUpdateModule(ctx, identity.Module{DeviceID: "d", ModuleID: "m"}, ""); err != nil {
+		t.Fatal(err)
+	}
+	m, err := b.CreateOrUpdateModule(ctx, identity.Module{DeviceID: "d", ModuleID: "m"}, "*")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := a.DeleteModule(ctx, "d", "m", m.ETag); err != nil {
+		t.Fatalf("delete on a with b's etag: %v", err)
+	}
 	if err := b.DeleteDevice(ctx, "d", "*"); err != nil {
 		t.Fatal(err)
 	}

@@ -3,41 +3,23 @@ package hub
 import (
 	"context"
 	"fmt"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"outpost/internal/clocktest"
 	"outpost/internal/identity"
 )
 
-// fakeClock is a settable Config.Now.
-type fakeClock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func (c *fakeClock) now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *fakeClock) add(d time.Duration) {
-	c.mu.Lock()
-	c.t = c.t.Add(d)
-	c.mu.Unlock()
-}
-
-func newClockHub(t *testing.T, dir string) (*Hub, *fakeClock) {
+func newClockHub(t *testing.T, dir string) (*Hub, *clocktest.Clock) {
 	t.Helper()
 	if dir == "" {
 		dir = t.TempDir()
 	}
-	clk := &fakeClock{t: time.Date(2030, 1, 2, 3, 4, 5, 0, time.UTC)}
-	h, err := New(Config{DataDir: dir, HostName: "hub.test", Now: clk.now})
+	clk := clocktest.At(time.Date(2030, 1, 2, 3, 4, 5, 0, time.UTC))
+	h, err := New(Config{DataDir: dir, HostName: "hub.test", Now: clk.Now})
 	if err != nil {
 		t.Fatalf("New: %v", err)
 	}
@@ -76,8 +58,8 @@ func TestPresenceKeepsETag(t *testing.T) {
 	if d.ConnectionState != identity.Disconnected || !d.ConnectionStateUpdatedTime.IsZero() {
 		t.Fatalf("new device: %s at %v", d.ConnectionState, d.ConnectionStateUpdatedTime)
 	}
-	clk.add(time.Second)
-	connectedAt := clk.now()
+	clk.Advance(time.Second)
+	connectedAt := clk.Now()
 	if err := h.SetConnected(ctx, "dev1", "", "s1"); err != nil {
 		t.Fatal(err)
 	}
@@ -105,12 +87,12 @@ func TestPresenceKeepsETag(t *testing.T) {
 		t.Fatalf("update answered state %s", out.ConnectionState)
 	}
 
-	clk.add(time.Second)
+	clk.Advance(time.Second)
 	if err := h.SetDisconnected(ctx, "dev1", "", "s1"); err != nil {
 		t.Fatal(err)
 	}
 	got, _ = h.GetDevice("dev1")
-	if got.ConnectionState != identity.Disconnected || !got.ConnectionStateUpdatedTime.Equal(clk.now()) {
+	if got.ConnectionState != identity.Disconnected || !got.ConnectionStateUpdatedTime.Equal(clk.Now()) {
 		t.Fatalf("after disconnect: %s since %v", got.ConnectionState, got.ConnectionStateUpdatedTime)
 	}
 	if got.ETag != out.ETag {
@@ -228,13 +210,13 @@ func TestActivityThrottled(t *testing.T) {
 		t.Fatal(err)
 	}
 	writes := countWrites(t, h, deviceKey("dev1"))
-	start := clk.now()
+	start := clk.Now()
 	// 100 messages within one resolution interval: one write.
 	for range 100 {
 		if err := h.TouchActivity(ctx, "dev1", ""); err != nil {
 			t.Fatal(err)
 		}
-		clk.add(DefaultActivityResolution / 200)
+		clk.Advance(DefaultActivityResolution / 200)
 	}
 	d, _ := h.GetDevice("dev1")
 	if !d.LastActivityTime.Equal(start) || d.ConnectionState != identity.Disconnected {
@@ -243,7 +225,7 @@ func TestActivityThrottled(t *testing.T) {
 	if h.ActivityDue("dev1", "") {
 		t.Fatal("activity due within the resolution")
 	}
-	clk.add(DefaultActivityResolution)
+	clk.Advance(DefaultActivityResolution)
 	if !h.ActivityDue("dev1", "") {
 		t.Fatal("activity not due after the resolution")
 	}
@@ -253,8 +235,8 @@ func TestActivityThrottled(t *testing.T) {
 		}
 	}
 	d, _ = h.GetDevice("dev1")
-	if !d.LastActivityTime.Equal(clk.now()) {
-		t.Fatalf("activity %v; want %v", d.LastActivityTime, clk.now())
+	if !d.LastActivityTime.Equal(clk.Now()) {
+		t.Fatalf("activity %v; want %v", d.LastActivityTime, clk.Now())
 	}
 	checkFor(t, 10*time.Second, func() error {
 		if n := writes.Load(); n != 2 {

@@ -223,44 +223,11 @@ func (h *Hub) ensureEdgeModules(ctx context.Context, deviceID string) error {
 // devices). An empty ifMatch or "*" deletes whatever is stored.
 func (h *Hub) DeleteDevice(ctx context.Context, id, ifMatch string) error {
 	key := deviceKey(id)
-	var old *identity.Device
-	for attempt := 0; ; attempt++ {
-		cur, ok, err := h.lookup(ctx, h.devices, h.devTab, key)
-		if err != nil {
-			return err
-		}
-		if !ok {
-			return deviceNotFound(id)
-		}
-		if !identity.MatchETag(ifMatch, etagOf(cur.rev)) {
-			if cur, ok, err = h.reload(ctx, h.devices, h.devTab, key); err != nil {
-				return err
-			}
-			if !ok {
-				return deviceNotFound(id)
-			}
-			if !identity.MatchETag(ifMatch, etagOf(cur.rev)) {
-				return identity.PreconditionFailed("etag %s does not match the current etag", strings.Trim(ifMatch, `" `))
-			}
-		}
-		err = h.remove(ctx, h.devices, h.devTab, key, cur.rev)
-		if err == nil {
-			old = cur.val.(*identity.Device)
-			break
-		}
-		if !errors.Is(err, errConflict) {
-			return err
-		}
-		if !isAny(ifMatch) {
-			return identity.PreconditionFailed("etag %s does not match the current etag", strings.Trim(ifMatch, `" `))
-		}
-		if attempt >= maxCASRetries {
-			return errTooBusy
-		}
-		if _, _, err := h.reload(ctx, h.devices, h.devTab, key); err != nil {
-			return err
-		}
+	r, err := h.removeIfMatch(ctx, h.devices, h.devTab, key, ifMatch, func() error { return deviceNotFound(id) })
+	if err != nil {
+		return err
 	}
+	old := r.val.(*identity.Device)
 	// The device record is gone, so the device is deleted; what follows
 	// is cleanup that a later create of the same id repeats if a crash
 	// interrupts it here.
@@ -458,36 +425,14 @@ func (h *Hub) DeleteModule(ctx context.Context, deviceID, moduleID, ifMatch stri
 				"module '%s' belongs to the IoT Edge runtime of '%s' and is deleted with the device", moduleID, deviceID)
 		}
 	}
-	for attempt := 0; ; attempt++ {
-		cur, ok, err := h.lookup(ctx, h.modules, h.modTab, key)
-		if err != nil {
-			return err
+	notFound := func() error {
+		if _, ok := h.devTab.get(deviceKey(deviceID)); !ok {
+			return deviceNotFound(deviceID)
 		}
-		if !ok {
-			if _, ok := h.devTab.get(deviceKey(deviceID)); !ok {
-				return deviceNotFound(deviceID)
-			}
-			return moduleNotFound(deviceID, moduleID)
-		}
-		if !identity.MatchETag(ifMatch, etagOf(cur.rev)) {
-			return identity.PreconditionFailed("etag %s does not match the current etag", strings.Trim(ifMatch, `" `))
-		}
-		err = h.remove(ctx, h.modules, h.modTab, key, cur.rev)
-		if err == nil {
-			break
-		}
-		if !errors.Is(err, errConflict) {
-			return err
-		}
-		if !isAny(ifMatch) {
-			return identity.PreconditionFailed("etag %s does not match the current etag", strings.Trim(ifMatch, `" `))
-		}
-		if attempt >= maxCASRetries {
-			return errTooBusy
-		}
-		if _, _, err := h.reload(ctx, h.modules, h.modTab, key); err != nil {
-			return err
-		}
+		return moduleNotFound(deviceID, moduleID)
+	}
+	if _, err := h.removeIfMatch(ctx, h.modules, h.modTab, key, ifMatch, notFound); err != nil {
+		return err
 	}
 	if err := h.remove(ctx, h.twins, h.twinTab, key, 0); err != nil {
 		return err

@@ -108,13 +108,36 @@ func (h *Hub) remove(ctx context.Context, b *bucket, t *table, key string, rev u
 	return nil
 }
 
-// mutate runs a read-modify-write of key under compare-and-set. fn gets
-// the current decoded value and returns the next one. ifMatch is checked
-// against the current etag; with no etag (or "*") a lost compare-and-set
-// is retried on fresh data, since the caller asked for a merge, while
-// with an etag it is a 412, since the caller's view is now stale.
-// notFound builds the error for a missing key.
+// mutate runs a read-modify-write of key under compare-and-set (see
+// cas). fn gets the current decoded value and returns the next one.
 func (h *Hub) mutate(ctx context.Context, b *bucket, t *table, key, ifMatch string, notFound func() error, fn func(cur any) (any, error)) (*row, error) {
+	var next *row
+	_, err := h.cas(ctx, b, t, key, ifMatch, notFound, func(cur *row) error {
+		v, err := fn(cur.val)
+		if err != nil {
+			return err
+		}
+		next, err = h.write(ctx, b, t, key, cur, v)
+		return err
+	})
+	return next, err
+}
+
+// removeIfMatch deletes key under compare-and-set (see cas) and returns
+// the row it deleted.
+func (h *Hub) removeIfMatch(ctx context.Context, b *bucket, t *table, key, ifMatch string, notFound func() error) (*row, error) {
+	return h.cas(ctx, b, t, key, ifMatch, notFound, func(cur *row) error {
+		return h.remove(ctx, b, t, key, cur.rev)
+	})
+}
+
+// cas runs op, a write conditional on cur's revision, on key's current
+// row and returns that row. ifMatch is checked against the current etag;
+// with no etag (or "*") an op that loses its compare-and-set is retried
+// on fresh data, since the caller asked for a merge, while with an etag
+// it is a 412, since the caller's view is now stale. notFound builds the
+// error for a missing key.
+func (h *Hub) cas(ctx context.Context, b *bucket, t *table, key, ifMatch string, notFound func() error, op func(cur *row) error) (*row, error) {
 	cur, ok, err := h.lookup(ctx, b, t, key)
 	if err != nil {
 		return nil, err
@@ -133,19 +156,18 @@ func (h *Hub) mutate(ctx context.Context, b *bucket, t *table, key, ifMatch stri
 				return nil, notFound()
 			}
 			if !identity.MatchETag(ifMatch, etagOf(cur.rev)) {
-				return nil, identity.PreconditionFailed("etag %s does not match the current etag", strings.Trim(ifMatch, `" `))
+				return nil, etagMismatch(ifMatch)
 			}
 		}
-		next, err := fn(cur.val)
-		if err != nil {
+		err := op(cur)
+		if err == nil {
+			return cur, nil
+		}
+		if !errors.Is(err, errConflict) {
 			return nil, err
 		}
-		r, err := h.write(ctx, b, t, key, cur, next)
-		if !errors.Is(err, errConflict) {
-			return r, err
-		}
 		if !isAny(ifMatch) {
-			return nil, identity.PreconditionFailed("etag %s does not match the current etag", strings.Trim(ifMatch, `" `))
+			return nil, etagMismatch(ifMatch)
 		}
 		if attempt >= maxCASRetries {
 			return nil, errTooBusy
@@ -154,4 +176,9 @@ func (h *Hub) mutate(ctx context.Context, b *bucket, t *table, key, ifMatch stri
 			return nil, err
 		}
 	}
+}
+
+// etagMismatch is the 412 for an If-Match that is not the current etag.
+func etagMismatch(ifMatch string) error {
+	return identity.PreconditionFailed("etag %s does not match the current etag", strings.Trim(ifMatch, `" `))
 }

@@ -2,7 +2,6 @@ package hub
 
 import (
 	"context"
-	"errors"
 	"fmt"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -31,19 +30,62 @@ type TwinChange struct {
 // it to push desired patches to the devices connected to this replica. A
 // slow reader slows the watcher, not the writers.
 func (h *Hub) WatchTwins(ctx context.Context) (<-chan TwinChange, error) {
-	w, err := h.twins.kv.WatchAll(ctx, jetstream.UpdatesOnly())
-	if err != nil {
-		return nil, fmt.Errorf("watch twins: %w", err)
+	return watchUpdates(ctx, h, "twins", func(e jetstream.KeyValueEntry) (TwinChange, bool) {
+		d, m, err := splitKey(e.Key())
+		if err != nil {
+			h.log.Error("skip twin change with a bad key", "key", e.Key(), "err", err)
+			return TwinChange{}, false
+		}
+		c := TwinChange{DeviceID: d, ModuleID: m, Revision: e.Revision()}
+		if e.Operation() != jetstream.KeyValuePut {
+			c.Deleted = true
+			return c, true
+		}
+		v, err := decodeTwin(e.Key(), e.Revision(), e.Value())
+		if err != nil {
+			h.log.Error("skip undecodable twin change", "key", e.Key(), "err", err)
+			return TwinChange{}, false
+		}
+		rec := v.(*twinRecord)
+		c.Twin, c.DesiredPatch, c.DesiredVersion = rec.Twin, rec.DesiredPatch, rec.DesiredVersion
+		return c, true
+	}, h.twins)
+}
+
+// watchUpdates streams the changes made from now on to one or two buckets,
+// by any replica, each turned into a T by conv (false skips it), until ctx
+// ends, the hub closes or a watcher stops; then the channel closes. A slow
+// reader slows the watcher, not the writers. what names the watch in
+// errors.
+func watchUpdates[T any](ctx context.Context, h *Hub, what string, conv func(jetstream.KeyValueEntry) (T, bool), buckets ...*bucket) (<-chan T, error) {
+	ctx, cancel := context.WithCancel(ctx)
+	var ws []jetstream.KeyWatcher
+	stop := func() {
+		for _, w := range ws {
+			w.Stop()
+		}
+		cancel()
 	}
-	out := make(chan TwinChange, 64)
+	// A missing second watcher is a nil channel, which select never picks.
+	var updates [2]<-chan jetstream.KeyValueEntry
+	for i, b := range buckets {
+		w, err := b.kv.WatchAll(ctx, jetstream.UpdatesOnly())
+		if err != nil {
+			stop()
+			return nil, fmt.Errorf("watch %s: %w", b.name, err)
+		}
+		ws = append(ws, w)
+		updates[i] = w.Updates()
+	}
+	out := make(chan T, 64)
 	if !h.goStart() {
-		w.Stop()
-		return nil, errors.New("watch twins: hub closed")
+		stop()
+		return nil, fmt.Errorf("watch %s: hub closed", what)
 	}
 	go func() {
 		defer h.wg.Done()
 		defer close(out)
-		defer w.Stop()
+		defer stop()
 		for {
 			var e jetstream.KeyValueEntry
 			var ok bool
@@ -52,30 +94,18 @@ func (h *Hub) WatchTwins(ctx context.Context) (<-chan TwinChange, error) {
 				return
 			case <-h.done:
 				return
-			case e, ok = <-w.Updates():
-				if !ok {
-					return
-				}
+			case e, ok = <-updates[0]:
+			case e, ok = <-updates[1]:
+			}
+			if !ok {
+				return
 			}
 			if e == nil {
 				continue
 			}
-			d, m, err := splitKey(e.Key())
-			if err != nil {
-				h.log.Error("skip twin change with a bad key", "key", e.Key(), "err", err)
+			c, ok := conv(e)
+			if !ok {
 				continue
-			}
-			c := TwinChange{DeviceID: d, ModuleID: m, Revision: e.Revision()}
-			if e.Operation() != jetstream.KeyValuePut {
-				c.Deleted = true
-			} else {
-				v, err := decodeTwin(e.Key(), e.Revision(), e.Value())
-				if err != nil {
-					h.log.Error("skip undecodable twin change", "key", e.Key(), "err", err)
-					continue
-				}
-				rec := v.(*twinRecord)
-				c.Twin, c.DesiredPatch, c.DesiredVersion = rec.Twin, rec.DesiredPatch, rec.DesiredVersion
 			}
 			select {
 			case out <- c:

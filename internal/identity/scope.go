@@ -3,7 +3,22 @@ package identity
 import (
 	"strconv"
 	"strings"
+	"time"
 )
+
+// ScopeSnapshot is the identities in an edge's scope, as the hub sends
+// them to the edge (the reply to its sync-identities request): the edge,
+// its children and the modules of both, with their keys and thumbprints,
+// and the hub's root CA. It carries keys: it travels only to the edge
+// itself, over its authenticated TLS link, and the edge stores it sealed.
+type ScopeSnapshot struct {
+	Edge        Device    `json:"edge"`
+	Devices     []Device  `json:"devices"`
+	Modules     []Module  `json:"modules"`
+	RootCA      string    `json:"rootCA"`
+	HubHostName string    `json:"hubHostName"`
+	SyncedAt    time.Time `json:"syncedAt"`
+}
 
 // ScopePrefix starts every edge device scope.
 const ScopePrefix = "ms-azure-iot-edge://"

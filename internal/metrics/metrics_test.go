@@ -12,6 +12,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"outpost/internal/clocktest"
 )
 
 // fakeSource serves every source interface from function fields.
@@ -30,24 +32,6 @@ func (f fakeSource) ConnectedClients() Clients       { return f.clients() }
 func (f fakeSource) AuthFailures() map[string]uint64 { return f.auth() }
 func (f fakeSource) Storage() Storage                { return f.storage() }
 func (f fakeSource) Dropped() map[string]uint64      { return f.drops() }
-
-// clock is a settable test clock.
-type clock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func (c *clock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *clock) Set(t time.Time) {
-	c.mu.Lock()
-	c.t = t
-	c.mu.Unlock()
-}
 
 // scrape is one scrape: samples by series and families by type.
 type scrape struct {
@@ -139,7 +123,7 @@ func parseText(r io.Reader) (scrape, error) {
 
 var t0 = time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
 
-func edgeSource(clk *clock) fakeSource {
+func edgeSource(clk *clocktest.Clock) fakeSource {
 	return fakeSource{
 		queues: func() []Queue {
 			return []Queue{
@@ -159,7 +143,7 @@ func edgeSource(clk *clock) fakeSource {
 	}
 }
 
-func newEdgeMetrics(t *testing.T, src fakeSource, clk *clock) *Metrics {
+func newEdgeMetrics(t *testing.T, src fakeSource, clk *clocktest.Clock) *Metrics {
 	t.Helper()
 	m, err := New(Config{Queues: src, Link: src, Clients: src, Auth: src, Storage: src, Drops: src, Now: clk.Now, NoProcessMetrics: true})
 	if err != nil {
@@ -169,7 +153,7 @@ func newEdgeMetrics(t *testing.T, src fakeSource, clk *clock) *Metrics {
 }
 
 func TestEdgeScrape(t *testing.T) {
-	clk := &clock{t: t0}
+	clk := clocktest.At(t0)
 	m := newEdgeMetrics(t, edgeSource(clk), clk)
 	m.ObserveRefused(ReasonQuota, 5)
 	m.ObserveRefused(ReasonTooLarge, 1)
@@ -247,7 +231,7 @@ func TestEdgeScrape(t *testing.T) {
 }
 
 func TestLinkConnected(t *testing.T) {
-	clk := &clock{t: t0}
+	clk := clocktest.At(t0)
 	src := edgeSource(clk)
 	src.link = func() Link { return Link{Connected: true, Since: t0.Add(-time.Hour), OfflinePeriods: 1} }
 	src.storage = func() Storage { return Storage{Bytes: 1} } // no quota
@@ -296,7 +280,7 @@ func TestHubScrapeLeavesOutEdgeMetrics(t *testing.T) {
 }
 
 func TestHistograms(t *testing.T) {
-	clk := &clock{t: t0}
+	clk := clocktest.At(t0)
 	m := newEdgeMetrics(t, edgeSource(clk), clk)
 	for _, d := range []time.Duration{time.Millisecond, 2 * time.Millisecond, 3 * time.Second} {
 		m.ObservePuback(d)
@@ -344,7 +328,7 @@ func TestHistograms(t *testing.T) {
 func near(a, b float64) bool { return a-b < 1e-9 && b-a < 1e-9 }
 
 func TestOfflinePeriods(t *testing.T) {
-	clk := &clock{t: t0}
+	clk := clocktest.At(t0)
 	m := newEdgeMetrics(t, edgeSource(clk), clk)
 	steps := []struct {
 		name      string
@@ -375,7 +359,7 @@ func TestOfflinePeriods(t *testing.T) {
 }
 
 func TestDrainRate(t *testing.T) {
-	clk := &clock{t: t0}
+	clk := clocktest.At(t0)
 	m := newEdgeMetrics(t, edgeSource(clk), clk)
 	forward := func(n int) {
 		for range n {
@@ -396,7 +380,7 @@ func TestDrainRate(t *testing.T) {
 	}
 	for _, st := range steps {
 		t.Run(st.name, func(t *testing.T) {
-			clk.Set(clk.Now().Add(st.advance))
+			clk.Advance(st.advance)
 			forward(st.forward)
 			if got := get(t, m.Handler()).get(t, NameDrainRate); !near(got, st.want) {
 				t.Errorf("drain rate = %v, want %v", got, st.want)
@@ -422,7 +406,7 @@ func TestProcessMetrics(t *testing.T) {
 
 // TestConcurrentObserveAndScrape is for the race detector.
 func TestConcurrentObserveAndScrape(t *testing.T) {
-	clk := &clock{t: t0}
+	clk := clocktest.At(t0)
 	m := newEdgeMetrics(t, edgeSource(clk), clk)
 	var wg sync.WaitGroup
 	for g := range 4 {

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"outpost/internal/client"
+	"outpost/internal/clocktest"
 	"outpost/internal/edge"
 	"outpost/internal/message"
 	"outpost/internal/service"
@@ -123,7 +124,7 @@ func TestRestartWhileOffline(t *testing.T) {
 
 func TestTTLExpiry(t *testing.T) {
 	t.Parallel()
-	clock := &Clock{}
+	clock := clocktest.Real() // not stopped: the edge's link times its waits by this clock
 	s := newStory(t, []string{"child1"}, WithClock(clock.Now))
 
 	const ttl = 60

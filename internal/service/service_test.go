@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"outpost/internal/clocktest"
 	"outpost/internal/identity"
 	"outpost/internal/sas"
 )
@@ -452,20 +453,17 @@ func TestQueryPaging(t *testing.T) {
 
 func TestTokenRenewal(t *testing.T) {
 	f := newFakeHub(t)
-	now := time.Now()
-	var mu sync.Mutex
-	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
-	advance := func(d time.Duration) { mu.Lock(); now = now.Add(d); mu.Unlock() }
-	c, err := New(Config{ConnectionString: f.connectionString(), HTTPClient: f.srv.Client(), Now: clock})
+	clk := clocktest.At(time.Now())
+	c, err := New(Config{ConnectionString: f.connectionString(), HTTPClient: f.srv.Client(), Now: clk.Now})
 	if err != nil {
 		t.Fatal(err)
 	}
 	first, _ := c.authorization()
-	advance(time.Minute)
+	clk.Advance(time.Minute)
 	if again, _ := c.authorization(); again != first {
 		t.Errorf("token renewed after a minute")
 	}
-	advance(tokenLifetime - tokenRenewBefore)
+	clk.Advance(tokenLifetime - tokenRenewBefore)
 	renewed, _ := c.authorization()
 	if renewed == first {
 		t.Fatalf("token not renewed %v before expiry", tokenRenewBefore-time.Minute)
@@ -474,7 +472,7 @@ func TestTokenRenewal(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if want := clock().Add(tokenLifetime).Unix(); tok.Expiry.Unix() != want {
+	if want := clk.Now().Add(tokenLifetime).Unix(); tok.Expiry.Unix() != want {
 		t.Errorf("renewed token expires %v, want %v", tok.Expiry.Unix(), want)
 	}
 }

@@ -15,30 +15,14 @@ import (
 
 	"github.com/cockroachdb/pebble/v2/vfs"
 
+	"outpost/internal/clocktest"
 	"outpost/internal/message"
 	"outpost/internal/poll"
 )
 
-// fakeClock is a settable clock for TTL tests.
-type fakeClock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func newFakeClock() *fakeClock {
-	return &fakeClock{t: time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC)}
-}
-
-func (c *fakeClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *fakeClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	c.t = c.t.Add(d)
-	c.mu.Unlock()
+// newFakeClock is a stopped clock for TTL tests.
+func newFakeClock() *clocktest.Clock {
+	return clocktest.At(time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC))
 }
 
 // checkFor polls fn until it returns nil or timeout passes.

@@ -291,7 +291,7 @@ func (h *fakeHub) presenceReports() []presenceSeen {
 func (h *fakeHub) extension(name string, payload []byte) (int, []byte) {
 	switch name {
 	case "sync-identities":
-		snap := Snapshot{HubHostName: testHost, RootCA: string(h.ca.CertPEM), SyncedAt: time.Unix(1700000000, 0).UTC()}
+		snap := identity.ScopeSnapshot{HubHostName: testHost, RootCA: string(h.ca.CertPEM), SyncedAt: time.Unix(1700000000, 0).UTC()}
 		snap.Edge.DeviceID = testEdge
 		snap.Edge.Capabilities.IoTEdge = true
 		snap.Devices = []identity.Device{{DeviceID: "child1"}}

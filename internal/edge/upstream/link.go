@@ -40,7 +40,6 @@ import (
 
 	"outpost/internal/client"
 	"outpost/internal/edge/store"
-	"outpost/internal/identity"
 	"outpost/internal/message"
 	"outpost/internal/sas"
 )
@@ -143,16 +142,6 @@ type State struct {
 	OfflinePeriods int
 	// LastOffline is how long the last completed offline period lasted.
 	LastOffline time.Duration
-}
-
-// Snapshot is the identities in the edge's scope, as the hub sent them.
-type Snapshot struct {
-	Edge        identity.Device   `json:"edge"`
-	Devices     []identity.Device `json:"devices"`
-	Modules     []identity.Module `json:"modules"`
-	RootCA      string            `json:"rootCA"`
-	HubHostName string            `json:"hubHostName"`
-	SyncedAt    time.Time         `json:"syncedAt"`
 }
 
 // StatusError is a request the hub answered with a non-success status.

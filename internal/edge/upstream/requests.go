@@ -8,6 +8,7 @@ import (
 	"maps"
 	"net/http"
 
+	"outpost/internal/identity"
 	"outpost/internal/message"
 	"outpost/internal/topic"
 )
@@ -249,7 +250,7 @@ func extRequest(name string) func(rid string) string {
 }
 
 // SyncIdentities fetches the identities in the edge's scope, with keys.
-func (l *Link) SyncIdentities(ctx context.Context) (*Snapshot, error) {
+func (l *Link) SyncIdentities(ctx context.Context) (*identity.ScopeSnapshot, error) {
 	r, err := l.request(ctx, "sync identities", extResFilter, extRequest("sync-identities"), []byte("{}"))
 	if err != nil {
 		return nil, err
@@ -257,7 +258,7 @@ func (l *Link) SyncIdentities(ctx context.Context) (*Snapshot, error) {
 	if r.status != http.StatusOK {
 		return nil, fmt.Errorf("sync identities: %w", &StatusError{Status: r.status, Body: string(r.body)})
 	}
-	var snap Snapshot
+	var snap identity.ScopeSnapshot
 	if err := json.Unmarshal(r.body, &snap); err != nil {
 		return nil, fmt.Errorf("sync identities: %w", err)
 	}

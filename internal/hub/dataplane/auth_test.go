@@ -199,7 +199,7 @@ func TestEdgeExtensions(t *testing.T) {
 		if !strings.HasPrefix(r.topic, "$outpost/res/200/") {
 			t.Fatalf("reply topic %s: %s", r.topic, r.body)
 		}
-		var s Snapshot
+		var s identity.ScopeSnapshot
 		if err := json.Unmarshal(r.body, &s); err != nil {
 			t.Fatal(err)
 		}

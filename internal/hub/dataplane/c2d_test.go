@@ -5,13 +5,13 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
-	"sync/atomic"
 	"testing"
 	"time"
 
 	paho "github.com/eclipse/paho.mqtt.golang"
 
 	"outpost/internal/client"
+	"outpost/internal/clocktest"
 	"outpost/internal/identity"
 	"outpost/internal/message"
 	"outpost/internal/service"
@@ -358,10 +358,10 @@ func TestC2DDeliveryCountShared(t *testing.T) {
 // when the message was queued, and expires LockTimeout after it.
 func TestC2DLockOfAnOldMessage(t *testing.T) {
 	const lockTimeout = 2 * time.Second
-	var skew atomic.Int64 // the plane's clock runs this far ahead
+	clock := clocktest.Real()
 	e := newEnv(t, func(c *Config) {
 		c.LockTimeout = lockTimeout
-		c.Now = func() time.Time { return time.Now().Add(time.Duration(skew.Load())) }
+		c.Now = clock.Now
 	})
 	d := e.device("old-dev", false)
 	base := "/devices/old-dev/messages/devicebound/"
@@ -387,7 +387,7 @@ func TestC2DLockOfAnOldMessage(t *testing.T) {
 	if body != "late" {
 		t.Fatalf("received %q; want late", body)
 	}
-	skew.Add(int64(lockTimeout + time.Second))
+	clock.Advance(lockTimeout + time.Second)
 	if st := e.deviceHTTP(http.MethodDelete, base+lock, d).StatusCode; st != http.StatusPreconditionFailed {
 		t.Errorf("complete after the lock expired: %d; want 412", st)
 	}

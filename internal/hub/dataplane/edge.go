@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
-	"time"
 
 	"outpost/internal/certs"
 	"outpost/internal/gateway"
@@ -20,18 +19,6 @@ const (
 	ExtSignEdgeCA     = "sign-edge-ca"
 	ExtPresence       = "presence"
 )
-
-// Snapshot is the reply to sync-identities: what an edge needs to serve
-// its scope offline. It carries keys: it only travels to the edge itself,
-// over its authenticated TLS link.
-type Snapshot struct {
-	Edge        identity.Device   `json:"edge"`
-	Devices     []identity.Device `json:"devices"`
-	Modules     []identity.Module `json:"modules"`
-	RootCA      string            `json:"rootCA"`
-	HubHostName string            `json:"hubHostName"`
-	SyncedAt    time.Time         `json:"syncedAt"`
-}
 
 // SignedCA is the reply to sign-edge-ca.
 type SignedCA struct {
@@ -81,8 +68,8 @@ func (p *Plane) Extension(ctx context.Context, s gateway.Session, name string, p
 }
 
 // Snapshot returns the identities in an edge's scope: the edge, its
-// children, and the modules of both.
-func (p *Plane) Snapshot(edgeID string) (*Snapshot, error) {
+// children, and the modules of both; the reply to sync-identities.
+func (p *Plane) Snapshot(edgeID string) (*identity.ScopeSnapshot, error) {
 	edge, err := p.h.GetDevice(edgeID)
 	if err != nil {
 		return nil, asStatus(err)
@@ -91,7 +78,7 @@ func (p *Plane) Snapshot(edgeID string) (*Snapshot, error) {
 	if err != nil {
 		return nil, asStatus(err)
 	}
-	s := &Snapshot{Edge: edge, Devices: []identity.Device{}, Modules: []identity.Module{}, HubHostName: p.h.HostName(), SyncedAt: p.now().UTC()}
+	s := &identity.ScopeSnapshot{Edge: edge, Devices: []identity.Device{}, Modules: []identity.Module{}, HubHostName: p.h.HostName(), SyncedAt: p.now().UTC()}
 	if p.cfg.CA != nil {
 		s.RootCA = string(p.cfg.CA.CertPEM)
 	}

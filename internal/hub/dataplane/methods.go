@@ -197,23 +197,6 @@ func respond(m *nats.Msg, rep methodReply) {
 	_ = m.Respond(b)
 }
 
-// MethodRequest is the body of POST /twins/{id}[/modules/{m}]/methods.
-type MethodRequest struct {
-	MethodName string          `json:"methodName"`
-	Payload    json.RawMessage `json:"payload,omitempty"`
-	// ResponseTimeoutInSeconds: default 30, 1 to 300.
-	ResponseTimeoutInSeconds int `json:"responseTimeoutInSeconds,omitempty"`
-	// ConnectTimeoutInSeconds is how long to wait for the device to
-	// connect: default 0, at most 300.
-	ConnectTimeoutInSeconds int `json:"connectTimeoutInSeconds,omitempty"`
-}
-
-// MethodResponse is the device's answer.
-type MethodResponse struct {
-	Status  int             `json:"status"`
-	Payload json.RawMessage `json:"payload"`
-}
-
 // subscribeRetry is how soon a call is retried while the device is
 // connected but has not subscribed to methods yet.
 const subscribeRetry = 200 * time.Millisecond
@@ -243,17 +226,17 @@ func badArgument(format string, args ...any) error {
 // DeviceNotOnline when it is not connected (after waiting up to
 // ConnectTimeoutInSeconds), 504 GatewayTimeout when it does not answer in
 // ResponseTimeoutInSeconds.
-func (p *Plane) InvokeMethod(ctx context.Context, deviceID, moduleID string, req MethodRequest) (MethodResponse, error) {
-	payload, respT, connT, err := gateway.CheckMethodCall(req.MethodName, req.Payload, req.ResponseTimeoutInSeconds, req.ConnectTimeoutInSeconds)
+func (p *Plane) InvokeMethod(ctx context.Context, deviceID, moduleID string, req gateway.MethodCall) (gateway.MethodResult, error) {
+	payload, respT, connT, err := req.Check()
 	if err != nil {
-		return MethodResponse{}, err
+		return gateway.MethodResult{}, err
 	}
 	if moduleID == "" {
 		if _, err := p.h.GetDevice(deviceID); err != nil {
-			return MethodResponse{}, asStatus(err)
+			return gateway.MethodResult{}, asStatus(err)
 		}
 	} else if _, err := p.h.GetModule(deviceID, moduleID); err != nil {
-		return MethodResponse{}, asStatus(err)
+		return gateway.MethodResult{}, asStatus(err)
 	}
 	cid := message.ClientID(deviceID, moduleID)
 	data, _ := json.Marshal(methodCall{Name: req.MethodName, Payload: payload, TimeoutMs: respT.Milliseconds()})
@@ -265,7 +248,7 @@ func (p *Plane) InvokeMethod(ctx context.Context, deviceID, moduleID string, req
 	if connT > 0 {
 		var err error
 		if presence, err = p.nc.SubscribeSync(presenceSubject(cid)); err != nil {
-			return MethodResponse{}, fmt.Errorf("invoke method: %w", err)
+			return gateway.MethodResult{}, fmt.Errorf("invoke method: %w", err)
 		}
 		defer presence.Unsubscribe()
 	}
@@ -281,27 +264,27 @@ func (p *Plane) InvokeMethod(ctx context.Context, deviceID, moduleID string, req
 		case noResponders:
 			rep.Error = replyNotConnected
 		case err != nil && ctx.Err() != nil:
-			return MethodResponse{}, ctx.Err()
+			return gateway.MethodResult{}, ctx.Err()
 		case errors.Is(err, context.DeadlineExceeded), errors.Is(err, nats.ErrTimeout):
-			return MethodResponse{}, errGatewayTimeout(cid, req.MethodName)
+			return gateway.MethodResult{}, errGatewayTimeout(cid, req.MethodName)
 		case err != nil:
-			return MethodResponse{}, fmt.Errorf("invoke method: %w", err)
+			return gateway.MethodResult{}, fmt.Errorf("invoke method: %w", err)
 		default:
 			if err := json.Unmarshal(msg.Data, &rep); err != nil {
-				return MethodResponse{}, fmt.Errorf("invoke method: bad reply: %w", err)
+				return gateway.MethodResult{}, fmt.Errorf("invoke method: bad reply: %w", err)
 			}
 		}
 		switch rep.Error {
 		case "":
-			return MethodResponse{Status: rep.Status, Payload: jsonPayload(rep.Payload)}, nil
+			return gateway.MethodResult{Status: rep.Status, Payload: gateway.ResultPayload(rep.Payload)}, nil
 		case replyTimeout:
-			return MethodResponse{}, errGatewayTimeout(cid, req.MethodName)
+			return gateway.MethodResult{}, errGatewayTimeout(cid, req.MethodName)
 		case replyLost:
-			return MethodResponse{}, errDroppedCall(cid, req.MethodName)
+			return gateway.MethodResult{}, errDroppedCall(cid, req.MethodName)
 		case replyNotConnected:
 			left := time.Until(connectBy)
 			if presence == nil || left <= 0 {
-				return MethodResponse{}, errDeviceNotOnline(cid)
+				return gateway.MethodResult{}, errDeviceNotOnline(cid)
 			}
 			if !noResponders {
 				// Connected but not yet subscribed to methods, as a
@@ -313,26 +296,13 @@ func (p *Plane) InvokeMethod(ctx context.Context, deviceID, moduleID string, req
 			_, err := presence.NextMsgWithContext(wctx)
 			cancel()
 			if ctx.Err() != nil {
-				return MethodResponse{}, ctx.Err()
+				return gateway.MethodResult{}, ctx.Err()
 			}
 			if err != nil && !time.Now().Before(connectBy) {
-				return MethodResponse{}, errDeviceNotOnline(cid)
+				return gateway.MethodResult{}, errDeviceNotOnline(cid)
 			}
 		default:
-			return MethodResponse{}, badArgument("%s", rep.Error)
+			return gateway.MethodResult{}, badArgument("%s", rep.Error)
 		}
 	}
-}
-
-// jsonPayload is a device's response as JSON: as sent when it is JSON,
-// else as a JSON string; an empty response is null.
-func jsonPayload(b []byte) json.RawMessage {
-	if len(b) == 0 {
-		return json.RawMessage("null")
-	}
-	if json.Valid(b) {
-		return json.RawMessage(b)
-	}
-	s, _ := json.Marshal(string(b))
-	return s
 }

@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"net/http"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -17,6 +16,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"outpost/internal/client"
+	"outpost/internal/clocktest"
 	"outpost/internal/gateway"
 	"outpost/internal/hub"
 	"outpost/internal/identity"
@@ -227,27 +227,9 @@ func TestPresenceQueryConnected(t *testing.T) {
 	})
 }
 
-// hubClock is a settable clock for the hub's presence times.
-type hubClock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func (c *hubClock) now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *hubClock) add(d time.Duration) {
-	c.mu.Lock()
-	c.t = c.t.Add(d)
-	c.mu.Unlock()
-}
-
 func TestActivityThrottledOverMQTT(t *testing.T) {
-	clk := &hubClock{t: time.Now().UTC()}
-	e := newEnvWith(t, envOptions{hub: func(c *hub.Config) { c.Now = clk.now }})
+	clk := clocktest.At(time.Now().UTC())
+	e := newEnvWith(t, envOptions{hub: func(c *hub.Config) { c.Now = clk.Now }})
 	d := e.device("dev1", false)
 
 	ctx, cancel := context.WithCancel(ctxT(t))
@@ -286,7 +268,7 @@ func TestActivityThrottledOverMQTT(t *testing.T) {
 	}
 	// Within the resolution: telemetry writes nothing.
 	send(20)
-	clk.add(hub.DefaultActivityResolution)
+	clk.Advance(hub.DefaultActivityResolution)
 	send(20)
 	checkFor(t, 10*time.Second, func() error {
 		if _, _, a := e.stateOf("dev1", ""); !a.After(active0) {
@@ -294,18 +276,18 @@ func TestActivityThrottledOverMQTT(t *testing.T) {
 		}
 		return nil
 	})
-	if _, _, a := e.stateOf("dev1", ""); !a.Equal(clk.now()) {
-		t.Fatalf("lastActivityTime %v; want %v", a, clk.now())
+	if _, _, a := e.stateOf("dev1", ""); !a.Equal(clk.Now()) {
+		t.Fatalf("lastActivityTime %v; want %v", a, clk.Now())
 	}
 	// HTTPS telemetry is activity too, but connects nothing; the device
 	// stays Connected through its MQTT session.
-	clk.add(hub.DefaultActivityResolution)
+	clk.Advance(hub.DefaultActivityResolution)
 	if resp := e.deviceHTTPBody(http.MethodPost, "/devices/dev1/messages/events?api-version=2021-04-12", d, []byte("x"), nil); resp.StatusCode != http.StatusNoContent {
 		t.Fatalf("HTTPS telemetry: %s", resp.Status)
 	}
 	checkFor(t, 10*time.Second, func() error {
-		if s, _, a := e.stateOf("dev1", ""); !a.Equal(clk.now()) || s != identity.Connected {
-			return fmt.Errorf("after HTTPS: %s, active %v; want Connected, %v", s, a, clk.now())
+		if s, _, a := e.stateOf("dev1", ""); !a.Equal(clk.Now()) || s != identity.Connected {
+			return fmt.Errorf("after HTTPS: %s, active %v; want Connected, %v", s, a, clk.Now())
 		}
 		return nil
 	})

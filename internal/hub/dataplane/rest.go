@@ -76,7 +76,7 @@ func (p *Plane) restMethod(w http.ResponseWriter, r *http.Request) {
 		p.fail(w, r, badArgument("read request: %v", err))
 		return
 	}
-	var req MethodRequest
+	var req gateway.MethodCall
 	if err := json.Unmarshal(body, &req); err != nil {
 		p.fail(w, r, badArgument("request body is not a method request: %v", err))
 		return
