@@ -153,10 +153,19 @@ func awaitEnd(t *testing.T, ended <-chan gateway.Session, want gateway.Session) 
 }
 
 // endWatch is the plane as the gateway's backend, reporting the sessions
-// whose Disconnected the plane has handled.
+// whose Disconnected (and, when started is set, Connected) the plane has
+// handled.
 type endWatch struct {
 	*Plane
-	ended chan gateway.Session
+	ended   chan gateway.Session
+	started chan gateway.Session
+}
+
+func (w endWatch) Connected(s gateway.Session) {
+	w.Plane.Connected(s)
+	if w.started != nil {
+		w.started <- s
+	}
 }
 
 func (w endWatch) Disconnected(s gateway.Session) {
@@ -165,8 +174,8 @@ func (w endWatch) Disconnected(s gateway.Session) {
 }
 
 func TestPresenceTakeover(t *testing.T) {
-	ended := make(chan gateway.Session, 8)
-	e := newEnvWith(t, envOptions{wrap: func(p *Plane) gateway.Backend { return endWatch{p, ended} }})
+	ended, started := make(chan gateway.Session, 8), make(chan gateway.Session, 8)
+	e := newEnvWith(t, envOptions{wrap: func(p *Plane) gateway.Backend { return endWatch{Plane: p, ended: ended, started: started} }})
 	d := e.device("dev1", false)
 	tok := e.deviceToken(d)
 	lost := make(chan error, 1)
@@ -180,8 +189,15 @@ func TestPresenceTakeover(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("first connection not taken over")
 	}
-	// The old session's Disconnected arrives after the new Connected;
-	// once it is handled and written, the device is still Connected.
+	// The gateway reports the new session after its CONNACK, so either
+	// end of the takeover may reach the plane first; once both are
+	// handled and written, the device is Connected.
+	<-started // the first session's
+	select {
+	case <-started:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the second session's Connected never came")
+	}
 	awaitEnd(t, ended, s1)
 	e.presenceIdle()
 	state, since2, _ := e.stateOf("dev1", "")
@@ -425,7 +441,7 @@ func gatewayStatus(err error) (int, string) {
 // reported alone when the old link's end arrives.
 func TestPresenceEdgeTakeover(t *testing.T) {
 	ended := make(chan gateway.Session, 8)
-	e := newEnvWith(t, envOptions{wrap: func(p *Plane) gateway.Backend { return endWatch{p, ended} }})
+	e := newEnvWith(t, envOptions{wrap: func(p *Plane) gateway.Backend { return endWatch{Plane: p, ended: ended} }})
 	edge := e.device("edge1", true)
 	e.device("kid1", false)
 	e.device("kid2", false)
