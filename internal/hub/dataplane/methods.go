@@ -13,6 +13,7 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"outpost/internal/gateway"
+	"outpost/internal/identity"
 	"outpost/internal/message"
 )
 
@@ -85,6 +86,13 @@ func (p *Plane) Connected(s gateway.Session) {
 	}
 	if l.presence != "" {
 		p.pres.connected(id.DeviceID, id.ModuleID, l.presence)
+	}
+	if isEdgeLink(l) {
+		// The edge runtime's own modules live as long as its link, as
+		// IoT Hub shows $edgeAgent and $edgeHub; the link's end ends them
+		// with the children it reported.
+		p.pres.reported(id.DeviceID, l.presence, &edgePresence{connected: []clientRef{
+			{id.DeviceID, identity.EdgeAgent}, {id.DeviceID, identity.EdgeHub}}})
 	}
 	if err := p.nc.Publish(presenceSubject(cid), nil); err != nil {
 		p.log.Warn("announce connection", "identity", cid, "err", err)

@@ -392,7 +392,8 @@ func TestPresenceThroughEdge(t *testing.T) {
 		t.Fatalf("refused %q; want the ids outside the edge's scope", got)
 	}
 	e.wantStates(map[string]string{"kid1": identity.Connected, "kid1/m1": identity.Connected,
-		"kid2": identity.Disconnected, "stranger": identity.Disconnected, "edge1": identity.Connected})
+		"kid2": identity.Disconnected, "stranger": identity.Disconnected, "edge1": identity.Connected,
+		"edge1/$edgeAgent": identity.Connected, "edge1/$edgeHub": identity.Connected})
 	if _, since, _ := e.stateOf("edge1", ""); !since.Equal(edgeSince) {
 		t.Errorf("the edge's own record changed: since %v, was %v", since, edgeSince)
 	}
@@ -416,7 +417,8 @@ func TestPresenceThroughEdge(t *testing.T) {
 	t.Run("link ends", func(t *testing.T) {
 		ec.Close()
 		e.waitState("edge1", "", identity.Disconnected)
-		e.wantStates(map[string]string{"kid1": identity.Disconnected, "kid2": identity.Disconnected})
+		e.wantStates(map[string]string{"kid1": identity.Disconnected, "kid2": identity.Disconnected,
+			"edge1/$edgeAgent": identity.Disconnected, "edge1/$edgeHub": identity.Disconnected})
 	})
 	t.Run("only an edge reports", func(t *testing.T) {
 		kc := e.deviceClient(e.device("kid3", false), nil)
