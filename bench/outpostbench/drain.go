@@ -23,6 +23,8 @@ import (
 
 	"outpost/bench/summary"
 	"outpost/internal/certs"
+	"outpost/internal/hub/dataplane"
+	"outpost/internal/metrics"
 	"outpost/internal/netfault"
 	"outpost/internal/service"
 )
@@ -43,19 +45,37 @@ type drainResult struct {
 	HWMAfterIngestKB  int64 `json:"hwmAfterIngestKB"`
 	RSSAfterRestartKB int64 `json:"rssAfterRestartKB"`
 	// ReconnectMs: link restored → the edge's link reports connected.
-	// TransferS: connected → the last backlog message read from the hub's
-	// telemetry stream.
+	// TransferS: connected → the hub's telemetry stream holds the whole
+	// backlog (its message count on the hub's /metrics, polled every
+	// 20 ms). The stream de-duplicates replays, so the count is of
+	// distinct messages stored, which PUBACK follows.
 	ReconnectMs float64 `json:"reconnectMs"`
 	TransferS   float64 `json:"transferS"`
 	DrainMsgsPS float64 `json:"drainMsgsPerSec"`
-	// MaxGapMs is the longest wait between two events at the reader once
-	// the first arrived: a reader or link that stalls shows here.
-	MaxGapMs float64 `json:"maxEventGapMs"`
-	// What the hub's stream held at the end: all events, and distinct
-	// (edgeId, edgeSeq) pairs, the key the edge stamps on every message it
-	// stores and the hub de-duplicates replays by.
+	// MaxStallMs is the longest time the stored count did not grow during
+	// the transfer (to the poll's 20 ms): a link or store that stalls
+	// shows here.
+	MaxStallMs float64 `json:"maxStallMs"`
+	// With --reader-timed, a reader of the hub's event stream runs during
+	// the transfer, as the drain was first measured: the transfer then
+	// ends at the backlog-th event read, and MaxGapMs is the longest wait
+	// between two events at the reader. The reader costs the hub CPU, so
+	// the stored-count figures of such a run are slower too.
+	ReaderTransferS   float64 `json:"readerTransferS,omitempty"`
+	ReaderDrainMsgsPS float64 `json:"readerDrainMsgsPerSec,omitempty"`
+	MaxGapMs          float64 `json:"maxEventGapMs,omitempty"`
+	// What the hub's stream held at the end, read from its start after
+	// the transfer: all events, and distinct (edgeId, edgeSeq) pairs, the
+	// key the edge stamps on every message it stores and the hub
+	// de-duplicates replays by.
 	AtHub       int64 `json:"atHub"`
 	DistinctIDs int64 `json:"distinctEdgeSeqs"`
+	// The drain's peer: the hub's own ingest of the same number of
+	// messages over one connection, as the edge drains over one (mqttload:
+	// 1 device, 64 in flight, 256 B, QoS 1), measured on the same hub
+	// right after the drain. PeerRatio is DrainMsgsPS over its msg/s.
+	PeerIngest json.RawMessage `json:"peerIngest,omitempty"`
+	PeerRatio  float64         `json:"peerRatio,omitempty"`
 }
 
 // drainCmd runs the edge drain scenario with its own hub and edge
@@ -66,8 +86,12 @@ type drainResult struct {
 //     QoS 1, 256 B, 64 in flight), every one acked after an fsync;
 //  3. the edge is killed with SIGKILL and restarted offline; its queue
 //     must still hold every acked message;
-//  4. the proxy is restored and the time until the hub has the last
-//     message is measured, split into reconnect and transfer.
+//  4. the proxy is restored and the time until the hub has stored the
+//     last message is measured, split into reconnect and transfer, with
+//     no reader of the hub's events running (unless --reader-timed);
+//  5. the hub's events are read from the start: every message once;
+//  6. the hub's ingest of as many messages over one connection, the
+//     drain's peer, is measured (unless --peer=false).
 func drainCmd(ctx context.Context, args []string, stdout io.Writer) error {
 	fs := flag.NewFlagSet("drain", flag.ContinueOnError)
 	bin := fs.String("outpost", "", "the outpost binary (required)")
@@ -77,6 +101,10 @@ func drainCmd(ctx context.Context, args []string, stdout io.Writer) error {
 	children := fs.Int("children", 10, "children of the edge, one mqttload client each")
 	label := fs.String("label", "", "name of the run (default outpost-drain-BACKLOG)")
 	timeout := fs.Duration("timeout", 0, "longest wait for the drain (default: 5 min + 1 min per 100k)")
+	readerTimed := fs.Bool("reader-timed", false, "also time the transfer by a reader of the hub's events running during it (slows the drain)")
+	peer := fs.Bool("peer", true, "measure the hub's one-connection ingest of as many messages after the drain")
+	hubPprof := fs.String("hub-pprof", "", "serve the hub's pprof on this loopback address (OUTPOST_PPROF)")
+	edgePprof := fs.String("edge-pprof", "", "serve the edge's pprof on this loopback address (OUTPOST_PPROF)")
 	if err := parse(fs, args); err != nil {
 		return err
 	}
@@ -92,7 +120,7 @@ func drainCmd(ctx context.Context, args []string, stdout io.Writer) error {
 	if *timeout == 0 {
 		*timeout = 5*time.Minute + time.Duration(*backlog/100_000)*time.Minute
 	}
-	s := &scenario{bin: *bin, load: *loadBin, dir: *dir}
+	s := &scenario{bin: *bin, load: *loadBin, dir: *dir, readerTimed: *readerTimed, peer: *peer, hubPprof: *hubPprof, edgePprof: *edgePprof}
 	defer s.close()
 	res, err := s.drain(ctx, *backlog, *children, *timeout)
 	if err != nil {
@@ -105,7 +133,12 @@ func drainCmd(ctx context.Context, args []string, stdout io.Writer) error {
 // scenario owns the processes and the proxy of one drain run.
 type scenario struct {
 	bin, load, dir string
+	readerTimed    bool // a reader of the hub's events runs during the transfer
+	peer           bool // measure the hub's one-connection ingest after the drain
+	hubPprof       string
+	edgePprof      string
 	hub, edge      *proc
+	hubHTTPS       string
 	proxy          *netfault.Proxy
 	edgeArgs       []string
 	edgeStarts     int
@@ -134,11 +167,12 @@ func (s *scenario) drain(ctx context.Context, backlog, children int, timeout tim
 	hubDir := filepath.Join(s.dir, "hub")
 	var err error
 	var m []string
-	s.hub, m, err = startProc(ctx, s.bin, filepath.Join(s.dir, "hub.out"), hubReadyRE, 60*time.Second,
+	s.hub, m, err = startProc(ctx, s.bin, filepath.Join(s.dir, "hub.out"), hubReadyRE, 60*time.Second, s.hubPprof,
 		"hub", "--data-dir", hubDir, "--https-addr", "127.0.0.1:0", "--mqtt-addr", "127.0.0.1:0")
 	if err != nil {
 		return res, err
 	}
+	s.hubHTTPS = m[1]
 	hubMQTT := m[2]
 	svc, err := openHub(hubDir)
 	if err != nil {
@@ -147,6 +181,21 @@ func (s *scenario) drain(ctx context.Context, backlog, children int, timeout tim
 	cs, creds, err := provisionEdge(ctx, svc, "edge1", children)
 	if err != nil {
 		return res, err
+	}
+	var peerCredsFile string
+	if s.peer {
+		devs, err := createDevices(ctx, svc, "peer", 1)
+		if err != nil {
+			return res, err
+		}
+		peerCreds, err := credsFor(svc.HostName(), devs)
+		if err != nil {
+			return res, err
+		}
+		peerCredsFile = filepath.Join(s.dir, "peer-creds.jsonl")
+		if err := writeCreds(peerCredsFile, peerCreds); err != nil {
+			return res, err
+		}
 	}
 	credsFile := filepath.Join(s.dir, "creds.jsonl")
 	if err := writeCreds(credsFile, creds); err != nil {
@@ -214,12 +263,20 @@ func (s *scenario) drain(ctx context.Context, backlog, children int, timeout tim
 		logf("drain: LOST %d acked messages across kill -9", int64(backlog)-res.QueuedAfterKill9)
 	}
 
-	// 4. The link returns.
-	mon, err := startMonitor(ctx, svc, backlog)
+	// 4. The link returns. Nothing reads the hub's events meanwhile
+	// (unless --reader-timed): the transfer ends when the hub's stream
+	// holds the backlog, as mqttload's ingest ends at the last PUBACK.
+	base, err := s.hubStored(ctx)
 	if err != nil {
 		return res, err
 	}
-	defer mon.stop()
+	var mon *monitor
+	if s.readerTimed {
+		if mon, err = startMonitor(ctx, svc, int(base)+backlog); err != nil {
+			return res, err
+		}
+		defer mon.stop()
+	}
 	logf("drain: restoring the link")
 	t0 := time.Now()
 	if err := s.proxy.Restore(); err != nil {
@@ -234,26 +291,142 @@ func (s *scenario) drain(ctx context.Context, backlog, children int, timeout tim
 	if up.Before(t0) {
 		up = t0
 	}
-	select {
-	case <-mon.done:
-	case <-time.After(timeout):
-		return res, fmt.Errorf("only %d of %d messages at the hub after %v", mon.n.Load(), backlog, timeout)
-	case <-ctx.Done():
-		return res, ctx.Err()
-	}
-	if mon.err != nil {
-		return res, mon.err
+	last, stall, err := s.awaitStored(ctx, base+int64(backlog), up, timeout)
+	if err != nil {
+		return res, err
 	}
 	res.ReconnectMs = float64(up.Sub(t0).Microseconds()) / 1000
-	res.TransferS = mon.last.Sub(up).Seconds()
+	res.TransferS = last.Sub(up).Seconds()
 	if res.TransferS > 0 {
 		res.DrainMsgsPS = float64(backlog) / res.TransferS
 	}
-	res.MaxGapMs = float64(mon.maxGap.Microseconds()) / 1000
-	// Let stragglers (replays) arrive before counting what the stream holds.
+	res.MaxStallMs = float64(stall.Microseconds()) / 1000
+	if mon != nil {
+		if err := mon.wait(ctx, timeout); err != nil {
+			return res, err
+		}
+		res.ReaderTransferS = mon.last.Sub(up).Seconds()
+		if res.ReaderTransferS > 0 {
+			res.ReaderDrainMsgsPS = float64(backlog) / res.ReaderTransferS
+		}
+		res.MaxGapMs = float64(mon.maxGap.Microseconds()) / 1000
+	}
+
+	// 5. Every message at the hub once: read the stream from its start.
+	// Let stragglers (replays) arrive before taking the count to read.
 	time.Sleep(500 * time.Millisecond) // a settling period, not a wait for a condition
+	final, err := s.hubStored(ctx)
+	if err != nil {
+		return res, err
+	}
+	if mon == nil {
+		if mon, err = startMonitor(ctx, svc, int(final)); err != nil {
+			return res, err
+		}
+		defer mon.stop()
+	}
+	if err := mon.await(ctx, final, timeout); err != nil {
+		return res, err
+	}
 	res.AtHub, res.DistinctIDs = mon.counts()
+	res.AtHub -= base
+	mon.stop()
+
+	// 6. The peer: the hub's own ingest over one connection.
+	if s.peer {
+		logf("drain: the hub's ingest of %d messages over one connection", backlog)
+		out, err := exec.CommandContext(ctx, s.load, "--addr", hubMQTT, "--tls", "--ca", caFile, "--servername", "localhost",
+			"--creds", peerCredsFile, "--clients", "1", "--inflight", "64", "--size", "256", "--qos", "1",
+			"--count", strconv.Itoa(backlog), "--json", "--label", "outpost-hub-1conn").Output()
+		if err != nil {
+			return res, fmt.Errorf("mqttload (peer): %w", exitDetail(err))
+		}
+		res.PeerIngest = json.RawMessage(strings.TrimSpace(string(out)))
+		if r := ingestRate(res.PeerIngest); r > 0 {
+			res.PeerRatio = res.DrainMsgsPS / r
+		}
+	}
 	return res, nil
+}
+
+// storedPoll is how often the hub's stored count is read during the
+// transfer: fine against a transfer of seconds, and cheap for the hub (one
+// scrape costs it a stream info).
+const storedPoll = 20 * time.Millisecond
+
+// awaitStored polls the hub's telemetry stream until it holds want
+// messages, and returns when it first saw them and the longest time the
+// count stood still since from.
+func (s *scenario) awaitStored(ctx context.Context, want int64, from time.Time, timeout time.Duration) (time.Time, time.Duration, error) {
+	deadline := time.Now().Add(timeout)
+	var n, prev int64 = 0, -1
+	grew := from
+	var stall time.Duration
+	for {
+		got, err := s.hubStored(ctx)
+		now := time.Now()
+		if err != nil {
+			return now, stall, err
+		}
+		if got != prev {
+			if now.After(from) {
+				stall = max(stall, now.Sub(grew))
+			}
+			prev, grew = got, now
+		}
+		if n = got; n >= want {
+			return now, stall, nil
+		}
+		if now.After(deadline) {
+			return now, stall, fmt.Errorf("the hub stored only %d of %d messages after %v", n, want, timeout)
+		}
+		select {
+		case <-ctx.Done():
+			return now, stall, ctx.Err()
+		case <-time.After(storedPoll):
+		}
+	}
+}
+
+// hubStored is the message count of the hub's telemetry stream, from its
+// /metrics (open to loopback callers).
+func (s *scenario) hubStored(ctx context.Context) (int64, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "https://"+s.hubHTTPS+"/metrics", nil)
+	if err != nil {
+		return 0, err
+	}
+	resp, err := s.status.Do(req)
+	if err != nil {
+		return 0, fmt.Errorf("hub metrics: %w", err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return 0, fmt.Errorf("hub metrics: %s", resp.Status)
+	}
+	return telemetryStored(resp.Body)
+}
+
+// telemetryLine starts the sample of the hub's telemetry stream length.
+var telemetryLine = metrics.NameQueueLength + `{endpoint="` + dataplane.MetricsTelemetry + `"} `
+
+// telemetryStored finds the telemetry stream's length in a Prometheus
+// text exposition.
+func telemetryStored(r io.Reader) (int64, error) {
+	sc := bufio.NewScanner(r)
+	sc.Buffer(nil, 1<<20)
+	for sc.Scan() {
+		if v, ok := strings.CutPrefix(sc.Text(), telemetryLine); ok {
+			f, err := strconv.ParseFloat(strings.TrimSpace(v), 64)
+			if err != nil {
+				return 0, fmt.Errorf("hub metrics: %q: %w", sc.Text(), err)
+			}
+			return int64(f), nil
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return 0, fmt.Errorf("hub metrics: %w", err)
+	}
+	return 0, fmt.Errorf("hub metrics: no %s", strings.TrimSpace(telemetryLine))
 }
 
 // startEdge starts the edge with s.edgeArgs and returns its listen
@@ -261,7 +434,7 @@ func (s *scenario) drain(ctx context.Context, backlog, children int, timeout tim
 func (s *scenario) startEdge(ctx context.Context) (mqttAddr, httpsAddr string, err error) {
 	s.edgeStarts++
 	out := filepath.Join(s.dir, fmt.Sprintf("edge.out.%d", s.edgeStarts))
-	p, m, err := startProc(ctx, s.bin, out, edgeReadyRE, 2*time.Minute, s.edgeArgs...)
+	p, m, err := startProc(ctx, s.bin, out, edgeReadyRE, 2*time.Minute, s.edgePprof, s.edgeArgs...)
 	if err != nil {
 		return "", "", err
 	}
@@ -397,6 +570,38 @@ func startMonitor(ctx context.Context, svc *service.Client, want int) (*monitor,
 	return m, nil
 }
 
+// wait waits for the want-th event, or the stream's failure.
+func (m *monitor) wait(ctx context.Context, timeout time.Duration) error {
+	select {
+	case <-m.done:
+		return m.err
+	case <-time.After(timeout):
+		return fmt.Errorf("only %d of %d events read at the hub after %v", m.n.Load(), m.want, timeout)
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// await waits until n events were read (more than want, when the stream
+// holds more than it did at the start).
+func (m *monitor) await(ctx context.Context, n int64, timeout time.Duration) error {
+	if err := m.wait(ctx, timeout); err != nil {
+		return err
+	}
+	deadline := time.Now().Add(timeout)
+	for m.n.Load() < n {
+		if time.Now().After(deadline) {
+			return fmt.Errorf("only %d of %d events read at the hub after %v", m.n.Load(), n, timeout)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(storedPoll):
+		}
+	}
+	return nil
+}
+
 func (m *monitor) finish(err error) {
 	m.once.Do(func() {
 		m.last, m.err, m.maxGap = time.Now(), err, m.gap
@@ -423,14 +628,18 @@ type proc struct {
 }
 
 // startProc starts bin with args and waits until a line of its output
-// matches ready, returning the submatches.
-func startProc(ctx context.Context, bin, outFile string, ready *regexp.Regexp, timeout time.Duration, args ...string) (*proc, []string, error) {
+// matches ready, returning the submatches. A pprof address, if any, goes
+// to the process as OUTPOST_PPROF.
+func startProc(ctx context.Context, bin, outFile string, ready *regexp.Regexp, timeout time.Duration, pprof string, args ...string) (*proc, []string, error) {
 	f, err := os.Create(outFile)
 	if err != nil {
 		return nil, nil, err
 	}
 	cmd := exec.Command(bin, args...)
 	cmd.Stdout, cmd.Stderr = f, f
+	if pprof != "" {
+		cmd.Env = append(os.Environ(), "OUTPOST_PPROF="+pprof)
+	}
 	if err := cmd.Start(); err != nil {
 		f.Close()
 		return nil, nil, err
@@ -527,14 +736,16 @@ func exitDetail(err error) error {
 
 // summarizeDrain reads drainResult lines and prints a markdown table with
 // one row per label: medians over rounds, and the worst round for what
-// was lost.
+// was lost. The drain is quoted against the hub's one-connection ingest
+// of the same round (median of per-round ratios); figures a round did not
+// measure are left out of their median, and none gives "–".
 func summarizeDrain(r io.Reader, w io.Writer) error {
 	order, runs, err := summary.Read(r, func(res drainResult) (string, error) { return res.Label, nil })
 	if err != nil {
 		return fmt.Errorf("summarize-drain: %w", err)
 	}
-	fmt.Fprintln(w, "| run | rounds | offline ingest msg/s | lost on kill -9 (worst) | edge RSS, backlog queued | reconnect | transfer | drain msg/s | missing / duplicated at hub (worst) |")
-	fmt.Fprintln(w, "|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+	fmt.Fprintln(w, "| run | rounds | offline ingest msg/s | lost on kill -9 (worst) | edge RSS, backlog queued | reconnect | transfer | drain msg/s | hub ingest, 1 connection, msg/s | drain × 1-connection ingest | drain msg/s, reader-timed | missing / duplicated at hub (worst) |")
+	fmt.Fprintln(w, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
 	for _, label := range order {
 		rs := runs[label]
 		med := func(f func(drainResult) float64) float64 { return summary.Median(rs, f) }
@@ -544,7 +755,7 @@ func summarizeDrain(r io.Reader, w io.Writer) error {
 			missing = max(missing, int64(r.Backlog)-r.DistinctIDs)
 			dup = max(dup, r.AtHub-r.DistinctIDs)
 		}
-		fmt.Fprintf(w, "| %s | %d | %.0f | %d | %.0f MB (peak %.0f MB; %.0f MB after restart) | %.0f ms | %.1f s | %.0f | %d / %d |\n",
+		fmt.Fprintf(w, "| %s | %d | %.0f | %d | %.0f MB (peak %.0f MB; %.0f MB after restart) | %.0f ms | %.1f s | %.0f | %s | %s | %s | %d / %d |\n",
 			label, len(rs),
 			med(func(r drainResult) float64 { return ingestRate(r.Ingest) }),
 			lost,
@@ -554,9 +765,27 @@ func summarizeDrain(r io.Reader, w io.Writer) error {
 			med(func(r drainResult) float64 { return r.ReconnectMs }),
 			med(func(r drainResult) float64 { return r.TransferS }),
 			med(func(r drainResult) float64 { return r.DrainMsgsPS }),
+			measured(rs, "%.0f", func(r drainResult) float64 { return ingestRate(r.PeerIngest) }),
+			measured(rs, "%.2f", func(r drainResult) float64 { return r.PeerRatio }),
+			measured(rs, "%.0f", func(r drainResult) float64 { return r.ReaderDrainMsgsPS }),
 			missing, dup)
 	}
 	return nil
+}
+
+// measured is the median of f over the rounds where it is not 0, in
+// format, or "–" when no round measured it.
+func measured(rs []drainResult, format string, f func(drainResult) float64) string {
+	var v []float64
+	for _, r := range rs {
+		if x := f(r); x != 0 {
+			v = append(v, x)
+		}
+	}
+	if len(v) == 0 {
+		return "–"
+	}
+	return fmt.Sprintf(format, summary.MedianOf(v))
 }
 
 // ingestRate is msgsPerSec from an mqttload result line.

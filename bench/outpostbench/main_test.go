@@ -206,26 +206,75 @@ func TestSummarizeRTT(t *testing.T) {
 }
 
 func TestSummarizeDrain(t *testing.T) {
-	line := func(reconnect float64, queued, atHub, distinct int64) string {
-		b, _ := json.Marshal(drainResult{
+	type round struct {
+		reconnect               float64
+		queued, atHub, distinct int64
+		peer                    string // mqttload's line of the peer ingest, "" for none
+		ratio, reader           float64
+	}
+	line := func(r round) string {
+		res := drainResult{
 			Label: "outpost-drain-100", Backlog: 100, Ingest: json.RawMessage(`{"msgsPerSec":5000}`),
-			QueuedAfterIngest: 100, QueuedAfterKill9: queued, RSSAfterIngestKB: 2048, HWMAfterIngestKB: 3072, RSSAfterRestartKB: 1024,
-			ReconnectMs: reconnect, TransferS: 2, DrainMsgsPS: 50, AtHub: atHub, DistinctIDs: distinct,
-		})
+			QueuedAfterIngest: 100, QueuedAfterKill9: r.queued, RSSAfterIngestKB: 2048, HWMAfterIngestKB: 3072, RSSAfterRestartKB: 1024,
+			ReconnectMs: r.reconnect, TransferS: 2, DrainMsgsPS: 50, AtHub: r.atHub, DistinctIDs: r.distinct,
+			PeerRatio: r.ratio, ReaderDrainMsgsPS: r.reader,
+		}
+		if r.peer != "" {
+			res.PeerIngest = json.RawMessage(r.peer)
+		}
+		b, _ := json.Marshal(res)
 		return string(b) + "\n"
+	}
+	clean := round{reconnect: 100, queued: 100, atHub: 100, distinct: 100}
+	withPeer := func(reconnect float64, peer string, ratio float64) round {
+		r := clean
+		r.reconnect, r.peer, r.ratio = reconnect, peer, ratio
+		return r
 	}
 	tests := []struct {
 		name, in string
 		want     string
 	}{
-		{"clean", line(100, 100, 100, 100) + line(300, 100, 100, 100) + line(200, 100, 100, 100),
-			"| outpost-drain-100 | 3 | 5000 | 0 | 2 MB (peak 3 MB; 1 MB after restart) | 200 ms | 2.0 s | 50 | 0 / 0 |"},
-		{"worst round counts", line(100, 100, 100, 100) + line(100, 97, 105, 99),
-			"| outpost-drain-100 | 2 | 5000 | 3 | 2 MB (peak 3 MB; 1 MB after restart) | 100 ms | 2.0 s | 50 | 1 / 6 |"},
+		{"no peer, no reader", line(clean) + line(round{300, 100, 100, 100, "", 0, 0}) + line(round{200, 100, 100, 100, "", 0, 0}),
+			"| outpost-drain-100 | 3 | 5000 | 0 | 2 MB (peak 3 MB; 1 MB after restart) | 200 ms | 2.0 s | 50 | – | – | – | 0 / 0 |"},
+		{"worst round counts", line(clean) + line(round{100, 97, 105, 99, "", 0, 0}),
+			"| outpost-drain-100 | 2 | 5000 | 3 | 2 MB (peak 3 MB; 1 MB after restart) | 100 ms | 2.0 s | 50 | – | – | – | 1 / 6 |"},
+		{"peer: medians of rates and of per-round ratios",
+			line(withPeer(100, `{"msgsPerSec":100}`, 0.5)) + line(withPeer(100, `{"msgsPerSec":200}`, 0.25)) + line(withPeer(100, `{"msgsPerSec":400}`, 0.125)),
+			"| outpost-drain-100 | 3 | 5000 | 0 | 2 MB (peak 3 MB; 1 MB after restart) | 100 ms | 2.0 s | 50 | 200 | 0.25 | – | 0 / 0 |"},
+		{"reader-timed only where measured", line(round{100, 100, 100, 100, "", 0, 40}) + line(clean) + line(round{100, 100, 100, 100, "", 0, 30}),
+			"| outpost-drain-100 | 3 | 5000 | 0 | 2 MB (peak 3 MB; 1 MB after restart) | 100 ms | 2.0 s | 50 | – | – | 35 | 0 / 0 |"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			summarytest.Check(t, summarizeDrain, tt.in, []string{tt.want}, "")
+		})
+	}
+}
+
+func TestTelemetryStored(t *testing.T) {
+	tests := []struct {
+		name, in string
+		want     int64
+		wantErr  string
+	}{
+		{"found", "# HELP outpost_queue_length x\n# TYPE outpost_queue_length gauge\noutpost_queue_length{endpoint=\"c2d\"} 3\noutpost_queue_length{endpoint=\"telemetry\"} 100000\n", 100000, ""},
+		{"exponent", "outpost_queue_length{endpoint=\"telemetry\"} 1e+06\n", 1000000, ""},
+		{"missing", "outpost_queue_length{endpoint=\"c2d\"} 3\n", 0, "no outpost_queue_length"},
+		{"garbled", "outpost_queue_length{endpoint=\"telemetry\"} many\n", 0, "invalid syntax"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := telemetryStored(strings.NewReader(tt.in))
+			if tt.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+					t.Fatalf("err = %v, want one containing %q", err, tt.wantErr)
+				}
+				return
+			}
+			if err != nil || got != tt.want {
+				t.Fatalf("got %d, %v; want %d", got, err, tt.want)
+			}
 		})
 	}
 }

@@ -83,6 +83,9 @@ flags of outpost edge:
 	if err != nil {
 		return err
 	}
+	if err := startPprof(); err != nil {
+		return fmt.Errorf("edge: %w", err)
+	}
 	cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
 	cfg.NewUplink = edge.NewUpstreamLink
 	envFile := deploymentEnvFile(f.stateDir, cfg.HubHostName, cfg.DeviceID)

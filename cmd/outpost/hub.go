@@ -37,6 +37,9 @@ func runHub(ctx context.Context, args []string) error {
 		return errors.New("hub: --data-dir is required")
 	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	if err := startPprof(); err != nil {
+		return fmt.Errorf("hub: %w", err)
+	}
 
 	srv, err := hubserver.Start(ctx, hubserver.Config{
 		DataDir:       f.dataDir,

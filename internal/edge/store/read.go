@@ -387,7 +387,7 @@ func (s *Store) deleted(ep *endpoint, n, size int64, expired bool) error {
 	}
 	ep.dirty = true
 	s.unreclaimed += size
-	if s.unreclaimed >= s.cfg.ReclaimBytes {
+	if s.unreclaimed >= s.reclaimThresholdLocked() {
 		select {
 		case s.kick <- struct{}{}:
 		default:
@@ -409,6 +409,22 @@ func (s *Store) deleted(ep *endpoint, n, size int64, expired bool) error {
 	}
 	ep.oldest = h.storedAt
 	return nil
+}
+
+// reclaimLiveShare: a reclaim between ticks waits until at least this
+// share of the bytes still queued was deleted. A reclaim compacts the
+// deleted range up to the queue's head, and so rewrites the live entries
+// in the tables around the head; while a long backlog drains, reclaiming
+// every ReclaimBytes made those rewrites cost the edge more CPU than the
+// drain itself. This bounds them to a few per halving of the queue, and
+// what waits for the disk to get back to a quarter of what is queued (the
+// tick still reclaims every ExpiryInterval).
+const reclaimLiveShare = 4
+
+// reclaimThresholdLocked is how many deleted bytes make the maintenance
+// loop reclaim before its next tick; the caller holds s.mu.
+func (s *Store) reclaimThresholdLocked() int64 {
+	return max(s.cfg.ReclaimBytes, s.bytes/reclaimLiveShare)
 }
 
 // head returns the first key and value of ep's queue, or nil.

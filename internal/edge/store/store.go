@@ -109,7 +109,8 @@ type Config struct {
 	// entries and reclaims space; 0 means 5 s.
 	ExpiryInterval time.Duration
 	// ReclaimBytes is how many deleted bytes trigger a compaction of the
-	// deleted ranges before the next tick; 0 means 4 MiB.
+	// deleted ranges before the next tick, or a quarter of the bytes
+	// still queued if that is more; 0 means 4 MiB.
 	ReclaimBytes int64
 	// MinFreeBytes is the free space the file system must keep: appends
 	// that would leave less are refused with ErrDiskFull, because Pebble

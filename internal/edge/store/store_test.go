@@ -924,3 +924,53 @@ func TestAckPastDeletedHead(t *testing.T) {
 		t.Fatalf("after restart read %v, want seq %d", es, fresh)
 	}
 }
+
+func TestReclaimThreshold(t *testing.T) {
+	tests := []struct {
+		name          string
+		reclaim, live int64
+		want          int64
+	}{
+		{"short queue: ReclaimBytes", 4 << 20, 1 << 20, 4 << 20},
+		{"empty queue: ReclaimBytes", 4 << 20, 0, 4 << 20},
+		{"long queue: a quarter of it", 4 << 20, 400 << 20, 100 << 20},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			s := &Store{cfg: Config{ReclaimBytes: tt.reclaim}, bytes: tt.live}
+			if got := s.reclaimThresholdLocked(); got != tt.want {
+				t.Fatalf("threshold %d, want %d", got, tt.want)
+			}
+		})
+	}
+}
+
+// While a long queue drains, acks below a quarter of what is still queued
+// do not ask for a reclaim before the tick; past it they do.
+func TestReclaimWaitsForShareOfQueue(t *testing.T) {
+	s, _ := openMem(t, Config{ReclaimBytes: 1, ExpiryInterval: time.Hour})
+	// Stop the maintenance loop, so a kick stays in its channel to be seen.
+	s.cancel()
+	recs := make([]Record, 100)
+	for i := range recs {
+		recs[i] = Record{Endpoint: "$upstream", Msg: msg("d", i)}
+	}
+	seqs, err := s.AppendRecords(context.Background(), recs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, step := range []struct {
+		ack    int // acked up to seqs[ack]
+		kicked int
+	}{
+		{9, 0},  // 10 % of the bytes deleted, a ninth of the 90 % left
+		{59, 1}, // 60 %, more than a quarter of the 40 % left
+	} {
+		if err := s.Ack("$upstream", seqs[step.ack]); err != nil {
+			t.Fatal(err)
+		}
+		if got := len(s.kick); got != step.kicked {
+			t.Fatalf("acked to entry %d: %d kicks pending, want %d", step.ack, got, step.kicked)
+		}
+	}
+}
