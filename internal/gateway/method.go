@@ -4,8 +4,9 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
-	"strings"
 	"time"
+
+	"outpost/internal/topic"
 )
 
 // Direct method bounds, in seconds, as IoT Hub sets them (IoT Hub's
@@ -43,7 +44,7 @@ func (c MethodCall) Check() (body []byte, response, connect time.Duration, err e
 	bad := func(format string, args ...any) error {
 		return &StatusError{Status: http.StatusBadRequest, Code: "ArgumentInvalid", Message: fmt.Sprintf(format, args...)}
 	}
-	if c.MethodName == "" || strings.ContainsAny(c.MethodName, "/?#+\x00") {
+	if !topic.ValidName(c.MethodName) {
 		return nil, 0, 0, bad("methodName %q: empty, or holds / ? # +", c.MethodName)
 	}
 	responseSecs := c.ResponseTimeoutInSeconds

@@ -3,7 +3,6 @@ package gateway
 import (
 	"context"
 	"fmt"
-	"strings"
 	"sync"
 
 	"outpost/internal/message"
@@ -58,7 +57,7 @@ func (ss *session) InvokeMethod(ctx context.Context, name string, payload []byte
 	if err := ss.live(); err != nil {
 		return 0, nil, err
 	}
-	if name == "" || strings.ContainsAny(name, "/?#+\x00") {
+	if !topic.ValidName(name) {
 		return 0, nil, fmt.Errorf("method name %q: empty, or has / ? # +", truncate(name))
 	}
 	cid := ss.id.ClientID()
@@ -103,7 +102,7 @@ func (ss *session) SendInput(input string, msg *message.Message) <-chan error {
 	if ss.id.ModuleID == "" || ss.obo {
 		return failed(fmt.Errorf("module input: %w", ErrNotSupported))
 	}
-	if input == "" || strings.ContainsAny(input, "/?#+\x00") {
+	if !topic.ValidName(input) {
 		return failed(fmt.Errorf("input name %q: empty, or has / ? # +", truncate(input)))
 	}
 	return ss.push(topic.ModuleInput(ss.id.DeviceID, ss.id.ModuleID, input, topic.FromMessage(msg)), msg)

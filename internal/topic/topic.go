@@ -106,10 +106,10 @@ func ValidID(s string) bool {
 	return true
 }
 
-// validName checks names that sit in one topic segment (method, input and
+// ValidName checks names that sit in one topic segment (method, input and
 // output names): non-empty, and free of the characters that would change
 // the topic's structure or act as MQTT wildcards.
-func validName(s string) bool {
+func ValidName(s string) bool {
 	return s != "" && !strings.ContainsAny(s, "/?#+\x00")
 }
 
@@ -168,7 +168,7 @@ func parseDevices(t string) (Topic, error) {
 			tp.Kind, bag = KindTelemetry, r2
 		} else if r2, ok := strings.CutPrefix(r, "inputs/"); ok {
 			in, r3, _ := strings.Cut(r2, "/")
-			if !validName(in) {
+			if !ValidName(in) {
 				return Topic{}, unknown(t)
 			}
 			tp.Kind, tp.Input, bag = KindModuleInput, in, r3
@@ -274,7 +274,7 @@ func (p twinPattern) match(segs []string) (Topic, bool) {
 			}
 			tp.Status = n
 		case "{n}":
-			if !validName(got) {
+			if !ValidName(got) {
 				return Topic{}, false
 			}
 			tp.MethodName = got
