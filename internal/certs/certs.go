@@ -92,7 +92,9 @@ func NewRootCA(commonName string, validity time.Duration) (*CA, error) {
 	return newCA(der, key, nil)
 }
 
-func caTemplate(commonName string, validity time.Duration) (*x509.Certificate, error) {
+// template is what every certificate here has: a fresh serial, the
+// subject's CN, validity from a little before now, basic constraints.
+func template(commonName string, validity time.Duration) (*x509.Certificate, error) {
 	sn, err := serial()
 	if err != nil {
 		return nil, err
@@ -103,10 +105,18 @@ func caTemplate(commonName string, validity time.Duration) (*x509.Certificate, e
 		Subject:               pkix.Name{CommonName: commonName},
 		NotBefore:             now.Add(-backdate),
 		NotAfter:              now.Add(validity),
-		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign | x509.KeyUsageDigitalSignature,
 		BasicConstraintsValid: true,
-		IsCA:                  true,
 	}, nil
+}
+
+func caTemplate(commonName string, validity time.Duration) (*x509.Certificate, error) {
+	tmpl, err := template(commonName, validity)
+	if err != nil {
+		return nil, err
+	}
+	tmpl.KeyUsage = x509.KeyUsageCertSign | x509.KeyUsageCRLSign | x509.KeyUsageDigitalSignature
+	tmpl.IsCA = true
+	return tmpl, nil
 }
 
 func newCA(der []byte, key crypto.Signer, chain [][]byte) (*CA, error) {
@@ -202,20 +212,13 @@ func assemble(chain [][]byte, key crypto.Signer) (tls.Certificate, []byte, []byt
 }
 
 func leafTemplate(commonName string, validity time.Duration, usage x509.ExtKeyUsage) (*x509.Certificate, error) {
-	sn, err := serial()
+	tmpl, err := template(commonName, orDefault(validity, DefaultLeafValidity))
 	if err != nil {
 		return nil, err
 	}
-	now := time.Now()
-	return &x509.Certificate{
-		SerialNumber:          sn,
-		Subject:               pkix.Name{CommonName: commonName},
-		NotBefore:             now.Add(-backdate),
-		NotAfter:              now.Add(orDefault(validity, DefaultLeafValidity)),
-		KeyUsage:              x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:           []x509.ExtKeyUsage{usage},
-		BasicConstraintsValid: true,
-	}, nil
+	tmpl.KeyUsage = x509.KeyUsageDigitalSignature
+	tmpl.ExtKeyUsage = []x509.ExtKeyUsage{usage}
+	return tmpl, nil
 }
 
 // IssueServer issues a TLS server certificate for hosts (DNS names or IP
