@@ -234,13 +234,9 @@ func (s *scenario) drain(ctx context.Context, backlog, children int, timeout tim
 
 	// 2. Offline ingest.
 	logf("drain: ingesting %d messages into the offline edge", backlog)
-	out, err := exec.CommandContext(ctx, s.load, "--addr", mqttAddr, "--tls", "--ca", caFile, "--servername", "localhost",
-		"--creds", credsFile, "--clients", strconv.Itoa(children), "--inflight", "64", "--size", "256", "--qos", "1",
-		"--count", strconv.Itoa(backlog/children), "--json", "--label", "outpost-edge-fill").Output()
-	if err != nil {
-		return res, fmt.Errorf("mqttload: %w", exitDetail(err))
+	if res.Ingest, err = s.mqttload(ctx, mqttAddr, caFile, credsFile, children, backlog/children, "outpost-edge-fill"); err != nil {
+		return res, err
 	}
-	res.Ingest = json.RawMessage(strings.TrimSpace(string(out)))
 	st, err := s.getStatus(ctx, httpsAddr)
 	if err != nil {
 		return res, err
@@ -335,18 +331,27 @@ func (s *scenario) drain(ctx context.Context, backlog, children int, timeout tim
 	// 6. The peer: the hub's own ingest over one connection.
 	if s.peer {
 		logf("drain: the hub's ingest of %d messages over one connection", backlog)
-		out, err := exec.CommandContext(ctx, s.load, "--addr", hubMQTT, "--tls", "--ca", caFile, "--servername", "localhost",
-			"--creds", peerCredsFile, "--clients", "1", "--inflight", "64", "--size", "256", "--qos", "1",
-			"--count", strconv.Itoa(backlog), "--json", "--label", "outpost-hub-1conn").Output()
-		if err != nil {
-			return res, fmt.Errorf("mqttload (peer): %w", exitDetail(err))
+		if res.PeerIngest, err = s.mqttload(ctx, hubMQTT, caFile, peerCredsFile, 1, backlog, "outpost-hub-1conn"); err != nil {
+			return res, err
 		}
-		res.PeerIngest = json.RawMessage(strings.TrimSpace(string(out)))
 		if r := ingestRate(res.PeerIngest); r > 0 {
 			res.PeerRatio = res.DrainMsgsPS / r
 		}
 	}
 	return res, nil
+}
+
+// mqttload runs the load generator against addr with the ingest the
+// drain and its peer share (QoS 1, 256 B, 64 in flight per client): count
+// messages from each of clients, and returns its JSON result line.
+func (s *scenario) mqttload(ctx context.Context, addr, caFile, credsFile string, clients, count int, label string) (json.RawMessage, error) {
+	out, err := exec.CommandContext(ctx, s.load, "--addr", addr, "--tls", "--ca", caFile, "--servername", "localhost",
+		"--creds", credsFile, "--clients", strconv.Itoa(clients), "--inflight", "64", "--size", "256", "--qos", "1",
+		"--count", strconv.Itoa(count), "--json", "--label", label).Output()
+	if err != nil {
+		return nil, fmt.Errorf("mqttload %s: %w", label, exitDetail(err))
+	}
+	return json.RawMessage(strings.TrimSpace(string(out))), nil
 }
 
 // storedPoll is how often the hub's stored count is read during the
@@ -359,7 +364,7 @@ const storedPoll = 20 * time.Millisecond
 // count stood still since from.
 func (s *scenario) awaitStored(ctx context.Context, want int64, from time.Time, timeout time.Duration) (time.Time, time.Duration, error) {
 	deadline := time.Now().Add(timeout)
-	var n, prev int64 = 0, -1
+	prev := int64(-1)
 	grew := from
 	var stall time.Duration
 	for {
@@ -374,11 +379,11 @@ func (s *scenario) awaitStored(ctx context.Context, want int64, from time.Time, 
 			}
 			prev, grew = got, now
 		}
-		if n = got; n >= want {
+		if got >= want {
 			return now, stall, nil
 		}
 		if now.After(deadline) {
-			return now, stall, fmt.Errorf("the hub stored only %d of %d messages after %v", n, want, timeout)
+			return now, stall, fmt.Errorf("the hub stored only %d of %d messages after %v", got, want, timeout)
 		}
 		select {
 		case <-ctx.Done():
