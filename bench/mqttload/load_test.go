@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"outpost/internal/mqttwire"
+	"outpost/internal/poll"
 )
 
 // fakeBroker is a scripted MQTT server on 127.0.0.1:0. It holds back
@@ -291,22 +292,18 @@ func TestRunQoS0(t *testing.T) {
 		t.Errorf("counted %d, want 80", res.Acked)
 	}
 	// The broker reads after we disconnect: wait for it to have read all.
-	deadline := time.Now().Add(5 * time.Second)
-	for {
+	poll.Check(t, 5*time.Second, 0, func() error {
 		fb.mu.Lock()
 		n := 0
 		for _, fc := range fb.conns {
 			n += fc.qos0
 		}
 		fb.mu.Unlock()
-		if n == 80 {
-			break
+		if n != 80 {
+			return fmt.Errorf("broker received %d QoS 0 PUBLISHes, want 80", n)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("broker received %d QoS 0 PUBLISHes, want 80", n)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+		return nil
+	})
 }
 
 func TestRunErrors(t *testing.T) {

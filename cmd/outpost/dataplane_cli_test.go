@@ -15,6 +15,7 @@ import (
 	"outpost/internal/client"
 	"outpost/internal/identity"
 	"outpost/internal/message"
+	"outpost/internal/poll"
 	"outpost/internal/sas"
 	"outpost/internal/service"
 )
@@ -131,23 +132,19 @@ func TestDataPlaneCommands(t *testing.T) {
 		}
 	})
 	var svcCS string
-	deadline := time.Now().Add(30 * time.Second)
-	for {
+	poll.Check(t, 30*time.Second, 20*time.Millisecond, func() error {
 		b, err := os.ReadFile(filepath.Join(dir, "service-connection-string"))
 		if err == nil && strings.Contains(string(b), "SharedAccessKey=") {
 			svcCS = strings.TrimSpace(string(b))
-			break
+			return nil
 		}
 		select {
 		case err := <-hubDone:
 			t.Fatalf("hub ended: %v", err)
 		default:
 		}
-		if time.Now().After(deadline) {
-			t.Fatal("hub did not write its connection string")
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		return errors.New("hub did not write its connection string")
+	})
 	caFile := filepath.Join(dir, "ca.pem")
 	t.Setenv(envHubConnectionString, svcCS)
 	t.Setenv(envCA, caFile)
