@@ -1,7 +1,6 @@
 package edge
 
 import (
-	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -46,7 +45,7 @@ func (e *Edge) loadConfig() error {
 		return fmt.Errorf("stored edge config is corrupt: %w", err)
 	}
 	if len(sc.Desired) > 0 {
-		d, err := decodeObject(sc.Desired)
+		d, err := twin.DecodeObject(sc.Desired)
 		if err != nil {
 			return fmt.Errorf("stored edge config is corrupt: %w", err)
 		}
@@ -66,7 +65,7 @@ func (e *Edge) loadConfig() error {
 // storeAndForwardConfiguration.timeToLiveSecs. A part that is invalid is
 // refused with a logged error and what was in force stays in force.
 func (e *Edge) EdgeHubDesired(doc []byte) {
-	patch, err := decodeObject(doc)
+	patch, err := twin.DecodeObject(doc)
 	if err != nil {
 		e.log.Error("refusing $edgeHub desired properties: not a JSON object", "error", err)
 		return
@@ -180,18 +179,4 @@ func (e *Edge) routeTable() route.Table {
 	e.cfgMu.Lock()
 	defer e.cfgMu.Unlock()
 	return e.routes
-}
-
-// decodeObject parses a JSON object keeping numbers exact.
-func decodeObject(b []byte) (map[string]any, error) {
-	dec := json.NewDecoder(bytes.NewReader(b))
-	dec.UseNumber()
-	var m map[string]any
-	if err := dec.Decode(&m); err != nil {
-		return nil, err
-	}
-	if m == nil {
-		return nil, errors.New("null")
-	}
-	return m, nil
 }

@@ -2,12 +2,10 @@ package edge
 
 import (
 	"context"
-	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
-	"net/http"
 	"strings"
 	"sync"
 	"testing"
@@ -363,22 +361,8 @@ func TestRouteToModuleInputDeliveredWhenModuleConnects(t *testing.T) {
 }
 
 func TestStatusEndpoint(t *testing.T) {
-	hub := newFakeHub(t)
-	key := hub.addDevice("child1")
-	te := startEdge(t, hub, t.TempDir(), true)
-	te.awaitReady()
-	te.up.setConnected(false)
-	c := te.connect("child1", "", key)
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	for range 3 {
-		if err := c.Send(ctx, &message.Message{Body: []byte("x")}); err != nil {
-			t.Fatal(err)
-		}
-	}
-	hc := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: hub.pool(t), ServerName: "localhost"}}}
-	defer hc.CloseIdleConnections()
-	res, err := hc.Get("https://" + te.e.HTTPSAddr().String() + "/status")
+	te := offlineBacklog(t, newFakeHub(t))
+	res, err := te.httpsClient().Get("https://" + te.e.HTTPSAddr().String() + "/status")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -3,11 +3,13 @@ package edge
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
+	"net/http"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -368,6 +370,26 @@ func (te *testEdge) refused(deviceID, moduleID, key string) {
 }
 
 func (te *testEdge) queueLen(ep string) int64 { return te.e.Store().Stats()[ep].Len }
+
+// offlineBacklog adds child1 to hub and starts an edge whose link is
+// down; child1 connects and sends three messages, which wait in
+// $upstream. child1 stays connected.
+func offlineBacklog(t *testing.T, hub *fakeHub) *testEdge {
+	t.Helper()
+	key := hub.addDevice("child1")
+	te := startEdge(t, hub, t.TempDir(), true)
+	te.awaitReady()
+	te.up.setConnected(false)
+	sendN(t, te.connect("child1", "", key), "x", 3)
+	return te
+}
+
+// httpsClient trusts the edge's server certificate on its HTTPS listener.
+func (te *testEdge) httpsClient() *http.Client {
+	hc := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: te.hub.pool(te.t), ServerName: "localhost"}}}
+	te.t.Cleanup(hc.CloseIdleConnections)
+	return hc
+}
 
 func contains(s, sub string) error {
 	if !strings.Contains(s, sub) {

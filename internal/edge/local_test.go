@@ -3,12 +3,12 @@ package edge
 import (
 	"bytes"
 	"context"
-	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"net/http"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -98,14 +98,14 @@ func (env *methodEnv) httpInvoke(t *testing.T, callerID, key, deviceID, moduleID
 		req.Header.Set("x-ms-edge-moduleId", callerID)
 	}
 	if key != "" {
-		d, m, _ := cutID(callerID)
+		d, m, _ := strings.Cut(callerID, "/")
 		tok, err := sas.Sign(sas.DeviceResource(hubHost, d, m), key, "", time.Now().Add(time.Hour))
 		if err != nil {
 			t.Fatal(err)
 		}
 		req.Header.Set("Authorization", tok)
 	}
-	hc := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: te.hub.pool(t), ServerName: "localhost"}}}
+	hc := te.httpsClient()
 	defer hc.CloseIdleConnections()
 	res, err := hc.Do(req)
 	if err != nil {
@@ -114,15 +114,6 @@ func (env *methodEnv) httpInvoke(t *testing.T, callerID, key, deviceID, moduleID
 	defer res.Body.Close()
 	out, _ := io.ReadAll(res.Body)
 	return res.StatusCode, out
-}
-
-func cutID(cid string) (string, string, bool) {
-	for i := range len(cid) {
-		if cid[i] == '/' {
-			return cid[:i], cid[i+1:], true
-		}
-	}
-	return cid, "", false
 }
 
 func TestLocalMethodsOffline(t *testing.T) {

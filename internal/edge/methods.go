@@ -36,7 +36,6 @@ import (
 // ExtInvoke is the extension name of a local method call over MQTT.
 const ExtInvoke = "invoke"
 
-// Method call bounds, in seconds, as IoT Hub sets them.
 const (
 	// maxMethodBody bounds an HTTPS method request (IoT Hub allows a
 	// 128 KiB payload; the envelope adds a little).
@@ -74,8 +73,6 @@ func (e *Edge) Invoke(ctx context.Context, caller gateway.Identity, req InvokeRe
 	if err := e.inScope(req.DeviceID, req.ModuleID); err != nil {
 		return gateway.MethodResult{}, err
 	}
-	notOnline := &gateway.StatusError{Status: http.StatusNotFound, Code: "DeviceNotOnline",
-		Message: fmt.Sprintf("%s is not connected to edge %s, or not subscribed to methods", cid, e.cfg.DeviceID)}
 	connectBy := e.now().Add(connT)
 	for {
 		s, wake := e.sessionOrWake(cid)
@@ -107,7 +104,8 @@ func (e *Edge) Invoke(ctx context.Context, caller gateway.Identity, req InvokeRe
 		left := connectBy.Sub(e.now())
 		if left <= 0 {
 			e.log.Debug("local method: target not online", "caller", caller.ClientID(), "target", cid, "method", req.MethodName)
-			return gateway.MethodResult{}, notOnline
+			return gateway.MethodResult{}, &gateway.StatusError{Status: http.StatusNotFound, Code: "DeviceNotOnline",
+				Message: fmt.Sprintf("%s is not connected to edge %s, or not subscribed to methods", cid, e.cfg.DeviceID)}
 		}
 		if s != nil {
 			left = min(left, methodSubscribeRetry)

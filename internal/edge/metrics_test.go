@@ -1,8 +1,6 @@
 package edge
 
 import (
-	"context"
-	"crypto/tls"
 	"fmt"
 	"io"
 	"net/http"
@@ -12,7 +10,6 @@ import (
 	"time"
 
 	"outpost/internal/gateway"
-	"outpost/internal/message"
 	"outpost/internal/metrics"
 	"outpost/internal/sas"
 )
@@ -21,23 +18,12 @@ import (
 // the same handler /metrics mounts.
 func TestMetricsSource(t *testing.T) {
 	hub := newFakeHub(t)
-	key := hub.addDevice("child1")
 	hub.addDevice("child2")
-	te := startEdge(t, hub, t.TempDir(), true)
-	te.awaitReady()
-	te.up.setConnected(false)
+	te := offlineBacklog(t, hub)
+	te.refused("child2", "", sas.GenerateKey())
 	m, err := newMetrics(te.e)
 	if err != nil {
 		t.Fatal(err)
-	}
-	c := te.connect("child1", "", key)
-	te.refused("child2", "", sas.GenerateKey())
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	for range 3 {
-		if err := c.Send(ctx, &message.Message{Body: []byte("x")}); err != nil {
-			t.Fatal(err)
-		}
 	}
 
 	srv := httptest.NewServer(metricsHandler(te.e, m))
@@ -135,23 +121,10 @@ func TestMetricsLink(t *testing.T) {
 // TestMetricsEndpoint reads /metrics on the edge's HTTPS listener, where
 // the gateway's PUBACKs and the link's changes have been observed.
 func TestMetricsEndpoint(t *testing.T) {
-	hub := newFakeHub(t)
-	key := hub.addDevice("child1")
-	te := startEdge(t, hub, t.TempDir(), true)
-	te.awaitReady()
-	te.up.setConnected(false)
-	c := te.connect("child1", "", key)
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	for range 3 {
-		if err := c.Send(ctx, &message.Message{Body: []byte("x")}); err != nil {
-			t.Fatal(err)
-		}
-	}
+	te := offlineBacklog(t, newFakeHub(t))
 	te.up.setConnected(true) // one offline period completed
 
-	hc := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: hub.pool(t), ServerName: "localhost"}}}
-	defer hc.CloseIdleConnections()
+	hc := te.httpsClient()
 	want := []string{
 		`outpost_queue_length{endpoint="$upstream"} 3`,
 		`outpost_messages_received_total 3`,

@@ -11,6 +11,7 @@ import (
 	"outpost/internal/edge/store"
 	"outpost/internal/message"
 	"outpost/internal/route"
+	"outpost/internal/twin"
 )
 
 // UpstreamEndpoint is the store endpoint the link drains to the hub: it
@@ -117,7 +118,7 @@ func (e *Edge) upstreamStats() store.EndpointStats {
 func parseRoutes(raw json.RawMessage) (route.Table, error) {
 	var routes map[string]any
 	if t := bytes.TrimSpace(raw); len(t) > 0 && !bytes.Equal(t, []byte("null")) {
-		m, err := decodeObject(t)
+		m, err := twin.DecodeObject(t)
 		if err != nil {
 			return route.Table{}, fmt.Errorf("routes: not a JSON object: %w", err)
 		}

@@ -70,14 +70,14 @@ func (e *Edge) twinGet(ctx context.Context, deviceID, moduleID string) ([]byte, 
 // cacheFetchedTwin stores the hub's twin, with reported patches still
 // held offline laid over it so the client sees its own writes.
 func (e *Edge) cacheFetchedTwin(cid string, body []byte) ([]byte, error) {
-	doc, err := decodeObject(body)
+	doc, err := twin.DecodeObject(body)
 	if err != nil {
 		return nil, fmt.Errorf("twin from hub: %w", err)
 	}
 	e.twinMu.Lock()
 	defer e.twinMu.Unlock()
 	if p, err := e.st.Get(pendingKey(cid)); err == nil {
-		if patch, err := decodeObject(p); err == nil {
+		if patch, err := twin.DecodeObject(p); err == nil {
 			rep := section(doc, "reported")
 			twin.Merge(rep, patch)
 		}
@@ -105,7 +105,7 @@ func (e *Edge) cachedTwinLocked(cid string) (map[string]any, error) {
 	} else if err != nil {
 		return nil, fmt.Errorf("twin cache: %w", err)
 	}
-	doc, err := decodeObject(v)
+	doc, err := twin.DecodeObject(v)
 	if err != nil {
 		return nil, fmt.Errorf("twin cache: %w", err)
 	}
@@ -232,7 +232,7 @@ func (e *Edge) holdLocked(cid string, patch map[string]any, create bool) ([]byte
 	case err != nil:
 		return nil, fmt.Errorf("read held reported patch: %w", err)
 	default:
-		if m, err := decodeObject(p); err == nil {
+		if m, err := twin.DecodeObject(p); err == nil {
 			pending = m
 		}
 	}
@@ -410,7 +410,7 @@ func (e *Edge) reconcileDesired(ctx context.Context) {
 			e.log.Warn("desired reconciliation: twin get refused", "client", cid, "error", err)
 			continue
 		}
-		fresh, err := decodeObject(body)
+		fresh, err := twin.DecodeObject(body)
 		if err != nil {
 			e.log.Warn("desired reconciliation: twin from hub", "client", cid, "error", err)
 			continue
@@ -450,7 +450,7 @@ func (e *Edge) reconcileDesired(ctx context.Context) {
 // connected client and keeps the cached twin current.
 func (e *Edge) DesiredPatch(deviceID, moduleID string, version int64, patch []byte) {
 	cid := message.ClientID(deviceID, moduleID)
-	if p, err := decodeObject(patch); err == nil {
+	if p, err := twin.DecodeObject(patch); err == nil {
 		delete(p, "$version")
 		e.twinMu.Lock()
 		if doc, err := e.cachedTwinLocked(cid); err == nil {

@@ -54,7 +54,7 @@ func newTwinHub(up *fakeUplink) *twinHub {
 		h.mu.Lock()
 		defer h.mu.Unlock()
 		k := cid(d, m)
-		p, err := decodeObject(patch)
+		p, err := twin.DecodeObject(patch)
 		if err != nil {
 			return 0, err
 		}

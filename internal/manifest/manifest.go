@@ -20,11 +20,8 @@
 package manifest
 
 import (
-	"bytes"
 	"encoding/json"
-	"errors"
 	"fmt"
-	"io"
 	"math"
 	"slices"
 	"strconv"
@@ -32,6 +29,7 @@ import (
 	"time"
 
 	"outpost/internal/route"
+	"outpost/internal/twin"
 )
 
 // The system modules' twin names.
@@ -84,7 +82,7 @@ func fieldErr(field, format string, args ...any) error {
 
 // Parse reads and validates a deployment manifest.
 func Parse(data []byte) (*Manifest, error) {
-	root, err := decodeObject(data)
+	root, err := twin.DecodeObject(data)
 	if err != nil {
 		return nil, &Error{Err: fmt.Errorf("not a JSON object: %w", err)}
 	}
@@ -320,24 +318,6 @@ func ParseTTL(v any) (time.Duration, error) {
 		return 0, fmt.Errorf("%d out of range [1, %d]", n, math.MaxInt32)
 	}
 	return time.Duration(n) * time.Second, nil
-}
-
-// decodeObject parses a JSON object keeping numbers exact, and refuses
-// trailing data.
-func decodeObject(b []byte) (map[string]any, error) {
-	dec := json.NewDecoder(bytes.NewReader(b))
-	dec.UseNumber()
-	var m map[string]any
-	if err := dec.Decode(&m); err != nil {
-		return nil, err
-	}
-	if m == nil {
-		return nil, errors.New("null")
-	}
-	if _, err := dec.Token(); err != io.EOF {
-		return nil, errors.New("data after the object")
-	}
-	return m, nil
 }
 
 func sortedKeys(m map[string]any) []string {

@@ -14,6 +14,8 @@ import (
 	"encoding/base64"
 	"encoding/binary"
 	"encoding/json"
+	"errors"
+	"io"
 	"time"
 )
 
@@ -99,6 +101,25 @@ func Decode(data []byte) (*Twin, error) {
 		t.Properties.Reported = map[string]any{}
 	}
 	return &t, nil
+}
+
+// DecodeObject parses one JSON object (a twin document, a section or a
+// patch), keeping numbers exact (json.Number); null, another value or
+// data after the object is an error.
+func DecodeObject(b []byte) (map[string]any, error) {
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.UseNumber()
+	var m map[string]any
+	if err := dec.Decode(&m); err != nil {
+		return nil, err
+	}
+	if m == nil {
+		return nil, errors.New("null")
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		return nil, errors.New("data after the object")
+	}
+	return m, nil
 }
 
 // VersionETag renders a twin version as an etag in Azure's twin form

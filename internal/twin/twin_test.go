@@ -408,6 +408,30 @@ func TestDecode(t *testing.T) {
 	}
 }
 
+func TestDecodeObject(t *testing.T) {
+	tests := []struct {
+		name, in string
+		ok       bool
+	}{
+		{"object", ` {"big": 9007199254740993} `, true},
+		{"null", `null`, false},
+		{"array", `[1]`, false},
+		{"data after the object", `{"a":1} {"b":2}`, false},
+		{"truncated", `{"a":`, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			m, err := DecodeObject([]byte(tt.in))
+			if (err == nil) != tt.ok {
+				t.Fatalf("DecodeObject(%s) = %v, %v; want ok %v", tt.in, m, err, tt.ok)
+			}
+			if tt.ok && m["big"] != json.Number("9007199254740993") {
+				t.Errorf("big = %#v, want the exact json.Number", m["big"])
+			}
+		})
+	}
+}
+
 func mustUnmarshal(t *testing.T, b []byte) *Twin {
 	var tw Twin
 	if err := json.Unmarshal(b, &tw); err != nil {

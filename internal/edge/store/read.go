@@ -416,9 +416,9 @@ func (s *Store) deleted(ep *endpoint, n, size int64, expired bool) error {
 // deleted range up to the queue's head, and so rewrites the live entries
 // in the tables around the head; while a long backlog drains, reclaiming
 // every ReclaimBytes made those rewrites cost the edge more CPU than the
-// drain itself. This bounds them to a few per halving of the queue, and
-// what waits for the disk to get back to a quarter of what is queued (the
-// tick still reclaims every ExpiryInterval).
+// drain itself. This bounds them to a few per halving of the queue, while
+// the deleted bytes whose disk space is still held stay under a quarter
+// of what is queued (and the tick still reclaims every ExpiryInterval).
 const reclaimLiveShare = 4
 
 // reclaimThresholdLocked is how many deleted bytes make the maintenance

@@ -3,6 +3,7 @@ package upstream
 import (
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"strings"
 	"testing"
@@ -28,15 +29,6 @@ func presenceState(reps []presenceSeen, conn int) (set map[string]bool, ofConn [
 	return set, ofConn
 }
 
-func sortedSet(set map[string]bool) string {
-	var ids []string
-	for id := range set {
-		ids = append(ids, id)
-	}
-	slices.Sort(ids)
-	return strings.Join(ids, ",")
-}
-
 // awaitPresence waits until the reports of connection conn add up to want.
 func (e *env) awaitPresence(t *testing.T, conn int, want string) []presenceSeen {
 	t.Helper()
@@ -44,7 +36,7 @@ func (e *env) awaitPresence(t *testing.T, conn int, want string) []presenceSeen 
 	checkFor(t, 10*time.Second, 5*time.Millisecond, func() error {
 		var set map[string]bool
 		set, reps = presenceState(e.hub.presenceReports(), conn)
-		if got := sortedSet(set); got != want {
+		if got := strings.Join(slices.Sorted(maps.Keys(set)), ","); got != want {
 			return fmt.Errorf("connection %d: hub told %q; want %q", conn, got, want)
 		}
 		return nil
