@@ -542,6 +542,7 @@ func (s *Store) reclaim(ctx context.Context) error {
 // tick with deletions and whenever enough bytes were deleted.
 func (s *Store) maintain(ctx context.Context) {
 	defer s.wg.Done()
+	defer close(s.maintained)
 	t := time.NewTicker(s.cfg.ExpiryInterval)
 	defer t.Stop()
 	for {

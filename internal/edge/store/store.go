@@ -204,6 +204,9 @@ type Store struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 	kick   chan struct{} // asks the maintenance loop to reclaim now
+	// maintained is closed when the maintenance loop has returned, so a
+	// test that stops it can read kick without racing it.
+	maintained chan struct{}
 
 	// closeMu is held for reading by every call that uses db, and for
 	// writing by Close around db.Close.
@@ -280,17 +283,18 @@ func Open(cfg Config) (*Store, error) {
 		return nil, fmt.Errorf("open store: %w", diskErr(err))
 	}
 	s := &Store{
-		cfg:       cfg,
-		db:        db,
-		log:       cfg.Logger,
-		now:       cfg.Now,
-		errQuota:  &quotaError{max: cfg.MaxBytes},
-		done:      make(chan struct{}),
-		kick:      make(chan struct{}, 1),
-		endpoints: make(map[string]*endpoint),
-		nextID:    1,
-		ttl:       cfg.DefaultTTL,
-		notify:    make(chan struct{}),
+		cfg:        cfg,
+		db:         db,
+		log:        cfg.Logger,
+		now:        cfg.Now,
+		errQuota:   &quotaError{max: cfg.MaxBytes},
+		done:       make(chan struct{}),
+		kick:       make(chan struct{}, 1),
+		maintained: make(chan struct{}),
+		endpoints:  make(map[string]*endpoint),
+		nextID:     1,
+		ttl:        cfg.DefaultTTL,
+		notify:     make(chan struct{}),
 	}
 	s.commitCond = sync.NewCond(&s.mu)
 	if err := s.recover(); err != nil {

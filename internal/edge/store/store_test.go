@@ -951,6 +951,7 @@ func TestReclaimWaitsForShareOfQueue(t *testing.T) {
 	s, _ := openMem(t, Config{ReclaimBytes: 1, ExpiryInterval: time.Hour})
 	// Stop the maintenance loop, so a kick stays in its channel to be seen.
 	s.cancel()
+	<-s.maintained
 	recs := make([]Record, 100)
 	for i := range recs {
 		recs[i] = Record{Endpoint: "$upstream", Msg: msg("d", i)}
