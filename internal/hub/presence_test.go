@@ -2,7 +2,9 @@ package hub
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -27,8 +29,14 @@ func newClockHub(t *testing.T, dir string) (*Hub, *clocktest.Clock) {
 	return h, clk
 }
 
-// countWrites counts the presence bucket's writes of key from now on.
-func countWrites(t *testing.T, h *Hub, key string) *atomic.Int64 {
+// writeLog is what watchWrites saw: how many writes, and the last one.
+type writeLog struct {
+	n    atomic.Int64
+	last atomic.Value // string
+}
+
+// watchWrites logs the presence bucket's writes of key from now on.
+func watchWrites(t *testing.T, h *Hub, key string) *writeLog {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
@@ -36,16 +44,17 @@ func countWrites(t *testing.T, h *Hub, key string) *atomic.Int64 {
 	if err != nil {
 		t.Fatal(err)
 	}
-	n := new(atomic.Int64)
+	l := new(writeLog)
 	go func() {
 		defer w.Stop()
 		for e := range w.Updates() {
 			if e != nil {
-				n.Add(1)
+				l.n.Add(1)
+				l.last.Store(string(e.Value()))
 			}
 		}
 	}()
-	return n
+	return l
 }
 
 func TestPresenceKeepsETag(t *testing.T) {
@@ -209,7 +218,7 @@ func TestActivityThrottled(t *testing.T) {
 	if _, err := h.CreateOrUpdateDevice(ctx, identity.Device{DeviceID: "dev1"}, "", false); err != nil {
 		t.Fatal(err)
 	}
-	writes := countWrites(t, h, deviceKey("dev1"))
+	writes := watchWrites(t, h, deviceKey("dev1"))
 	start := clk.Now()
 	// 100 messages within one resolution interval: one write.
 	for range 100 {
@@ -238,12 +247,20 @@ func TestActivityThrottled(t *testing.T) {
 	if !d.LastActivityTime.Equal(clk.Now()) {
 		t.Fatalf("activity %v; want %v", d.LastActivityTime, clk.Now())
 	}
+	// A last write the touches cannot make: the watcher delivers in
+	// order, so once it saw this one it saw every write before it.
+	if err := h.SetConnected(ctx, "dev1", "", "s"); err != nil {
+		t.Fatal(err)
+	}
 	checkFor(t, 10*time.Second, func() error {
-		if n := writes.Load(); n != 2 {
-			return fmt.Errorf("%d presence writes for 200 touches; want 2", n)
+		if s, _ := writes.last.Load().(string); !strings.Contains(s, `"state":"Connected"`) {
+			return errors.New("watcher has not seen the Connected write")
 		}
 		return nil
 	})
+	if n := writes.n.Load() - 1; n != 2 {
+		t.Fatalf("%d presence writes for 200 touches; want 2", n)
+	}
 }
 
 func TestPresenceOfDeadHub(t *testing.T) {
