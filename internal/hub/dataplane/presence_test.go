@@ -270,10 +270,8 @@ func TestActivityThrottledOverMQTT(t *testing.T) {
 	}()
 
 	c := e.deviceClient(d, nil)
-	_, _, active0 := func() (string, time.Time, time.Time) {
-		e.waitState("dev1", "", identity.Connected)
-		return e.stateOf("dev1", "")
-	}()
+	e.waitState("dev1", "", identity.Connected)
+	_, _, active0 := e.stateOf("dev1", "")
 	send := func(n int) {
 		t.Helper()
 		for i := range n {
