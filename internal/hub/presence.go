@@ -177,7 +177,13 @@ func (h *Hub) DisconnectVia(ctx context.Context, edge string, stale func(session
 // record names another session by now (a takeover, here or on another
 // hub, whose Connected was written first).
 func (h *Hub) SetDisconnected(ctx context.Context, deviceID, moduleID, session string) error {
-	return h.changePresence(ctx, presenceKey(deviceID, moduleID), func(cur *presence) *presence {
+	return h.endSession(ctx, presenceKey(deviceID, moduleID), session)
+}
+
+// endSession marks the identity at key Disconnected if its record still
+// names session as its connection.
+func (h *Hub) endSession(ctx context.Context, key, session string) error {
+	return h.changePresence(ctx, key, func(cur *presence) *presence {
 		if cur == nil || cur.State != identity.Connected || cur.Session != session {
 			return nil
 		}
@@ -343,13 +349,7 @@ func (h *Hub) disconnectWhere(ctx context.Context, match func(*presence) (bool, 
 		} else if !hit {
 			continue
 		}
-		err := h.changePresence(ctx, s.key, func(cur *presence) *presence {
-			if cur == nil || cur.State != identity.Connected || cur.Session != s.session {
-				return nil
-			}
-			return &presence{State: identity.Disconnected, Since: h.now(), LastActivity: cur.LastActivity}
-		})
-		if err != nil {
+		if err := h.endSession(ctx, s.key, s.session); err != nil {
 			errs = append(errs, err)
 		}
 	}

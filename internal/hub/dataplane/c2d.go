@@ -257,11 +257,13 @@ func waitWake(ctx context.Context, wake <-chan struct{}, d time.Duration) bool {
 	}
 }
 
+// deleteC2D removes a delivered or dropped message from the queue. One
+// not found expired or was settled by another path meanwhile: nothing
+// is left to do.
 func (p *Plane) deleteC2D(seq uint64) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	if err := p.c2d.DeleteMsg(ctx, seq); err != nil && !errors.Is(err, jetstream.ErrMsgNotFound) {
-		// Expired or settled by another path meanwhile: nothing left to do.
 		p.log.Debug("c2d: delete message", "seq", seq, "err", err)
 	}
 }
@@ -322,9 +324,8 @@ func (p *Plane) fetchC2D(ctx context.Context, deviceID string) (jetstream.Msg, e
 
 // C2DReceive locks the device's next C2D message for LockTimeout. The
 // lock token is the JetStream acknowledgement subject and the time of
-// the lock, base64url. A
-// message delivered MaxDeliveryCount times already, over either
-// protocol, is dropped instead.
+// the lock, base64url. A message delivered MaxDeliveryCount times
+// already, over either protocol, is dropped instead.
 func (p *Plane) C2DReceive(ctx context.Context, id gateway.Identity) (*message.Message, string, error) {
 	if id.ModuleID != "" {
 		return nil, "", badArgument("modules receive no cloud-to-device messages")

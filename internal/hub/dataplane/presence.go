@@ -35,7 +35,6 @@ type presenceEvent struct {
 	kind            presenceKind
 	deviceID, modID string
 	session         string        // for all but presActivity
-	activityKey     string        // for presActivity: the pending entry to clear
 	report          *edgePresence // for presReport
 }
 
@@ -140,7 +139,7 @@ func (w *presenceWriter) activity(deviceID, moduleID string) {
 	if _, queued := w.pending.LoadOrStore(key, struct{}{}); queued {
 		return
 	}
-	w.enqueue(presenceEvent{kind: presActivity, deviceID: deviceID, modID: moduleID, activityKey: key})
+	w.enqueue(presenceEvent{kind: presActivity, deviceID: deviceID, modID: moduleID})
 }
 
 func (w *presenceWriter) run(sh *presenceShard) {
@@ -191,7 +190,7 @@ func (w *presenceWriter) write(parent context.Context, ev presenceEvent) {
 	case presDisconnected:
 		err = do(func(ctx context.Context) error { return h.SetDisconnected(ctx, ev.deviceID, ev.modID, ev.session) })
 	case presActivity:
-		w.pending.Delete(ev.activityKey)
+		w.pending.Delete(message.ClientID(ev.deviceID, ev.modID))
 		err = do(func(ctx context.Context) error { return h.TouchActivity(ctx, ev.deviceID, ev.modID) })
 	case presReport:
 		err = w.writeReport(ev, do)
