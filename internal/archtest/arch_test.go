@@ -13,7 +13,7 @@ import (
 const mod = "outpost/"
 
 // leaves may import only the standard library and each other.
-var leaves = []string{"message", "sas", "topic", "identity", "twin", "query", "route", "mqttwire"}
+var leaves = []string{"message", "sas", "topic", "identity", "twin", "query", "route", "mqttwire", "edgeproto"}
 
 // allowed lists, for each internal package prefix, which internal packages
 // it may depend on (transitively). A package not listed here may depend on
@@ -22,12 +22,14 @@ var allowed = map[string][]string{
 	// mqttwire is the MQTT 3.1.1 codec of the edge's link and the load
 	// generator: a leaf on the standard library alone.
 	"mqttwire": {},
-	"gateway":  {"message", "sas", "topic", "identity", "twin", "query", "route", "certs", "metrics"},
-	"certs":    {},
-	"client":   {"message", "sas", "topic", "certs"},
+	// edgeproto is the hub↔edge contract, imported by both ends.
+	"edgeproto": {},
+	"gateway":   {"message", "sas", "topic", "identity", "twin", "query", "route", "certs", "metrics"},
+	"certs":     {},
+	"client":    {"message", "sas", "topic", "certs"},
 	// hubserver is the hub's process wiring: the hub and its data plane
 	// and service API, the device endpoint, certificates.
-	"hubserver": {"hub", "gateway", "certs", "metrics", "message", "sas", "topic", "identity", "twin", "query", "route"},
+	"hubserver": {"hub", "gateway", "certs", "metrics", "message", "sas", "topic", "identity", "twin", "query", "route", "edgeproto"},
 }
 
 // forbidden pairs: a package under the first never imports the second.

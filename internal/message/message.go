@@ -42,10 +42,12 @@ type System struct {
 	ConnDeviceID    string    `json:"connectionDeviceId,omitempty"`
 	ConnModuleID    string    `json:"connectionModuleId,omitempty"`
 	EnqueuedTime    time.Time `json:"enqueuedTime,omitzero"`
-	// EdgeID and EdgeSeq identify a message stored by an edge, so the hub
-	// can drop replays of the same message after a reconnect or crash.
-	EdgeID  string `json:"edgeId,omitempty"`
-	EdgeSeq uint64 `json:"edgeSeq,omitempty"`
+	// EdgeID, EdgeStore and EdgeSeq say which edge stored a message, in
+	// which of its stores (a wiped edge has a new one) and where, so the
+	// hub can drop replays of the same message after a reconnect or crash.
+	EdgeID    string `json:"edgeId,omitempty"`
+	EdgeStore string `json:"edgeStore,omitempty"`
+	EdgeSeq   uint64 `json:"edgeSeq,omitempty"`
 }
 
 // Message is one telemetry, module output/input or C2D message.

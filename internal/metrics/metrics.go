@@ -52,6 +52,9 @@ const (
 	NameStorageMaxBytes  = Namespace + "_storage_max_bytes"
 	NameStorageDiskBytes = Namespace + "_storage_disk_bytes"
 
+	NameEdgeDuplicates   = Namespace + "_hub_edge_duplicates_total"
+	NameEdgeStoreRewinds = Namespace + "_hub_edge_store_rewinds_total"
+
 	NamePubackLatency  = Namespace + "_puback_latency_seconds"
 	NameForwardLatency = Namespace + "_forward_latency_seconds"
 )
@@ -61,6 +64,7 @@ const (
 	LabelEndpoint = "endpoint"
 	LabelReason   = "reason"
 	LabelVia      = "via"
+	LabelEdge     = "edge"
 )
 
 // Reasons a message is dropped (label reason of NameDropped). Quota and
@@ -112,6 +116,15 @@ type Link struct {
 	LastOffline time.Duration
 }
 
+// Edge is what the hub counts of one edge's drains.
+type Edge struct {
+	// Duplicates are replays of messages already stored, dropped.
+	Duplicates uint64
+	// StoreRewinds count connects of the edge whose store was behind
+	// what the hub had stored from it: a backup restored, or a copy.
+	StoreRewinds uint64
+}
+
 // Clients counts the connected clients.
 type Clients struct {
 	Direct  int
@@ -137,6 +150,8 @@ type (
 	// the edge: no_route). TTL drops of queues with Counters, and refusals
 	// observed with ObserveRefused, are added to these.
 	DropSource interface{ Dropped() map[string]uint64 }
+	// EdgeSource reports the hub's counts per edge id.
+	EdgeSource interface{ Edges() map[string]Edge }
 )
 
 // Config says what a process has to report. A nil source leaves its
@@ -148,6 +163,7 @@ type Config struct {
 	Auth    AuthSource
 	Storage StorageSource
 	Drops   DropSource
+	Edges   EdgeSource
 	// Now is the clock for ages and the drain rate. Default time.Now.
 	Now func() time.Time
 	// NoProcessMetrics leaves out the Go runtime and process collectors
@@ -192,6 +208,7 @@ type descs struct {
 	linkOfflineNow, drainRate             *prometheus.Desc
 	clients, authFailures                 *prometheus.Desc
 	storageBytes, storageMax, storageDisk *prometheus.Desc
+	edgeDuplicates, edgeStoreRewinds      *prometheus.Desc
 }
 
 func newDescs() descs {
@@ -217,6 +234,9 @@ func newDescs() descs {
 		storageBytes: prometheus.NewDesc(NameStorageBytes, "Bytes of stored messages, as the storage quota counts them.", nil, nil),
 		storageMax:   prometheus.NewDesc(NameStorageMaxBytes, "The storage quota in bytes.", nil, nil),
 		storageDisk:  prometheus.NewDesc(NameStorageDiskBytes, "Bytes the store's files take on disk.", nil, nil),
+
+		edgeDuplicates:   prometheus.NewDesc(NameEdgeDuplicates, "Messages an edge sent again that the hub had stored already, dropped as duplicates.", []string{LabelEdge}, nil),
+		edgeStoreRewinds: prometheus.NewDesc(NameEdgeStoreRewinds, "Connects of an edge whose store was behind what the hub had stored from it (restored from a backup, or copied).", []string{LabelEdge}, nil),
 	}
 }
 
@@ -346,6 +366,7 @@ func (c collector) Describe(ch chan<- *prometheus.Desc) {
 		d.queueLength, d.queueBytes, d.queueOldest, d.stored, d.forwarded, d.dropped, d.received,
 		d.linkConnected, d.linkSince, d.linkPeriods, d.linkOfflineNow, d.drainRate,
 		d.clients, d.authFailures, d.storageBytes, d.storageMax, d.storageDisk,
+		d.edgeDuplicates, d.edgeStoreRewinds,
 	} {
 		ch <- x
 	}
@@ -428,5 +449,11 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 			gauge(d.storageMax, float64(s.MaxBytes))
 		}
 		gauge(d.storageDisk, float64(s.DiskBytes))
+	}
+	if cfg.Edges != nil {
+		for id, e := range cfg.Edges.Edges() {
+			counter(d.edgeDuplicates, float64(e.Duplicates), id)
+			counter(d.edgeStoreRewinds, float64(e.StoreRewinds), id)
+		}
 	}
 }

@@ -161,7 +161,7 @@ func (f *fleet) awaitMore(t testing.TB, n int, timeout time.Duration) {
 func ackedBy(pubs ...*publisher) map[string][]int {
 	out := map[string][]int{}
 	for _, p := range pubs {
-		out[p.id] = p.ackedSeqs()
+		out[p.id] = append(out[p.id], p.ackedSeqs()...)
 	}
 	return out
 }

@@ -225,7 +225,11 @@ func (n *EdgeNode) stopLocked() error {
 // Restart closes the edge and opens it again on the same storage folder
 // and listen addresses, as a service restart would, and waits until it
 // serves. The link stays as it was (cut or not).
-func (n *EdgeNode) Restart(t testing.TB) {
+func (n *EdgeNode) Restart(t testing.TB) { n.RestartAfter(t, nil) }
+
+// RestartAfter is Restart with change run on the storage folder while
+// the edge is stopped: an operator wiping it, or restoring a backup.
+func (n *EdgeNode) RestartAfter(t testing.TB, change func(dir string)) {
 	t.Helper()
 	n.mu.Lock()
 	if err := n.stopLocked(); err != nil {
@@ -233,6 +237,9 @@ func (n *EdgeNode) Restart(t testing.TB) {
 		t.Fatalf("stop edge %s: %v", n.ID, err)
 	}
 	n.mu.Unlock()
+	if change != nil {
+		change(n.Dir)
+	}
 	if err := n.start(); err != nil {
 		t.Fatalf("restart edge %s: %v", n.ID, err)
 	}

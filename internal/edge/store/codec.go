@@ -28,6 +28,7 @@ const maxEndpointID = 1<<32 - 2
 var (
 	metaSeqKey      = []byte{prefixMeta, 0, 's', 'e', 'q'}
 	metaTTLKey      = []byte{prefixMeta, 0, 't', 't', 'l'}
+	metaStoreIDKey  = []byte{prefixMeta, 0, 's', 'i', 'd'}
 	metaEndpointPfx = []byte{prefixMeta, 1}
 )
 
@@ -83,7 +84,8 @@ var errCorrupt = errors.New("corrupt stored value")
 
 // valueVersion is the first byte of every queued value, so the encoding
 // can change without a migration: old values keep decoding by version.
-const valueVersion = 1
+// Version 2 added System.EdgeStore after EdgeSeq.
+const valueVersion = 2
 
 // header is the part of a queued value needed to decide expiry, decodable
 // without decoding the message.
@@ -135,6 +137,7 @@ func encodeValue(h header, m *message.Message) []byte {
 		b = binary.AppendVarint(b, s.EnqueuedTime.UnixNano())
 	}
 	b = binary.AppendUvarint(b, s.EdgeSeq)
+	b = appendString(b, s.EdgeStore)
 	return b
 }
 
@@ -202,6 +205,9 @@ func decodeValue(v []byte) (header, *message.Message, error) {
 		d.fail()
 	}
 	s.EdgeSeq = d.uvarint()
+	if d.version >= 2 {
+		s.EdgeStore = d.string()
+	}
 	if d.err == nil && len(d.b) != 0 {
 		d.fail()
 	}
@@ -214,14 +220,16 @@ func decodeValue(v []byte) (header, *message.Message, error) {
 // decoder reads the binary form; after the first error every read returns
 // a zero value, so callers check err once at the end.
 type decoder struct {
-	b   []byte
-	err error
+	b       []byte
+	err     error
+	version byte // of the value, once header has read it
 }
 
 func (d *decoder) fail() { d.err, d.b = errCorrupt, nil }
 
 func (d *decoder) header() header {
-	if d.byte() != valueVersion {
+	d.version = d.byte()
+	if d.version < 1 || d.version > valueVersion {
 		d.fail()
 		return header{}
 	}

@@ -157,3 +157,23 @@ func BenchmarkCodec(b *testing.B) {
 		}
 	})
 }
+
+// A value written by a binary of format version 1 (no EdgeStore) still
+// decodes: an upgraded edge reads the queue its predecessor left.
+func TestCodecReadsVersion1(t *testing.T) {
+	m := fullMessage(t)
+	m.System.EdgeStore = ""
+	v2 := encodeValue(header{storedAt: time.Unix(0, 42)}, m)
+	// Version 1 is version 2 without the trailing empty EdgeStore.
+	v1 := append([]byte{1}, v2[1:len(v2)-1]...)
+	_, got, err := decodeValue(v1)
+	if err != nil {
+		t.Fatalf("decode a version 1 value: %v", err)
+	}
+	if !reflect.DeepEqual(got, m) {
+		t.Fatalf("got %+v\nwant %+v", got, m)
+	}
+	if _, _, err := decodeValue(append([]byte{valueVersion + 1}, v2[1:]...)); err == nil {
+		t.Fatal("a value of a future version decoded")
+	}
+}

@@ -11,12 +11,21 @@
 //
 //	'q' endpoint-id:4 seq:8   a queued message
 //	'm' 0 "seq" | 0 "ttl"     sequence high-water mark, store TTL
+//	'm' 0 "sid"               the store's id
 //	'm' 1 endpoint-name       endpoint id, priority and TTL
 //	'k' key                   the KV API (identity, twin and settings caches)
 //
 // Sequences are per store, never reused (the high-water mark is written
 // in every commit), and assigned in append order, so each endpoint is a FIFO
 // in stored order and Entry.Seq can identify a message to the hub.
+//
+// Each store has an id, random and made when the store is created (ID).
+// A wiped storage folder therefore makes a new store with a new id, so
+// its sequences, which start at 1 again, are never taken for those of
+// the old one. A copy of the folder (a backup restored, a disk cloned)
+// keeps the id and its high-water mark: AdvanceSeq moves it past the
+// sequences the hub has seen from the store, and Entry.StoredAt tells
+// apart the entries a copy and its original both numbered alike.
 //
 // TTL: an entry expires at storedAt + TTL, where TTL is the explicit
 // per-message TTL a route gave (Record.TTL), else the endpoint's TTL, else
@@ -45,6 +54,9 @@ import (
 
 	"github.com/cockroachdb/pebble/v2"
 	"github.com/cockroachdb/pebble/v2/vfs"
+
+	"outpost/internal/edgeproto"
+	"outpost/internal/message"
 )
 
 const (
@@ -199,6 +211,7 @@ type Store struct {
 	log      *slog.Logger
 	now      func() time.Time
 	errQuota error
+	id       string // set by recover, then immutable
 
 	done   chan struct{} // closed by Close, wakes blocked readers
 	cancel context.CancelFunc
@@ -322,6 +335,9 @@ func (s *Store) recover() error {
 	} else if !errors.Is(err, ErrNotFound) {
 		return err
 	}
+	if err := s.recoverID(); err != nil {
+		return err
+	}
 	if v, err := s.get(metaTTLKey); err == nil {
 		d := decoder{b: v}
 		ttl := time.Duration(d.varint())
@@ -378,6 +394,51 @@ func (s *Store) recover() error {
 	}
 	s.nextSeq = maxSeq + 1
 	return nil
+}
+
+// recoverID reads the store's id, or makes one for a new store (or one
+// written before stores had ids) and syncs it before anything is
+// appended, so no entry is ever numbered under an id that could change.
+func (s *Store) recoverID() error {
+	v, err := s.get(metaStoreIDKey)
+	if err == nil {
+		if !edgeproto.ValidStoreID(string(v)) {
+			return fmt.Errorf("read store id: %w", errCorrupt)
+		}
+		s.id = string(v)
+		return nil
+	}
+	if !errors.Is(err, ErrNotFound) {
+		return err
+	}
+	id := message.NewID()
+	if err := s.db.Set(metaStoreIDKey, []byte(id), pebble.Sync); err != nil {
+		return fmt.Errorf("write store id: %w", diskErr(err))
+	}
+	s.id = id
+	return nil
+}
+
+// ID is the store's id: 32 hex digits, made when the store was created
+// and kept for its life, so a new store in a wiped folder has another.
+func (s *Store) ID() string { return s.id }
+
+// NextSeq is the sequence the next appended entry will get.
+func (s *Store) NextSeq() uint64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.nextSeq
+}
+
+// AdvanceSeq makes the next appended entry's sequence at least next. The
+// upstream link calls it when the hub has stored sequences of this store
+// that it no longer holds: a backup restored, or a copy. It is not synced
+// by itself: the next commit's high-water mark records it, and until
+// then a restart would only ask the hub again.
+func (s *Store) AdvanceSeq(next uint64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.nextSeq = max(s.nextSeq, next)
 }
 
 // Close waits for queued appends to commit, stops the background loops and

@@ -975,3 +975,45 @@ func TestReclaimWaitsForShareOfQueue(t *testing.T) {
 		}
 	}
 }
+
+// A store keeps its id across reopens and power cuts, a new store in a
+// wiped folder gets another, and AdvanceSeq moves the next sequence on
+// (never back), recorded by the next commit.
+func TestStoreIDAndAdvance(t *testing.T) {
+	s, fs := openMem(t, Config{})
+	id := s.ID()
+	if len(id) != 32 {
+		t.Fatalf("store id %q; want 32 hex digits", id)
+	}
+	mustAppend(t, s, "ep", msg("d", 1))
+	s.AdvanceSeq(1000)
+	s.AdvanceSeq(10) // never back
+	if n := s.NextSeq(); n != 1000 {
+		t.Fatalf("next sequence %d after AdvanceSeq(1000); want 1000", n)
+	}
+	if seq := mustAppend(t, s, "ep", msg("d", 2)); seq != 1000 {
+		t.Fatalf("appended at %d; want 1000", seq)
+	}
+
+	crashed := fs.CrashClone(vfs.CrashCloneCfg{})
+	s2, err := Open(Config{Dir: "edge", FS: crashed, MinFreeBytes: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s2.Close()
+	if s2.ID() != id {
+		t.Errorf("after a power cut the id is %s; want %s kept", s2.ID(), id)
+	}
+	if n := s2.NextSeq(); n != 1001 {
+		t.Errorf("after a power cut the next sequence is %d; want 1001", n)
+	}
+
+	wiped, err := Open(Config{Dir: "other", FS: crashed, MinFreeBytes: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer wiped.Close()
+	if wiped.ID() == id || len(wiped.ID()) != 32 {
+		t.Errorf("a new store's id %q; want a new one, not %s", wiped.ID(), id)
+	}
+}

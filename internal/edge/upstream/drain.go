@@ -2,11 +2,14 @@ package upstream
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
-	"strconv"
+	"fmt"
+	"net/http"
 	"time"
 
 	"outpost/internal/edge/store"
+	"outpost/internal/edgeproto"
 	"outpost/internal/message"
 	"outpost/internal/topic"
 )
@@ -35,10 +38,14 @@ func (s *session) publishLoop(inflight chan<- flight) {
 	// Smaller than the window, so a high-priority entry waits behind at
 	// most one low-priority batch plus what is in flight.
 	batch := min(l.cfg.Window, 256)
+	if !s.agreePosition() {
+		return
+	}
 	// Routes may have changed while the link was down.
 	if err := l.relist(); err != nil {
 		return
 	}
+	storeID := l.cfg.Store.ID()
 	for {
 		entries, err := s.next(batch)
 		if err != nil {
@@ -48,7 +55,7 @@ func (s *session) publishLoop(inflight chan<- flight) {
 			return
 		}
 		for _, e := range entries {
-			t, ok := telemetryTopic(l.cfg.DeviceID, e)
+			t, ok := telemetryTopic(l.cfg.DeviceID, storeID, e)
 			if !ok {
 				// The hub would drop the link over it, again after every
 				// reconnect: drop the message instead.
@@ -290,9 +297,9 @@ func (s *session) flushStoreAck() {
 }
 
 // telemetryTopic is the topic a stored message goes upstream on: its
-// device's or module's own telemetry topic, with the edge id and store
-// sequence in the bag for the hub's de-duplication.
-func telemetryTopic(edgeID string, e store.Entry) (string, bool) {
+// device's or module's own telemetry topic, with the edge id and the
+// entry's replay key in the bag for the hub's de-duplication.
+func telemetryTopic(edgeID, storeID string, e store.Entry) (string, bool) {
 	m := e.Msg
 	if m == nil || !topic.ValidID(m.DeviceID) || (m.ModuleID != "" && !topic.ValidID(m.ModuleID)) {
 		return "", false
@@ -301,7 +308,50 @@ func telemetryTopic(edgeID string, e store.Entry) (string, bool) {
 	// The gateway stamps these from the identity in the topic.
 	delete(bag, message.KeyConnDeviceID)
 	delete(bag, message.KeyConnModuleID)
-	bag[BagEdgeID] = edgeID
-	bag[BagEdgeSeq] = strconv.FormatUint(e.Seq, 10)
+	edgeproto.ReplayKey{StoreID: storeID, Seq: e.Seq, StoredAt: e.StoredAt.UnixNano()}.Put(bag, edgeID)
 	return topic.Telemetry(m.DeviceID, m.ModuleID, bag), true
+}
+
+// agreePosition tells the hub where the store's sequence stands and
+// moves it past every sequence of this store the hub has stored, before
+// anything is drained on this connection. A restored or copied store
+// would otherwise number new entries as the hub has seen them already
+// (their stored times still tell them apart, see edgeproto). A hub that
+// does not know the request is drained to regardless; a failed request
+// ends the connection, so the next one asks again.
+func (s *session) agreePosition() bool {
+	l := s.l
+	st := l.cfg.Store
+	pos := edgeproto.StorePosition{StoreID: st.ID(), Next: st.NextSeq()}
+	body, err := json.Marshal(pos)
+	if err != nil {
+		return false // cannot be: two plain fields
+	}
+	r, err := s.request(s.ctx, extResFilter, extRequest(edgeproto.ReqStorePosition), body)
+	if err == nil && r.status == http.StatusNotFound {
+		l.log.Warn("the hub does not take store positions; a restored or copied store relies on stored times alone")
+		return true
+	}
+	var rep edgeproto.StorePositionReply
+	if err == nil && r.status != http.StatusOK {
+		err = &StatusError{Status: r.status, Body: string(r.body)}
+	}
+	if err == nil {
+		if err = json.Unmarshal(r.body, &rep); err != nil {
+			err = fmt.Errorf("store position reply: %w", err)
+		}
+	}
+	if err != nil {
+		if s.ctx.Err() == nil {
+			l.log.Warn("upstream store position failed; reconnecting", "error", err)
+			s.c.close(false)
+		}
+		return false
+	}
+	if rep.Next > pos.Next {
+		st.AdvanceSeq(rep.Next)
+		l.log.Warn("the hub has stored sequences of this store that it no longer holds (restored from a backup, or copied); it continues past them",
+			"store", pos.StoreID, "next", pos.Next, "hub_next", rep.Next)
+	}
+	return true
 }

@@ -24,6 +24,7 @@ import (
 
 	"outpost/internal/certs"
 	"outpost/internal/edge/store"
+	"outpost/internal/edgeproto"
 	"outpost/internal/identity"
 	"outpost/internal/message"
 	"outpost/internal/netfault"
@@ -41,6 +42,7 @@ const (
 type received struct {
 	device, module string
 	edgeID         string
+	key            edgeproto.ReplayKey
 	seq            uint64
 	conn           int // which connection of the edge brought it (1, 2, …)
 	body           []byte
@@ -71,6 +73,11 @@ type fakeHub struct {
 	// presenceHold, when set, holds every presence report unanswered
 	// until it is closed.
 	presenceHold chan struct{}
+	// storeNext is the next sequence the fake hub answers a store
+	// position with, if past the edge's; positions holds what it was
+	// asked, in order.
+	storeNext uint64
+	positions []edgeproto.StorePosition
 }
 
 // presenceSeen is a presence report as the fake hub got it.
@@ -204,7 +211,7 @@ func (h *fakeHub) handle(cl *mqtt.Client, pk packets.Packet) {
 		reply := func(status int, body []byte) {
 			_, _ = h.send(extResPrefix+strconv.Itoa(status)+"/?$rid="+bag["$rid"], body, 0)
 		}
-		if ext == extPresence {
+		if ext == edgeproto.ReqPresence {
 			h.presenceRequest(pk.Payload, reply)
 			return
 		}
@@ -218,14 +225,14 @@ func (h *fakeHub) handle(cl *mqtt.Client, pk packets.Packet) {
 	}
 	switch tp.Kind {
 	case topic.KindTelemetry:
-		seq, err := strconv.ParseUint(tp.Bag[BagEdgeSeq], 10, 64)
+		k, eid, err := edgeproto.TakeReplayKey(tp.Bag)
 		if err != nil {
-			h.t.Errorf("fake hub: telemetry without %s: %q", BagEdgeSeq, name)
+			h.t.Errorf("fake hub: telemetry without a replay key: %q: %v", name, err)
 			return
 		}
 		h.mu.Lock()
-		h.got = append(h.got, received{device: tp.DeviceID, module: tp.ModuleID, edgeID: tp.Bag[BagEdgeID],
-			seq: seq, conn: h.connects, body: append([]byte(nil), pk.Payload...)})
+		h.got = append(h.got, received{device: tp.DeviceID, module: tp.ModuleID, edgeID: eid,
+			key: k, seq: k.Seq, conn: h.connects, body: append([]byte(nil), pk.Payload...)})
 		h.mu.Unlock()
 	case topic.KindTwinGet:
 		cid := tp.ClientID()
@@ -290,7 +297,18 @@ func (h *fakeHub) presenceReports() []presenceSeen {
 // extension answers $outpost requests as the hub's device backend would.
 func (h *fakeHub) extension(name string, payload []byte) (int, []byte) {
 	switch name {
-	case "sync-identities":
+	case edgeproto.ReqStorePosition:
+		var pos edgeproto.StorePosition
+		if err := json.Unmarshal(payload, &pos); err != nil || pos.Check() != nil {
+			return http.StatusBadRequest, []byte(`{"errorCode":400000}`)
+		}
+		h.mu.Lock()
+		h.positions = append(h.positions, pos)
+		next := max(h.storeNext, pos.Next)
+		h.mu.Unlock()
+		b, _ := json.Marshal(edgeproto.StorePositionReply{Next: next})
+		return http.StatusOK, b
+	case edgeproto.ReqSyncIdentities:
 		snap := identity.ScopeSnapshot{HubHostName: testHost, RootCA: string(h.ca.CertPEM), SyncedAt: time.Unix(1700000000, 0).UTC()}
 		snap.Edge.DeviceID = testEdge
 		snap.Edge.Capabilities.IoTEdge = true
@@ -298,7 +316,7 @@ func (h *fakeHub) extension(name string, payload []byte) (int, []byte) {
 		snap.Modules = []identity.Module{{DeviceID: testEdge, ModuleID: edgeHubModule}}
 		b, _ := json.Marshal(snap)
 		return http.StatusOK, b
-	case "sign-edge-ca":
+	case edgeproto.ReqSignEdgeCA:
 		csr, err := certs.ParseCSR(payload)
 		if err != nil || csr.Subject.CommonName != testEdge {
 			return http.StatusBadRequest, []byte(`{"errorCode":400000}`)

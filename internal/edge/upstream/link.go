@@ -21,8 +21,10 @@
 // The drain is at-least-once: store entries are deleted only once their
 // PUBACKs arrived, up to the highest contiguous one per queue, and whatever was in
 // flight at a loss is sent again after the reconnect. Each publish carries
-// the edge id and store sequence ($outpost-eid, $outpost-seq) so the hub
-// drops the replays.
+// its replay key (edgeproto: the store's id, the entry's sequence and
+// stored time) so the hub drops the replays. Before the drain starts on a
+// connection, the link and the hub agree on where the store's sequence
+// stands (agreePosition).
 package upstream
 
 import (
@@ -47,12 +49,6 @@ import (
 // Endpoint is the store queue the link drains when Config.Endpoints is
 // nil: that of routes into $upstream of priority 0.
 const Endpoint = "$upstream"
-
-// Bag keys that identify a drained message to the hub for de-duplication.
-const (
-	BagEdgeID  = "$outpost-eid"
-	BagEdgeSeq = "$outpost-seq"
-)
 
 // APIVersion is the api-version the link names in its MQTT user name.
 const APIVersion = "2021-04-12"

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"slices"
 	"sort"
 	"strconv"
 	"sync"
@@ -14,6 +15,7 @@ import (
 	"time"
 
 	"outpost/internal/certs"
+	"outpost/internal/edgeproto"
 	"outpost/internal/message"
 	"outpost/internal/topic"
 )
@@ -25,7 +27,7 @@ func checkOrdered(got []received, want int) (dups []uint64, err error) {
 	var order []uint64
 	for _, r := range got {
 		if r.edgeID != testEdge {
-			return nil, fmt.Errorf("seq %d: %s = %q", r.seq, BagEdgeID, r.edgeID)
+			return nil, fmt.Errorf("seq %d: %s = %q", r.seq, edgeproto.BagEdgeID, r.edgeID)
 		}
 		if seen[r.seq] == 0 {
 			order = append(order, r.seq)
@@ -621,4 +623,46 @@ func TestRefusedCredentials(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// Before it drains, the link tells the hub where its store stands; when
+// the hub has stored sequences past it (the store is a restored backup
+// or a copy), the store moves on past them, and what it appends from then
+// on is numbered beyond what the hub has seen. Every drained message
+// carries its store's id and stored time.
+func TestStorePositionAgreed(t *testing.T) {
+	e := newEnv(t, envOpts{keepAlive: 2 * time.Second})
+	const hubNext = 5000
+	e.hub.mu.Lock()
+	e.hub.storeNext = hubNext
+	e.hub.mu.Unlock()
+	old := e.appendTo(Endpoint, 3, "child1", "", 16)
+	e.start()
+	checkFor(t, 20*time.Second, 10*time.Millisecond, func() error {
+		if n := e.hub.count(); n < 3 {
+			return fmt.Errorf("hub has %d of 3", n)
+		}
+		return nil
+	})
+	e.hub.mu.Lock()
+	positions := slices.Clone(e.hub.positions)
+	e.hub.mu.Unlock()
+	if len(positions) == 0 || positions[0].StoreID != e.store.ID() || positions[0].Next != old[2]+1 {
+		t.Fatalf("positions asked %+v; want store %s at %d first", positions, e.store.ID(), old[2]+1)
+	}
+	fresh := e.appendTo(Endpoint, 2, "child1", "", 16)
+	if fresh[0] < hubNext {
+		t.Fatalf("appended after the hub said %d: sequence %d", hubNext, fresh[0])
+	}
+	checkFor(t, 20*time.Second, 10*time.Millisecond, func() error {
+		if n := e.hub.count(); n < 5 {
+			return fmt.Errorf("hub has %d of 5", n)
+		}
+		return nil
+	})
+	for i, r := range e.hub.received() {
+		if r.key.StoreID != e.store.ID() || r.key.StoredAt == 0 {
+			t.Errorf("message %d: replay key %+v; want store %s and a stored time", i, r.key, e.store.ID())
+		}
+	}
 }

@@ -7,6 +7,8 @@ import (
 	"net/http"
 	"slices"
 	"time"
+
+	"outpost/internal/edgeproto"
 )
 
 // Presence: the hub shows a local client Connected while it is attached
@@ -19,7 +21,6 @@ import (
 // when the link's connection ends.
 
 const (
-	extPresence = "presence"
 	// presenceLinger is how long the reporter waits after a change for
 	// more, so a burst of connects makes one report.
 	presenceLinger = 50 * time.Millisecond
@@ -131,7 +132,7 @@ func (s *session) sendPresence(full bool, on, off []string) error {
 		if err != nil {
 			return err
 		}
-		rep, err := s.request(s.ctx, extResFilter, extRequest(extPresence), body)
+		rep, err := s.request(s.ctx, extResFilter, extRequest(edgeproto.ReqPresence), body)
 		if err != nil {
 			return err
 		}

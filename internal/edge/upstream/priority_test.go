@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"outpost/internal/edge/store"
+	"outpost/internal/edgeproto"
 )
 
 // checkPerEndpoint checks that got, de-duplicated by seq, holds every
@@ -25,7 +26,7 @@ func checkPerEndpoint(got []received, want map[string][]uint64) (map[uint64]int,
 	arrived := map[string][]uint64{}
 	for i, r := range got {
 		if r.edgeID != testEdge {
-			return nil, fmt.Errorf("seq %d: %s = %q", r.seq, BagEdgeID, r.edgeID)
+			return nil, fmt.Errorf("seq %d: %s = %q", r.seq, edgeproto.BagEdgeID, r.edgeID)
 		}
 		ep, ok := endpointOf[r.seq]
 		if !ok {

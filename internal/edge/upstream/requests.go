@@ -8,6 +8,7 @@ import (
 	"maps"
 	"net/http"
 
+	"outpost/internal/edgeproto"
 	"outpost/internal/identity"
 	"outpost/internal/message"
 	"outpost/internal/topic"
@@ -251,7 +252,7 @@ func extRequest(name string) func(rid string) string {
 
 // SyncIdentities fetches the identities in the edge's scope, with keys.
 func (l *Link) SyncIdentities(ctx context.Context) (*identity.ScopeSnapshot, error) {
-	r, err := l.request(ctx, "sync identities", extResFilter, extRequest("sync-identities"), []byte("{}"))
+	r, err := l.request(ctx, "sync identities", extResFilter, extRequest(edgeproto.ReqSyncIdentities), []byte("{}"))
 	if err != nil {
 		return nil, err
 	}
@@ -269,7 +270,7 @@ func (l *Link) SyncIdentities(ctx context.Context) (*identity.ScopeSnapshot, err
 // returns the edge CA certificate followed by its intermediates, and the
 // hub's root.
 func (l *Link) SignEdgeCA(ctx context.Context, csrPEM []byte) (chainPEM, rootPEM []byte, err error) {
-	r, err := l.request(ctx, "sign edge ca", extResFilter, extRequest("sign-edge-ca"), csrPEM)
+	r, err := l.request(ctx, "sign edge ca", extResFilter, extRequest(edgeproto.ReqSignEdgeCA), csrPEM)
 	if err != nil {
 		return nil, nil, err
 	}

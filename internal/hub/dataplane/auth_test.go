@@ -12,6 +12,7 @@ import (
 
 	"outpost/internal/certs"
 	"outpost/internal/client"
+	"outpost/internal/edgeproto"
 	"outpost/internal/gateway"
 	"outpost/internal/identity"
 	"outpost/internal/message"
@@ -195,7 +196,7 @@ func TestEdgeExtensions(t *testing.T) {
 	ec, er := connect(edge)
 
 	t.Run("sync-identities", func(t *testing.T) {
-		r := call(ec, er, ExtSyncIdentities, []byte("{}"))
+		r := call(ec, er, edgeproto.ReqSyncIdentities, []byte("{}"))
 		if !strings.HasPrefix(r.topic, "$outpost/res/200/") {
 			t.Fatalf("reply topic %s: %s", r.topic, r.body)
 		}
@@ -229,7 +230,7 @@ func TestEdgeExtensions(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		r := call(ec, er, ExtSignEdgeCA, csr)
+		r := call(ec, er, edgeproto.ReqSignEdgeCA, csr)
 		if !strings.HasPrefix(r.topic, "$outpost/res/200/") {
 			t.Fatalf("reply topic %s: %s", r.topic, r.body)
 		}
@@ -248,13 +249,13 @@ func TestEdgeExtensions(t *testing.T) {
 			t.Errorf("not signed by the hub root: %v", err)
 		}
 		other, _, _ := certs.NewCSR("kid-1")
-		if r := call(ec, er, ExtSignEdgeCA, other); !strings.HasPrefix(r.topic, "$outpost/res/403/") {
+		if r := call(ec, er, edgeproto.ReqSignEdgeCA, other); !strings.HasPrefix(r.topic, "$outpost/res/403/") {
 			t.Errorf("CSR for another id answered %s", r.topic)
 		}
 	})
 	t.Run("not an edge", func(t *testing.T) {
 		pc, pr := connect(plain)
-		if r := call(pc, pr, ExtSyncIdentities, []byte("{}")); !strings.HasPrefix(r.topic, "$outpost/res/403/") {
+		if r := call(pc, pr, edgeproto.ReqSyncIdentities, []byte("{}")); !strings.HasPrefix(r.topic, "$outpost/res/403/") {
 			t.Errorf("sync by a plain device answered %s", r.topic)
 		}
 	})

@@ -14,10 +14,12 @@
 // returns only once every message of a batch has its PubAck, so a PUBACK
 // to the device means the stream holds the message.
 //
-// Messages an edge replays after a reconnect carry $outpost-eid and
-// $outpost-seq (its store sequence): for an edge connection they become
-// System.EdgeID/EdgeSeq and the header Nats-Msg-Id "e/{edge}/{seq}", and
-// the stream's duplicate window (two hours) drops replays.
+// Messages an edge drains carry a replay key (edgeproto: store id,
+// sequence, stored time): for an edge connection it becomes
+// System.EdgeID/EdgeStore/EdgeSeq and the header Nats-Msg-Id, and the
+// stream's duplicate window (two hours) drops replays. The EDGE_STORES
+// bucket keeps, per edge store, a sequence past every one stored, which
+// store-position answers (storepos.go).
 //
 // # Presence, methods and desired properties
 //

@@ -7,17 +7,10 @@ import (
 	"net/http"
 
 	"outpost/internal/certs"
+	"outpost/internal/edgeproto"
 	"outpost/internal/gateway"
 	"outpost/internal/identity"
 	"outpost/internal/topic"
-)
-
-// Extension names served to edges over $outpost/req/{name} (edge
-// contract items 2 and 3).
-const (
-	ExtSyncIdentities = "sync-identities"
-	ExtSignEdgeCA     = "sign-edge-ca"
-	ExtPresence       = "presence"
 )
 
 // SignedCA is the reply to sign-edge-ca.
@@ -44,8 +37,9 @@ type PresenceReply struct {
 	Refused []string `json:"refused,omitempty"`
 }
 
-// Extension serves an edge's identity sync, edge CA signing and presence
-// reports. Only an edge device, on its own connection, may ask.
+// Extension serves an edge's requests (edgeproto): identity sync, edge CA
+// signing, presence reports and its store's position. Only an edge
+// device, on its own connection, may ask.
 func (p *Plane) Extension(ctx context.Context, s gateway.Session, name string, payload []byte) ([]byte, error) {
 	id := s.Identity()
 	if !id.Edge || id.ModuleID != "" || id.Via != "" {
@@ -53,16 +47,18 @@ func (p *Plane) Extension(ctx context.Context, s gateway.Session, name string, p
 			Message: "only an IoT Edge device may call " + name}
 	}
 	switch name {
-	case ExtSyncIdentities:
+	case edgeproto.ReqSyncIdentities:
 		s, err := p.Snapshot(id.DeviceID)
 		if err != nil {
 			return nil, err
 		}
 		return json.Marshal(s)
-	case ExtSignEdgeCA:
+	case edgeproto.ReqSignEdgeCA:
 		return p.signEdgeCA(id.DeviceID, payload)
-	case ExtPresence:
+	case edgeproto.ReqPresence:
 		return p.presenceReport(ctx, s, payload)
+	case edgeproto.ReqStorePosition:
+		return p.storePosition(ctx, id.DeviceID, payload)
 	}
 	return nil, &gateway.StatusError{Status: http.StatusNotFound, Code: "NotFound", Message: "no extension " + name}
 }

@@ -29,7 +29,7 @@ const streamInfoTimeout = 2 * time.Second
 // latency and refusals.
 func (p *Plane) NewMetrics() (*metrics.Metrics, error) {
 	src := metricsSource{p}
-	return metrics.New(metrics.Config{Queues: src, Clients: gateway.MetricsSource(p.gw.Load), Auth: gateway.MetricsSource(p.gw.Load), Now: p.now})
+	return metrics.New(metrics.Config{Queues: src, Clients: gateway.MetricsSource(p.gw.Load), Auth: gateway.MetricsSource(p.gw.Load), Edges: src, Now: p.now})
 }
 
 var _ gateway.Observer = (*metrics.Metrics)(nil)
@@ -62,6 +62,8 @@ func fromLoopback(r *http.Request) bool {
 
 // metricsSource adapts the plane to internal/metrics' sources.
 type metricsSource struct{ p *Plane }
+
+func (s metricsSource) Edges() map[string]metrics.Edge { return s.p.EdgeCounts() }
 
 func (s metricsSource) Queues() []metrics.Queue {
 	ctx, cancel := context.WithTimeout(s.p.ctx, streamInfoTimeout)

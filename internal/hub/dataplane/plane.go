@@ -19,6 +19,7 @@ import (
 	"outpost/internal/hub"
 	"outpost/internal/hub/api"
 	"outpost/internal/identity"
+	"outpost/internal/metrics"
 )
 
 // Defaults for Config fields left zero.
@@ -96,6 +97,9 @@ type Plane struct {
 	// deliveries counts C2D deliveries per message: durable, and shared
 	// by the replicas and both protocols.
 	deliveries jetstream.KeyValue
+	// positions and edgeStats serve edges' replay de-duplication.
+	positions *storePositions
+	edgeStats *edgeStats
 
 	gw atomic.Pointer[gateway.Server]
 
@@ -165,6 +169,8 @@ func New(cfg Config) (*Plane, error) {
 		nc:      cfg.Hub.Conn(),
 		live:    map[string]*liveSession{},
 		parents: map[string]string{},
+
+		edgeStats: &edgeStats{m: map[string]*metrics.Edge{}},
 	}
 	if cfg.CA != nil {
 		p.pool = x509.NewCertPool()
@@ -258,6 +264,17 @@ func (p *Plane) openStreams(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("dataplane: open c2d delivery counts: %w", err)
 	}
+	kv, err := p.js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+		Bucket:      BucketEdgeStores,
+		Description: "per edge store: a sequence past every one stored from it",
+		History:     1,
+		Storage:     jetstream.FileStorage,
+		Replicas:    p.cfg.Replicas,
+	})
+	if err != nil {
+		return fmt.Errorf("dataplane: open edge store positions: %w", err)
+	}
+	p.positions = &storePositions{kv: kv, known: map[string]uint64{}}
 	return nil
 }
 

@@ -15,6 +15,7 @@ import (
 
 	"outpost/internal/client"
 	"outpost/internal/clocktest"
+	"outpost/internal/edgeproto"
 	"outpost/internal/gateway"
 	"outpost/internal/hub"
 	"outpost/internal/identity"
@@ -323,7 +324,7 @@ func (e *env) report(s gateway.Session, r PresenceReport) (PresenceReply, error)
 	if err != nil {
 		e.t.Fatal(err)
 	}
-	raw, err := e.p.Extension(ctxT(e.t), s, ExtPresence, body)
+	raw, err := e.p.Extension(ctxT(e.t), s, edgeproto.ReqPresence, body)
 	if err != nil {
 		return PresenceReply{}, err
 	}

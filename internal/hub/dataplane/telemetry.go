@@ -5,21 +5,15 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"strconv"
 	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"outpost/internal/edgeproto"
 	"outpost/internal/gateway"
 	"outpost/internal/message"
-)
-
-// Edge replay keys (edge contract item 1).
-const (
-	PropEdgeID  = "$outpost-eid"
-	PropEdgeSeq = "$outpost-seq"
 )
 
 // HeaderEnvelope carries a stored message's ids and properties as JSON;
@@ -64,14 +58,28 @@ func decodeMsg(h nats.Header, data []byte) (*message.Message, error) {
 // Telemetry writes msgs to the telemetry stream and returns once all of
 // them are acknowledged by JetStream. Publishing is asynchronous, so a
 // batch costs one round of acknowledgements, not one per message.
+//
+// An edge's messages carry replay keys (edgeproto): JetStream drops a
+// message whose key it stored within the duplicate window, and each drop
+// is counted for the edge. Before the batch is acknowledged, the edge's
+// store records cover its sequences, so a restored copy of the store is
+// told to move past them (storePosition).
 func (p *Plane) Telemetry(ctx context.Context, via gateway.Identity, msgs []*message.Message) error {
 	now := p.now().UTC()
 	futures := make([]jetstream.PubAckFuture, 0, len(msgs))
+	var high map[string]uint64 // store id -> highest sequence in msgs
 	for _, m := range msgs {
 		m.System.EnqueuedTime = now
 		var msgID string
 		if via.Edge {
-			msgID = p.takeEdgeKeys(via, m)
+			k, ok := p.takeReplayKey(via, m)
+			if ok {
+				msgID = k.MsgID(via.DeviceID)
+				if high == nil {
+					high = map[string]uint64{}
+				}
+				high[k.StoreID] = max(high[k.StoreID], k.Seq)
+			}
 		}
 		nm, err := encodeMsg(telemetrySubject(m.DeviceID, m.ModuleID), m)
 		if err != nil {
@@ -87,14 +95,26 @@ func (p *Plane) Telemetry(ctx context.Context, via gateway.Identity, msgs []*mes
 		}
 		futures = append(futures, f)
 	}
+	if high != nil {
+		if err := p.positions.stored(ctx, via.DeviceID, high); err != nil {
+			return fmt.Errorf("store telemetry: %w", err)
+		}
+	}
+	dups := 0
 	for _, f := range futures {
 		select {
-		case <-f.Ok():
+		case ack := <-f.Ok():
+			if ack.Duplicate {
+				dups++
+			}
 		case err := <-f.Err():
 			return fmt.Errorf("store telemetry: %w", err)
 		case <-ctx.Done():
 			return fmt.Errorf("store telemetry: %w", ctx.Err())
 		}
+	}
+	if dups > 0 {
+		p.edgeStats.duplicates(via.DeviceID, dups)
 	}
 	// Batches hold one identity's messages, or an edge's for a few.
 	last := -1
@@ -107,32 +127,35 @@ func (p *Plane) Telemetry(ctx context.Context, via gateway.Identity, msgs []*mes
 	return nil
 }
 
-// takeEdgeKeys moves an edge's replay keys out of m's application
-// properties and returns the message id JetStream de-duplicates by. The
-// edge id is the authenticated connection's: an edge cannot speak for
-// another edge's sequence space.
-func (p *Plane) takeEdgeKeys(via gateway.Identity, m *message.Message) string {
-	eid, hasEID := m.Properties[PropEdgeID]
-	seqText, hasSeq := m.Properties[PropEdgeSeq]
-	if !hasEID || !hasSeq {
-		return ""
+// takeReplayKey moves an edge's replay key out of m's application
+// properties into its system properties. The edge id is the
+// authenticated connection's: an edge cannot speak for another edge's
+// stores. A malformed key is logged, and the message stored without
+// de-duplication: a duplicate is better than a loss.
+func (p *Plane) takeReplayKey(via gateway.Identity, m *message.Message) (edgeproto.ReplayKey, bool) {
+	if m.Properties == nil {
+		return edgeproto.ReplayKey{}, false
 	}
-	seq, err := strconv.ParseUint(seqText, 10, 64)
-	if err != nil {
-		p.log.Warn("edge message with a bad sequence; stored without de-duplication", "edge", via.DeviceID, "seq", seqText)
-		return ""
-	}
-	if eid != via.DeviceID {
-		p.log.Warn("edge message names another edge; using the connection's id", "edge", via.DeviceID, "eid", eid)
-	}
-	delete(m.Properties, PropEdgeID)
-	delete(m.Properties, PropEdgeSeq)
+	k, eid, err := edgeproto.TakeReplayKey(m.Properties)
 	if len(m.Properties) == 0 {
 		m.Properties = nil
 	}
-	m.System.EdgeID, m.System.EdgeSeq = via.DeviceID, seq
-	return "e/" + via.DeviceID + "/" + strconv.FormatUint(seq, 10)
+	if errors.Is(err, edgeproto.ErrNoReplayKey) {
+		return k, false
+	}
+	if err != nil {
+		p.log.Warn("edge message with a bad replay key; stored without de-duplication", "edge", via.DeviceID, "error", err)
+		return k, false
+	}
+	if eid != via.DeviceID {
+		p.log.Warn("edge message names another edge; using the connection's id", "edge", via.DeviceID, "eid", clipID(eid))
+	}
+	m.System.EdgeID, m.System.EdgeStore, m.System.EdgeSeq = via.DeviceID, k.StoreID, k.Seq
+	return k, true
 }
+
+// clipID bounds an untrusted id in a log line.
+func clipID(s string) string { return s[:min(len(s), 260)] }
 
 // Event is one stored telemetry message as the events API serves it: the
 // message (body base64 in JSON) and its stream sequence number.

@@ -3,7 +3,9 @@ package dataplane
 import (
 	"context"
 	"encoding/base64"
+	"encoding/json"
 	"fmt"
+	"maps"
 	"net"
 	"net/http"
 	"strings"
@@ -11,6 +13,7 @@ import (
 	"time"
 
 	"outpost/internal/client"
+	"outpost/internal/edgeproto"
 	"outpost/internal/message"
 	"outpost/internal/sas"
 	"outpost/internal/service"
@@ -103,9 +106,12 @@ func TestSubjectsEncodeIDs(t *testing.T) {
 	}
 }
 
-// An edge replays the same stored message (same eid/seq) after a crash:
-// the stream keeps one. A device that is not an edge gets its properties
-// kept as they are.
+// An edge replays the same stored message (same store, sequence and
+// stored time) after a crash: the stream keeps one, and the edge's
+// duplicates are counted. A message of another store, or of the same
+// store and sequence but another stored time (a wiped, restored or
+// copied store), is new and kept. A device that is not an edge gets its
+// properties kept as they are.
 func TestEdgeReplayDeduplicated(t *testing.T) {
 	e := newEnv(t)
 	edge := e.device("edge-1", true)
@@ -118,41 +124,165 @@ func TestEdgeReplayDeduplicated(t *testing.T) {
 	pc := e.deviceClient(plain, nil)
 	ctx := ctxT(t)
 
-	bag := topic.EncodeBag(map[string]string{PropEdgeID: "edge-1", PropEdgeSeq: "7", "k": "v"})
-	childTopic := "devices/child-1/messages/events/" + bag
+	const storeA, storeB = "0123456789abcdef0123456789abcdef", "fedcba9876543210fedcba9876543210"
+	keyed := func(k edgeproto.ReplayKey, extra map[string]string) string {
+		bag := map[string]string{}
+		k.Put(bag, "edge-1")
+		maps.Copy(bag, extra)
+		return "devices/child-1/messages/events/" + topic.EncodeBag(bag)
+	}
+	first := edgeproto.ReplayKey{StoreID: storeA, Seq: 7, StoredAt: 1000}
 	for i := range 3 {
-		if err := ec.Publish(ctx, childTopic, 1, []byte("once")); err != nil {
+		if err := ec.Publish(ctx, keyed(first, map[string]string{"k": "v"}), 1, []byte("once")); err != nil {
 			t.Fatalf("publish %d: %v", i, err)
 		}
 	}
-	other := topic.EncodeBag(map[string]string{PropEdgeID: "edge-1", PropEdgeSeq: "8"})
-	if err := ec.Publish(ctx, "devices/child-1/messages/events/"+other, 1, []byte("next")); err != nil {
-		t.Fatal(err)
+	news := []struct {
+		name string
+		key  edgeproto.ReplayKey
+	}{
+		{"next sequence", edgeproto.ReplayKey{StoreID: storeA, Seq: 8, StoredAt: 1001}},
+		{"same sequence, another store (wiped)", edgeproto.ReplayKey{StoreID: storeB, Seq: 7, StoredAt: 1000}},
+		{"same store and sequence, another stored time (restored or copied)", edgeproto.ReplayKey{StoreID: storeA, Seq: 7, StoredAt: 2000}},
+	}
+	for _, n := range news {
+		if err := ec.Publish(ctx, keyed(n.key, nil), 1, []byte(n.name)); err != nil {
+			t.Fatalf("%s: %v", n.name, err)
+		}
 	}
 	got := e.stored(telemetrySubject("child-1", ""))
-	if len(got) != 2 {
-		t.Fatalf("stream holds %d messages; want 2 (a replay must be dropped)", len(got))
+	if len(got) != 1+len(news) {
+		t.Fatalf("stream holds %d messages; want %d (only the replays dropped)", len(got), 1+len(news))
+	}
+	for i, n := range news {
+		if string(got[i+1].Body) != n.name {
+			t.Errorf("message %d is %q; want %q kept", i+1, got[i+1].Body, n.name)
+		}
 	}
 	m := got[0]
-	if m.System.EdgeID != "edge-1" || m.System.EdgeSeq != 7 || string(m.Body) != "once" {
-		t.Errorf("edge ids %q/%d body %q; want edge-1/7 once", m.System.EdgeID, m.System.EdgeSeq, m.Body)
+	if m.System.EdgeID != "edge-1" || m.System.EdgeStore != storeA || m.System.EdgeSeq != 7 || string(m.Body) != "once" {
+		t.Errorf("edge ids %q/%q/%d body %q; want edge-1/%s/7 once", m.System.EdgeID, m.System.EdgeStore, m.System.EdgeSeq, m.Body, storeA)
 	}
-	if _, ok := m.Properties[PropEdgeID]; ok || m.Properties["k"] != "v" {
-		t.Errorf("properties %v: replay keys must be gone, others kept", m.Properties)
+	for _, k := range []string{edgeproto.BagEdgeID, edgeproto.BagStoreID, edgeproto.BagEdgeSeq, edgeproto.BagStoredAt} {
+		if _, ok := m.Properties[k]; ok {
+			t.Errorf("properties %v: replay key %s must be gone", m.Properties, k)
+		}
+	}
+	if m.Properties["k"] != "v" {
+		t.Errorf("properties %v: want k=v kept", m.Properties)
 	}
 	if m.System.ConnDeviceID != "child-1" {
 		t.Errorf("connection device %q; want the child", m.System.ConnDeviceID)
 	}
+	met, err := e.p.NewMetrics()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if body, want := scrapeRecorder(t, e.p.MetricsHandler(met), "127.0.0.1:4000", ""), `outpost_hub_edge_duplicates_total{edge="edge-1"} 2`; !strings.Contains(body, want) {
+		t.Errorf("metrics lack %q:\n%s", want, body)
+	}
 
 	// Not an edge: the keys are application properties like any other.
 	for range 2 {
-		if err := pc.Publish(ctx, "devices/plain-1/messages/events/"+bag, 1, []byte("x")); err != nil {
+		if err := pc.Publish(ctx, "devices/plain-1/messages/events/"+topic.EncodeBag(map[string]string{edgeproto.BagEdgeSeq: "7"}), 1, []byte("x")); err != nil {
 			t.Fatal(err)
 		}
 	}
 	pg := e.stored(telemetrySubject("plain-1", ""))
-	if len(pg) != 2 || pg[0].Properties[PropEdgeID] != "edge-1" || pg[0].System.EdgeID != "" {
+	if len(pg) != 2 || pg[0].Properties[edgeproto.BagEdgeSeq] != "7" || pg[0].System.EdgeID != "" {
 		t.Errorf("plain device: %d messages, properties %v; want 2 with the keys kept", len(pg), pg[0].Properties)
+	}
+}
+
+// An incomplete or malformed replay key is stored without de-duplication:
+// two copies, never a loss.
+func TestEdgeBadReplayKeyKept(t *testing.T) {
+	e := newEnv(t)
+	edge := e.device("edge-1", true)
+	e.device("child-1", false)
+	if err := e.h.AddChildren(context.Background(), "edge-1", []string{"child-1"}, false); err != nil {
+		t.Fatal(err)
+	}
+	ec := e.deviceClient(edge, nil)
+	ctx := ctxT(t)
+	bags := []map[string]string{
+		{edgeproto.BagEdgeID: "edge-1", edgeproto.BagEdgeSeq: "7"},
+		{edgeproto.BagEdgeID: "edge-1", edgeproto.BagStoreID: "nothex", edgeproto.BagEdgeSeq: "7", edgeproto.BagStoredAt: "1"},
+		{edgeproto.BagEdgeID: "edge-1", edgeproto.BagStoreID: "0123456789abcdef0123456789abcdef", edgeproto.BagEdgeSeq: "x", edgeproto.BagStoredAt: "1"},
+	}
+	for _, b := range bags {
+		for range 2 {
+			if err := ec.Publish(ctx, "devices/child-1/messages/events/"+topic.EncodeBag(b), 1, []byte("m")); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	got := e.stored(telemetrySubject("child-1", ""))
+	if len(got) != 2*len(bags) {
+		t.Fatalf("stream holds %d messages; want %d: a bad key must not drop anything", len(got), 2*len(bags))
+	}
+	for _, m := range got {
+		if len(m.Properties) != 0 {
+			t.Errorf("properties %v: the replay keys must not be stored", m.Properties)
+		}
+	}
+}
+
+// The hub answers a store's position with a sequence past every one it
+// stored from that store, and counts a store found behind its record.
+func TestStorePosition(t *testing.T) {
+	e := newEnv(t)
+	edge := e.device("edge-1", true)
+	e.device("child-1", false)
+	if err := e.h.AddChildren(context.Background(), "edge-1", []string{"child-1"}, false); err != nil {
+		t.Fatal(err)
+	}
+	ec := e.deviceClient(edge, nil)
+	ctx := ctxT(t)
+	const sid = "0123456789abcdef0123456789abcdef"
+	ask := func(pos edgeproto.StorePosition) uint64 {
+		t.Helper()
+		body, _ := json.Marshal(pos)
+		raw, err := e.p.Extension(ctx, e.session("edge-1", ""), edgeproto.ReqStorePosition, body)
+		if err != nil {
+			t.Fatalf("store position %+v: %v", pos, err)
+		}
+		var r edgeproto.StorePositionReply
+		if err := json.Unmarshal(raw, &r); err != nil {
+			t.Fatal(err)
+		}
+		return r.Next
+	}
+	if n := ask(edgeproto.StorePosition{StoreID: sid, Next: 1}); n != 1 {
+		t.Errorf("new store: next %d; want 1", n)
+	}
+	bag := map[string]string{}
+	edgeproto.ReplayKey{StoreID: sid, Seq: 500, StoredAt: 1}.Put(bag, "edge-1")
+	if err := ec.Publish(ctx, "devices/child-1/messages/events/"+topic.EncodeBag(bag), 1, []byte("m")); err != nil {
+		t.Fatal(err)
+	}
+	// The store restored from before message 500.
+	if n := ask(edgeproto.StorePosition{StoreID: sid, Next: 100}); n <= 500 {
+		t.Errorf("store behind the hub: next %d; want past 500", n)
+	}
+	if c := e.p.EdgeCounts()["edge-1"]; c.StoreRewinds != 1 {
+		t.Errorf("store rewinds counted %d; want 1", c.StoreRewinds)
+	}
+	// A store ahead of the hub: its own word stands, and is recorded.
+	if n := ask(edgeproto.StorePosition{StoreID: sid, Next: 1 << 40}); n != 1<<40 {
+		t.Errorf("store ahead: next %d; want %d", n, uint64(1<<40))
+	}
+	if n := ask(edgeproto.StorePosition{StoreID: sid, Next: 5}); n != 1<<40 {
+		t.Errorf("after the store said 2^40: next %d; want %d", n, uint64(1<<40))
+	}
+	// Another store of the same edge has a record of its own.
+	if n := ask(edgeproto.StorePosition{StoreID: "fedcba9876543210fedcba9876543210", Next: 3}); n != 3 {
+		t.Errorf("another store: next %d; want 3", n)
+	}
+	for _, bad := range []string{`{"storeId":"x","next":1}`, `{"storeId":"` + sid + `","next":0}`, `not json`} {
+		if _, err := e.p.Extension(ctx, e.session("edge-1", ""), edgeproto.ReqStorePosition, []byte(bad)); err == nil {
+			t.Errorf("store position %s: accepted", bad)
+		}
 	}
 }
 

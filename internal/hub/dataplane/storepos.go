@@ -1,0 +1,189 @@
+package dataplane
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"strconv"
+	"sync"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"outpost/internal/edgeproto"
+	"outpost/internal/gateway"
+	"outpost/internal/metrics"
+)
+
+// BucketEdgeStores holds, per edge store, a sequence past every one the
+// hub has stored from that store: what store-position answers.
+const BucketEdgeStores = "EDGE_STORES"
+
+// positionBlock is how far past a stored sequence a record is raised, so
+// a draining edge costs one record write per positionBlock messages, not
+// one per batch. A store asked to move on skips at most that many
+// numbers, of 2^64.
+const positionBlock = 1 << 16
+
+// storePositions caches the records this replica read or wrote. A record
+// only grows, by compare-and-set, so a cached value is a lower bound of
+// the bucket's and never lets a record fall behind a stored sequence.
+type storePositions struct {
+	kv jetstream.KeyValue
+
+	mu sync.Mutex
+	// mu guards known.
+	known map[string]uint64
+}
+
+func positionKey(edgeID, storeID string) string { return enc(edgeID) + "." + storeID }
+
+// get reads the record of key; 0 if there is none.
+func (sp *storePositions) get(ctx context.Context, key string) (next, rev uint64, err error) {
+	e, err := sp.kv.Get(ctx, key)
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return 0, 0, nil
+	}
+	if err != nil {
+		return 0, 0, fmt.Errorf("edge store position: %w", err)
+	}
+	next, err = strconv.ParseUint(string(e.Value()), 10, 64)
+	if err != nil {
+		return 0, 0, fmt.Errorf("edge store position %q: %w", e.Value(), err)
+	}
+	return next, e.Revision(), nil
+}
+
+// raise makes the record of key at least next and returns the record.
+func (sp *storePositions) raise(ctx context.Context, key string, next uint64) (uint64, error) {
+	for {
+		cur, rev, err := sp.get(ctx, key)
+		if err != nil {
+			return 0, err
+		}
+		if cur >= next {
+			sp.remember(key, cur)
+			return cur, nil
+		}
+		val := []byte(strconv.FormatUint(next, 10))
+		if rev == 0 {
+			_, err = sp.kv.Create(ctx, key, val)
+		} else {
+			_, err = sp.kv.Update(ctx, key, val, rev)
+		}
+		if err == nil {
+			sp.remember(key, next)
+			return next, nil
+		}
+		if !errors.Is(err, jetstream.ErrKeyExists) {
+			return 0, fmt.Errorf("edge store position: %w", err)
+		}
+		// Another replica wrote it meanwhile: again.
+	}
+}
+
+func (sp *storePositions) remember(key string, next uint64) {
+	sp.mu.Lock()
+	defer sp.mu.Unlock()
+	sp.known[key] = max(sp.known[key], next)
+}
+
+// covers reports whether the record of key is known to be past seq.
+func (sp *storePositions) covers(key string, seq uint64) bool {
+	sp.mu.Lock()
+	defer sp.mu.Unlock()
+	return sp.known[key] > seq
+}
+
+// stored makes the records cover the highest sequence of each store in a
+// batch of edgeID's messages, before the batch is acknowledged.
+func (sp *storePositions) stored(ctx context.Context, edgeID string, high map[string]uint64) error {
+	for sid, seq := range high {
+		key := positionKey(edgeID, sid)
+		if sp.covers(key, seq) {
+			continue
+		}
+		if _, err := sp.raise(ctx, key, seq+positionBlock); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// storePosition answers an edge's store-position request: the record of
+// its store, raised to what the edge says it has numbered. A record past
+// the edge's next sequence means the store is older than what the hub has
+// stored from it: a backup restored, or a copy.
+func (p *Plane) storePosition(ctx context.Context, edgeID string, payload []byte) ([]byte, error) {
+	var req edgeproto.StorePosition
+	if err := json.Unmarshal(payload, &req); err != nil {
+		return nil, badArgument("store position: %v", err)
+	}
+	if err := req.Check(); err != nil {
+		return nil, badArgument("store position: %v", err)
+	}
+	key := positionKey(edgeID, req.StoreID)
+	cur, _, err := p.positions.get(ctx, key)
+	if err != nil {
+		return nil, unavailable(err)
+	}
+	if cur > req.Next {
+		p.edgeStats.rewound(edgeID)
+		p.log.Warn("edge store is behind what the hub stored from it (restored from a backup, or copied); the edge continues past it",
+			"edge", edgeID, "store", req.StoreID, "edge_next", req.Next, "hub_next", cur)
+	}
+	next, err := p.positions.raise(ctx, key, req.Next)
+	if err != nil {
+		return nil, unavailable(err)
+	}
+	return json.Marshal(edgeproto.StorePositionReply{Next: next})
+}
+
+// unavailable is the status of a request the hub's state could not serve
+// now; the edge asks again on its next connection.
+func unavailable(err error) error {
+	return &gateway.StatusError{Status: http.StatusServiceUnavailable, Code: "ServiceUnavailable", Message: err.Error()}
+}
+
+// edgeStats counts, per edge, what its drains cost the hub: replays
+// dropped as duplicates and stores found behind the hub's record.
+type edgeStats struct {
+	mu sync.Mutex
+	// mu guards m.
+	m map[string]*metrics.Edge
+}
+
+func (s *edgeStats) at(edgeID string) *metrics.Edge {
+	c := s.m[edgeID]
+	if c == nil {
+		c = &metrics.Edge{}
+		s.m[edgeID] = c
+	}
+	return c
+}
+
+func (s *edgeStats) duplicates(edgeID string, n int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.at(edgeID).Duplicates += uint64(n)
+}
+
+func (s *edgeStats) rewound(edgeID string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.at(edgeID).StoreRewinds++
+}
+
+// EdgeCounts returns a copy of every edge's counters since this replica
+// started.
+func (p *Plane) EdgeCounts() map[string]metrics.Edge {
+	s := p.edgeStats
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make(map[string]metrics.Edge, len(s.m))
+	for id, c := range s.m {
+		out[id] = *c
+	}
+	return out
+}
