@@ -9,6 +9,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -89,6 +90,7 @@ type conn struct {
 	calls      map[string]*call    // $rid -> pending method call
 	children   map[string]*session // client id -> session reached through this edge
 	scope      map[string]bool     // client id -> InScope answer, cached
+	granted    []string            // filters OnSubscribe granted, for mochi's own check of them
 }
 
 func newConn(s *Server, nc net.Conn, transport string, peer *tls.ConnectionState) *conn {
@@ -572,9 +574,9 @@ func (c *conn) send(topicName string, payload []byte, qos byte) (<-chan error, e
 	if cl == nil || c.ctx.Err() != nil {
 		return nil, ErrNotConnected
 	}
-	granted, ok := subscribedQoS(cl, topicName)
-	if !ok {
-		return nil, ErrNotSubscribed
+	granted, err := deliverable(cl, topicName)
+	if err != nil {
+		return nil, err
 	}
 	qos = min(qos, granted)
 	pk := packets.Packet{
@@ -657,9 +659,16 @@ func (c *conn) puback(pid uint16) {
 	}
 }
 
-// subscribedQoS reports whether cl holds a subscription matching topic,
-// and the best QoS granted for it.
-func subscribedQoS(cl *mqtt.Client, topicName string) (byte, bool) {
+// deliverable is the one check on every message written to a client:
+// topicName must be a topic name (no wildcards: a name is never taken
+// for a filter) matching a filter the client was granted, and the best
+// QoS granted for it is returned. The filters were authorised when
+// granted (OnSubscribe, or established for inherited ones) and only ever
+// match the client's own topics, or those of an edge's scope.
+func deliverable(cl *mqtt.Client, topicName string) (byte, error) {
+	if !topic.ValidTopicName(topicName) {
+		return 0, fmt.Errorf("topic name %q: %w", truncate(topicName), errBadTopicName)
+	}
 	var qos byte
 	found := false
 	for filter, sub := range cl.State.Subscriptions.GetAll() {
@@ -668,7 +677,37 @@ func subscribedQoS(cl *mqtt.Client, topicName string) (byte, bool) {
 			qos = max(qos, sub.Qos)
 		}
 	}
-	return qos, found
+	if !found {
+		return 0, ErrNotSubscribed
+	}
+	return qos, nil
+}
+
+var errBadTopicName = errors.New("not a valid topic name (empty, or has + # or NUL)")
+
+// grant records the filters of the SUBSCRIBE being processed, which
+// OnSubscribe allowed; nil clears them once mochi is done with it.
+func (c *conn) grant(subs packets.Subscriptions) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.granted = c.granted[:0]
+	for _, sub := range subs {
+		c.granted = append(c.granted, sub.Filter)
+	}
+}
+
+// takeGranted consumes one grant of filter: mochi checks each filter of a
+// SUBSCRIBE once, between OnSubscribe and OnSubscribed.
+func (c *conn) takeGranted(filter string) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for i, f := range c.granted {
+		if f == filter {
+			c.granted = slices.Delete(c.granted, i, i+1)
+			return true
+		}
+	}
+	return false
 }
 
 // newCall registers a pending method call and returns its $rid.

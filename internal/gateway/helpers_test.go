@@ -478,19 +478,26 @@ func (rc *rawClient) read(timeout time.Duration) (packets.Packet, error) {
 // connect sends CONNECT and returns the CONNACK code.
 func (rc *rawClient) connect(cid, user, password string, clean bool) byte {
 	rc.t.Helper()
-	rc.write(packets.Packet{
-		FixedHeader: packets.FixedHeader{Type: packets.Connect},
-		Connect: packets.ConnectParams{
-			ProtocolName:     []byte("MQTT"),
-			ClientIdentifier: cid,
-			Username:         []byte(user),
-			UsernameFlag:     user != "",
-			Password:         []byte(password),
-			PasswordFlag:     password != "",
-			Keepalive:        60,
-			Clean:            clean,
-		},
-	})
+	return rc.connectWith(cid, user, password, clean, nil)
+}
+
+// connectWith is connect with CONNECT's fields adjusted by mod (a Will).
+func (rc *rawClient) connectWith(cid, user, password string, clean bool, mod func(*packets.ConnectParams)) byte {
+	rc.t.Helper()
+	p := packets.ConnectParams{
+		ProtocolName:     []byte("MQTT"),
+		ClientIdentifier: cid,
+		Username:         []byte(user),
+		UsernameFlag:     user != "",
+		Password:         []byte(password),
+		PasswordFlag:     password != "",
+		Keepalive:        60,
+		Clean:            clean,
+	}
+	if mod != nil {
+		mod(&p)
+	}
+	rc.write(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Connect}, Connect: p})
 	pk, err := rc.read(10 * time.Second)
 	if err != nil {
 		rc.t.Fatalf("read CONNACK: %v", err)

@@ -3,11 +3,18 @@ package gateway
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"strings"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
+
+	"outpost/internal/topic"
 )
+
+// errWillRefused ends a connection whose CONNECT carried a Will; mochi
+// ends a connection only for an ErrRejectPacket from OnPacketRead.
+var errWillRefused = fmt.Errorf("CONNECT carries a Will: %w", packets.ErrRejectPacket)
 
 // hook plugs the gateway into mochi. It is the only hook: there is no
 // allow-all auth hook, so anything this one does not allow is refused.
@@ -50,6 +57,28 @@ func (h *hook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 	return nil
 }
 
+// screenConnect runs on CONNECT before mochi validates it. It refuses a
+// Will with CONNACK 5 (not authorized): a Will is a message mochi would
+// publish for the client when its connection drops, to whoever
+// subscribed, and devices publish only through the gateway. The Azure IoT
+// SDKs send none. Refusing here, not in OnConnect, answers every Will
+// (with retain, at QoS 2) with a 3.1.1 code, where mochi would answer
+// some with v5 codes; other protocol levels are refused for the version.
+func (h *hook) screenConnect(cl *mqtt.Client, pk packets.Packet) error {
+	c := h.s.connOfNet(cl)
+	if c == nil {
+		return nil // OnConnect refuses it
+	}
+	c.cl.Store(cl) // so finish forgets cl
+	if !pk.Connect.WillFlag || pk.ProtocolVersion != 4 {
+		return nil
+	}
+	c.log.Warn("refusing client: CONNECT carries a Will, which IoT Hub devices may not set",
+		"client", truncate(pk.Connect.ClientIdentifier), "will_topic", truncate(pk.Connect.WillTopic))
+	_ = h.s.mochi.SendConnack(cl, packets.Err3NotAuthorized, false, nil)
+	return errWillRefused
+}
+
 func (h *hook) OnConnectAuthenticate(cl *mqtt.Client, _ packets.Packet) bool {
 	c := h.s.connOf(cl)
 	return c != nil && c.auth.Load() != nil
@@ -65,9 +94,17 @@ func (h *hook) OnSessionEstablished(cl *mqtt.Client, _ packets.Packet) {
 
 // OnACLCheck allows every publish through to OnPublish, which is the one
 // gate for publishes: mochi would silently drop a refused QoS 0 publish,
-// and the gateway must instead drop the connection. Subscriptions are
-// checked in OnSubscribe; this repeats the check so no path skips it.
-func (h *hook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
+// and the gateway must instead drop the connection.
+//
+// mochi asks the read side for two things it does not tell apart: a
+// SUBSCRIBE's filter, and a topic name it is about to route to this
+// client. The first is allowed only when OnSubscribe just granted that
+// filter in this SUBSCRIBE. The second is always refused: mochi would be
+// routing what another client made it publish (a Will, a retained
+// message), and nothing from another client reaches a device. Everything
+// a device receives is written by the gateway (conn.send), past the one
+// check deliverable.
+func (h *hook) OnACLCheck(cl *mqtt.Client, topicOrFilter string, write bool) bool {
 	if write {
 		return true
 	}
@@ -75,19 +112,32 @@ func (h *hook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
 	if c == nil {
 		return false
 	}
-	ok, _ := c.allowSubscribe(topic)
-	return ok
+	if c.takeGranted(topicOrFilter) {
+		return true
+	}
+	c.log.Warn("refusing a message the mqtt engine would route to this client", "topic", truncate(topicOrFilter))
+	return false
 }
 
 // OnPacketRead refuses what the IoT Hub protocol does not allow before
 // mochi processes it; returning ErrRejectPacket here ends the connection.
 func (h *hook) OnPacketRead(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
+	if pk.FixedHeader.Type == packets.Connect {
+		return pk, h.screenConnect(cl, pk)
+	}
 	c := h.s.connOf(cl)
 	if c == nil {
-		return pk, nil // CONNECT: not yet attached
+		return pk, nil
 	}
 	switch pk.FixedHeader.Type {
 	case packets.Publish:
+		// A name with wildcards is no topic [MQTT-3.3.2-2]. mochi's own
+		// validation drops the client too; refusing here says why, and
+		// holds whatever mochi does.
+		if !topic.ValidTopicName(pk.TopicName) {
+			c.refuse("publish to an invalid topic name (empty, or has + # or NUL)", "topic", truncate(pk.TopicName))
+			return pk, packets.ErrRejectPacket
+		}
 		// mochi ignores $SYS publishes without a word; here they are
 		// refused like any other topic a device may not use.
 		if len(pk.TopicName) >= 4 && strings.EqualFold(pk.TopicName[:4], "$SYS") {
@@ -140,6 +190,7 @@ func (h *hook) OnSubscribe(cl *mqtt.Client, pk packets.Packet) packets.Packet {
 			return pk
 		}
 	}
+	c.grant(pk.Filters)
 	return pk
 }
 
@@ -148,6 +199,7 @@ func (h *hook) OnSubscribed(cl *mqtt.Client, pk packets.Packet, codes []byte) {
 	if c == nil {
 		return
 	}
+	c.grant(nil) // mochi skips its check for a SUBSCRIBE it refuses whole
 	for i, f := range pk.Filters {
 		if i < len(codes) && codes[i] <= 1 {
 			c.subscribed(f.Filter)

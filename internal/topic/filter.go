@@ -119,12 +119,26 @@ func AllowedSubscription(filter, deviceID, moduleID string) bool {
 	return false
 }
 
+// ValidTopicName reports whether name may be a topic name, what a
+// PUBLISH carries: not empty [MQTT-4.7.3-1], no NUL [MQTT-4.7.3-2], and no
+// wildcard [MQTT-4.7.1-1]. A string with '+' or '#' is a filter at most;
+// taken for a name, "$iothub/methods/POST/#" would pass for the filter
+// every device holds.
+func ValidTopicName(name string) bool {
+	return name != "" && !strings.ContainsAny(name, "+#\x00")
+}
+
 // Match reports whether the MQTT topic filter matches the topic name:
 // '+' matches one level and a last '#' any number of levels, none
 // included ("a/#" matches "a") [MQTT-4.7.1-2]. A name starting with '$'
 // is not matched by a filter starting with a wildcard [MQTT-4.7.2-1],
-// and a filter with '#' anywhere but last matches nothing.
+// and a filter with '#' anywhere but last matches nothing. An invalid
+// name (see ValidTopicName) matches nothing: a name is never compared
+// as a filter.
 func Match(filter, name string) bool {
+	if !ValidTopicName(name) {
+		return false
+	}
 	if strings.HasPrefix(name, "$") && (strings.HasPrefix(filter, "+") || strings.HasPrefix(filter, "#")) {
 		return false
 	}

@@ -135,7 +135,19 @@ func TestMatch(t *testing.T) {
 		{"a/#", "a/b/c", true},
 		{"+/b/#", "x/b/", true},
 		{"#", "a/b", true},
-		{"#", "", true},
+		{"#", "", false},
+		// A name with wildcards is invalid and matches nothing, not even
+		// the identical filter.
+		{"$iothub/methods/POST/#", "$iothub/methods/POST/#", false},
+		{"$iothub/twin/res/#", "$iothub/twin/res/#", false},
+		{"$iothub/twin/PATCH/properties/desired/#", "$iothub/twin/PATCH/properties/desired/#", false},
+		{"devices/d/messages/devicebound/#", "devices/d/messages/devicebound/#", false},
+		{"devices/+/messages/devicebound/#", "devices/+/messages/devicebound/x", false},
+		{"#", "a/+", false},
+		{"a/+", "a/+", false},
+		{"a/b+", "a/b+", false},
+		{"a/#", "a/b#", false},
+		{"#", "a/\x00", false},
 		{"#", "$SYS/x", false},
 		{"+/x", "$iothub/x", false},
 		{"a/#/b", "a/x/b", false},
@@ -154,12 +166,16 @@ func FuzzMatch(f *testing.F) {
 	f.Add("a/+/#", "a/b/c")
 	f.Add("$iothub/twin/res/#", "$iothub/twin/res/200/?$rid=1")
 	f.Add("#", "")
+	f.Add("$iothub/methods/POST/#", "$iothub/methods/POST/#")
 	f.Fuzz(func(t *testing.T, filter, name string) {
 		got := Match(filter, name)
-		if !strings.ContainsAny(filter, "+#") && got != (filter == name) {
+		if got && !ValidTopicName(name) {
+			t.Fatalf("filter %q matched invalid name %q", filter, name)
+		}
+		if !strings.ContainsAny(filter, "+#") && got != (filter == name && ValidTopicName(name)) {
 			t.Fatalf("literal filter %q vs %q: %v", filter, name, got)
 		}
-		if !strings.ContainsAny(name, "+#") && !Match(name, name) {
+		if ValidTopicName(name) && !Match(name, name) {
 			t.Fatalf("name %q does not match itself", name)
 		}
 		if got && filter == name+"/x" {
