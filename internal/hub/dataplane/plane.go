@@ -52,6 +52,10 @@ const (
 	// BucketC2DDeliveries counts the deliveries of each C2D message, over
 	// any protocol (see countDelivery).
 	BucketC2DDeliveries = "C2D_DELIVERIES"
+	// BucketKeys holds the data plane's secrets: the key of the HTTPS C2D
+	// lock tokens (c2dlock.go). Deleting it voids the outstanding tokens;
+	// their messages are offered again when their locks expire.
+	BucketKeys = "DATAPLANE_KEYS"
 )
 
 // Config configures a Plane.
@@ -96,6 +100,9 @@ type Plane struct {
 	// deliveries counts C2D deliveries per message: durable, and shared
 	// by the replicas and both protocols.
 	deliveries jetstream.KeyValue
+	// lockKey signs HTTPS C2D lock tokens (c2dlock.go); every replica
+	// reads the same one from BucketKeys.
+	lockKey []byte
 
 	gw atomic.Pointer[gateway.Server]
 
@@ -257,6 +264,19 @@ func (p *Plane) openStreams(ctx context.Context) error {
 	})
 	if err != nil {
 		return fmt.Errorf("dataplane: open c2d delivery counts: %w", err)
+	}
+	keys, err := p.js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+		Bucket:      BucketKeys,
+		Description: "secrets of the hub's data plane",
+		History:     1,
+		Storage:     jetstream.FileStorage,
+		Replicas:    p.cfg.Replicas,
+	})
+	if err != nil {
+		return fmt.Errorf("dataplane: open keys: %w", err)
+	}
+	if p.lockKey, err = loadLockKey(ctx, keys); err != nil {
+		return fmt.Errorf("dataplane: %w", err)
 	}
 	return nil
 }
