@@ -2,7 +2,6 @@ package dataplane
 
 import (
 	"context"
-	"encoding/base64"
 	"errors"
 	"fmt"
 	"math"
@@ -323,9 +322,10 @@ func (p *Plane) fetchC2D(ctx context.Context, deviceID string) (jetstream.Msg, e
 }
 
 // C2DReceive locks the device's next C2D message for LockTimeout. The
-// lock token is the JetStream acknowledgement subject and the time of
-// the lock, base64url. A message delivered MaxDeliveryCount times
-// already, over either protocol, is dropped instead.
+// lock token (sealLock) is the JetStream acknowledgement subject and the
+// time of the lock, signed for the device. A message delivered
+// MaxDeliveryCount times already, over either protocol, is dropped
+// instead.
 func (p *Plane) C2DReceive(ctx context.Context, id gateway.Identity) (*message.Message, string, error) {
 	if id.ModuleID != "" {
 		return nil, "", badArgument("modules receive no cloud-to-device messages")
@@ -364,68 +364,33 @@ func (p *Plane) C2DReceive(ctx context.Context, id gateway.Identity) (*message.M
 		return nil, "", err
 	}
 	// The ack subject's time is when the stream stored the message, not
-	// when it was locked; the token carries the lock's own time. A device
-	// that forges it can only settle its own message late.
-	token := m.Reply() + " " + strconv.FormatInt(p.now().UnixNano(), 10)
-	return msg, base64.RawURLEncoding.EncodeToString([]byte(token)), nil
-}
-
-// ackSubject is what a lock token holds: the parts of a JetStream
-// acknowledgement subject the plane checks.
-type ackSubject struct {
-	reply     string
-	stream    string
-	consumer  string
-	delivered uint64
-	seq       uint64
-	at        time.Time // when the stream stored the message
-	locked    time.Time // when C2DReceive handed it out
-}
-
-// parseLock reads a lock token: "$JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ns>.<pending> <lock ns>",
-// the subject also in its newer form with domain and account hash after ACK.
-func parseLock(token string) (ackSubject, bool) {
-	reply, lockedAt, ok := strings.Cut(token, " ")
-	if !ok {
-		return ackSubject{}, false
-	}
-	lns, err := strconv.ParseInt(lockedAt, 10, 64)
-	if err != nil {
-		return ackSubject{}, false
-	}
-	t := strings.Split(reply, ".")
-	if len(t) < 9 || t[0] != "$JS" || t[1] != "ACK" {
-		return ackSubject{}, false
-	}
-	if len(t) >= 11 {
-		t = t[2:] // domain and account hash
-	}
-	a := ackSubject{reply: reply, stream: t[2], consumer: t[3]}
-	var err1, err2, err3 error
-	var ns int64
-	a.delivered, err1 = strconv.ParseUint(t[4], 10, 64)
-	a.seq, err2 = strconv.ParseUint(t[5], 10, 64)
-	ns, err3 = strconv.ParseInt(t[7], 10, 64)
-	if err1 != nil || err2 != nil || err3 != nil {
-		return ackSubject{}, false
-	}
-	a.at, a.locked = time.Unix(0, ns), time.Unix(0, lns)
-	return a, true
+	// when it was locked; the token carries the lock's own time.
+	return msg, sealLock(p.lockKey, id.DeviceID, m.Reply(), p.now()), nil
 }
 
 // C2DSettle completes (deletes), rejects (deletes) or abandons (offers
 // again) a locked message. An abandon of the last allowed delivery drops
-// the message.
+// the message. A token that is not one C2DReceive gave this device, or
+// whose message is gone, settles nothing: 412 DeviceMessageLockLost.
 func (p *Plane) C2DSettle(ctx context.Context, id gateway.Identity, lock string, action gateway.Settle) error {
-	raw, err := base64.RawURLEncoding.DecodeString(lock)
-	if err != nil {
-		return errLockLost
-	}
-	a, ok := parseLock(string(raw))
+	a, ok := openLock(p.lockKey, id.DeviceID, lock)
 	if !ok || a.stream != StreamC2D || a.consumer != httpsConsumer(id.DeviceID) {
 		return errLockLost
 	}
 	if p.now().Sub(a.locked) > p.cfg.LockTimeout {
+		return errLockLost
+	}
+	// Settle only a message that is still the device's own, in case the
+	// key leaked: a sequence is never reused within a stream, and the
+	// stored time tells a recreated stream's message apart.
+	stored, err := p.c2d.GetMsg(ctx, a.seq)
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		return errLockLost
+	}
+	if err != nil {
+		return fmt.Errorf("c2d %s: %w", action, err)
+	}
+	if stored.Subject != c2dSubject(id.DeviceID) || !stored.Time.Equal(a.at) {
 		return errLockLost
 	}
 	ack := func(verb string) error {

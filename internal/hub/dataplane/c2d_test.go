@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"net/http"
 	"strconv"
-	"strings"
 	"testing"
 	"time"
 
@@ -391,45 +390,4 @@ func TestC2DLockOfAnOldMessage(t *testing.T) {
 	if st := e.deviceHTTP(http.MethodDelete, base+lock, d).StatusCode; st != http.StatusPreconditionFailed {
 		t.Errorf("complete after the lock expired: %d; want 412", st)
 	}
-}
-
-func TestParseLock(t *testing.T) {
-	tests := []struct {
-		token    string
-		ok       bool
-		consumer string
-		seq      uint64
-		locked   int64
-	}{
-		{"$JS.ACK.C2D.https-ZA.2.17.3.1700000000000000000.0 1700000000500000000", true, "https-ZA", 17, 1700000000500000000},
-		{"$JS.ACK.hub.ACCHASH.C2D.https-ZA.1.9.1.1700000000000000000.4.rnd 7", true, "https-ZA", 9, 7},
-		{"$JS.ACK.C2D.https-ZA.2.17.3.1700000000000000000.0", false, "", 0, 0},
-		{"$JS.ACK.C2D.https-ZA.2.17.3.1700000000000000000.0 soon", false, "", 0, 0},
-		{"$JS.ACK.C2D.x 1", false, "", 0, 0},
-		{"_INBOX.abc 1", false, "", 0, 0},
-		{"$JS.ACK.C2D.https-ZA.two.17.3.1700000000000000000.0 1", false, "", 0, 0},
-	}
-	for _, tc := range tests {
-		t.Run(tc.token, func(t *testing.T) {
-			a, ok := parseLock(tc.token)
-			if ok != tc.ok || a.consumer != tc.consumer || a.seq != tc.seq {
-				t.Errorf("parseLock = %+v, %v; want consumer %q seq %d ok %v", a, ok, tc.consumer, tc.seq, tc.ok)
-			}
-			if ok && (a.stream != StreamC2D || a.locked.UnixNano() != tc.locked) {
-				t.Errorf("stream %q, locked %d; want %d", a.stream, a.locked.UnixNano(), tc.locked)
-			}
-		})
-	}
-}
-
-func FuzzParseLock(f *testing.F) {
-	f.Add("$JS.ACK.C2D.https-ZA.2.17.3.1700000000000000000.0 1700000000500000000")
-	f.Add("$JS.ACK.hub.ACC.C2D.c.1.9.1.1.4.r 1")
-	f.Add(".... 1")
-	f.Fuzz(func(t *testing.T, s string) {
-		a, ok := parseLock(s)
-		if reply, _, _ := strings.Cut(s, " "); ok && a.reply != reply {
-			t.Errorf("reply %q; want %q", a.reply, reply)
-		}
-	})
 }

@@ -48,7 +48,10 @@
 // outpost.c2d.{enc(device)}); a message leaves the stream when the device
 // acknowledges it. An HTTPS device polls through a durable consumer of its
 // own: a fetch is a lock (the consumer's ack wait, LockTimeout), and the
-// lock token is the JetStream ack subject, so any replica can settle it.
+// lock token is the JetStream ack subject and the lock time, signed for
+// the device with a key kept in the KV bucket DATAPLANE_KEYS, so any
+// replica can settle it and no device can forge one or use another's. A
+// settle also checks that the message is still queued for the device.
 //
 // Every delivery, over MQTT or HTTPS, counts in the KV bucket
 // C2D_DELIVERIES, keyed by the message's stream sequence and stored time:

@@ -53,6 +53,10 @@ const (
 	// BucketC2DDeliveries counts the deliveries of each C2D message, over
 	// any protocol (see countDelivery).
 	BucketC2DDeliveries = "C2D_DELIVERIES"
+	// BucketKeys holds the data plane's secrets: the key of the HTTPS C2D
+	// lock tokens (c2dlock.go). Deleting it voids the outstanding tokens;
+	// their messages are offered again when their locks expire.
+	BucketKeys = "DATAPLANE_KEYS"
 )
 
 // Config configures a Plane.
@@ -100,6 +104,9 @@ type Plane struct {
 	// positions and edgeStats serve edges' replay de-duplication.
 	positions *storePositions
 	edgeStats *edgeStats
+	// lockKey signs HTTPS C2D lock tokens (c2dlock.go); every replica
+	// reads the same one from BucketKeys.
+	lockKey []byte
 
 	gw atomic.Pointer[gateway.Server]
 
@@ -275,6 +282,19 @@ func (p *Plane) openStreams(ctx context.Context) error {
 		return fmt.Errorf("dataplane: open edge store positions: %w", err)
 	}
 	p.positions = &storePositions{kv: kv, known: map[string]uint64{}}
+	keys, err := p.js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+		Bucket:      BucketKeys,
+		Description: "secrets of the hub's data plane",
+		History:     1,
+		Storage:     jetstream.FileStorage,
+		Replicas:    p.cfg.Replicas,
+	})
+	if err != nil {
+		return fmt.Errorf("dataplane: open keys: %w", err)
+	}
+	if p.lockKey, err = loadLockKey(ctx, keys); err != nil {
+		return fmt.Errorf("dataplane: %w", err)
+	}
 	return nil
 }
 
