@@ -1,6 +1,7 @@
 # make test runs everything CI runs: vet, the Go tests with the race
 # detector, and the interop suites against the real Azure IoT SDKs.
 GO ?= go
+FUZZTIME ?= 20s
 
 .PHONY: test vet gotest interop bench bench-full soak fuzz
 
@@ -22,4 +23,11 @@ bench:
 fuzz:
 	@for p in $$($(GO) list ./internal/...); do \
 	  for f in $$($(GO) test -list 'Fuzz.*' $$p | grep ^Fuzz); do \
-	    $(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime 20s $$p || exit 1; done; done
+	    $(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) $$p || exit 1; done; done
+
+# soak runs the long versions of the reliability suite (docs/RELIABILITY.md):
+# the same tests as make test with OUTPOST_SOAK=1 scaling their counts and
+# durations up, then every fuzz target for minutes.
+soak:
+	OUTPOST_SOAK=1 $(GO) test -count=1 -timeout 180m ./...
+	$(MAKE) fuzz FUZZTIME=3m
