@@ -62,6 +62,11 @@ type Config struct {
 	// devices must chain to it, and it signs edge CA certificates. Nil
 	// refuses both.
 	CA *certs.CA
+	// EdgeLoopbackNames lets edge CAs carry loopback host names
+	// (localhost, 127.0.0.1), which the hub's own certificate carries
+	// too: for one-machine setups only, since any edge can then pose as
+	// the hub to a client that dials a loopback name (see grantEdgeHosts).
+	EdgeLoopbackNames bool
 	// Policies are the shared access policies whose service tokens the
 	// REST routes accept (the same as the service API's).
 	Policies []api.Policy
@@ -96,6 +101,8 @@ type Plane struct {
 	// deliveries counts C2D deliveries per message: durable, and shared
 	// by the replicas and both protocols.
 	deliveries jetstream.KeyValue
+	// edgeHosts records which edge each host name was granted to.
+	edgeHosts jetstream.KeyValue
 
 	gw atomic.Pointer[gateway.Server]
 
@@ -257,6 +264,16 @@ func (p *Plane) openStreams(ctx context.Context) error {
 	})
 	if err != nil {
 		return fmt.Errorf("dataplane: open c2d delivery counts: %w", err)
+	}
+	p.edgeHosts, err = p.js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+		Bucket:      BucketEdgeHosts,
+		Description: "the edge each edge CA host name was granted to",
+		History:     1,
+		Storage:     jetstream.FileStorage,
+		Replicas:    p.cfg.Replicas,
+	})
+	if err != nil {
+		return fmt.Errorf("dataplane: open edge host names: %w", err)
 	}
 	return nil
 }
