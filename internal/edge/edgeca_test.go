@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"strings"
 	"testing"
 	"time"
 
@@ -163,5 +164,17 @@ func TestEdgeCAFollowsHostname(t *testing.T) {
 	}
 	if err := contains(te5.logs.String(), "without the constraints of an edge CA"); err != nil {
 		t.Error(err)
+	}
+}
+
+// TestEdgeRefusesBadHostname: a host name no certificate can carry is
+// refused at New, not by every sync attempt.
+func TestEdgeRefusesBadHostname(t *testing.T) {
+	for _, h := range []string{"*.example", "my host", "0.0.0.0"} {
+		_, err := New(Config{HubHostName: hubHost, DeviceID: "edge1", Key: edgeKey, StorageDir: t.TempDir(), Hostname: h,
+			NewUplink: func(UplinkDeps) (Uplink, error) { return &fakeUplink{}, nil }})
+		if err == nil || !strings.Contains(err.Error(), "--hostname") {
+			t.Errorf("New with host name %q: %v; want an error naming --hostname", h, err)
+		}
 	}
 }
