@@ -91,7 +91,7 @@ wait_line() {
 start_hub() {
 	local dir=$1 pid
 	mkdir -p "$dir/hub"
-	"$OUTPOST" hub --data-dir "$dir/hub" --https-addr 127.0.0.1:0 --mqtt-addr 127.0.0.1:0 \
+	"$OUTPOST" hub --data-dir "$dir/hub" --https-addr 127.0.0.1:0 --mqtt-addr 127.0.0.1:0 --edge-loopback-names \
 		</dev/null >"$dir/hub.out" 2>"$dir/hub.log" &
 	pid=$!
 	echo "$pid" >>"$dir/pid"

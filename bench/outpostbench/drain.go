@@ -168,7 +168,7 @@ func (s *scenario) drain(ctx context.Context, backlog, children int, timeout tim
 	var err error
 	var m []string
 	s.hub, m, err = startProc(ctx, s.bin, filepath.Join(s.dir, "hub.out"), hubReadyRE, 60*time.Second, s.hubPprof,
-		"hub", "--data-dir", hubDir, "--https-addr", "127.0.0.1:0", "--mqtt-addr", "127.0.0.1:0")
+		"hub", "--data-dir", hubDir, "--https-addr", "127.0.0.1:0", "--mqtt-addr", "127.0.0.1:0", "--edge-loopback-names")
 	if err != nil {
 		return res, err
 	}

@@ -21,7 +21,7 @@ const (
 
 func runCerts(ctx context.Context, args []string) error {
 	if len(args) == 0 || args[0] != "create-edge-ca" {
-		return errors.New("certs: usage: outpost certs create-edge-ca --device-id EDGE --out DIR")
+		return errors.New("certs: usage: outpost certs create-edge-ca --device-id EDGE --hostname NAME --out DIR")
 	}
 	return runCreateEdgeCA(ctx, args[1:])
 }
@@ -29,11 +29,17 @@ func runCerts(ctx context.Context, args []string) error {
 // runCreateEdgeCA makes an edge CA key here, has the hub's root CA sign
 // its certificate through the service API, and writes both, so that an
 // edge can be started with --edge-ca-cert and --edge-ca-key. The key
-// never leaves this machine.
+// never leaves this machine. The hub constrains the CA as it does the
+// one an edge obtains by itself: to the edge's host name.
 func runCreateEdgeCA(ctx context.Context, args []string) error {
-	c := newHubCommand("certs create-edge-ca", "--device-id EDGE --out DIR")
+	c := newHubCommand("certs create-edge-ca", "--device-id EDGE --hostname NAME --out DIR")
 	id := c.requiredString("device-id", "the IoT Edge device the CA is for")
+	host := c.requiredString("hostname", "the edge's --hostname: the CA may issue server certificates for this name only (with localhost and 127.0.0.1 when it is a loopback name)")
 	out := c.requiredString("out", "folder to write edge-ca.pem, edge-ca-key.pem and root-ca.pem into")
+	c.check(func() error {
+		_, err := certs.CanonicalHost(*host)
+		return err
+	})
 	c.check(func() error {
 		for _, name := range []string{edgeCACertFile, edgeCAKeyFile} {
 			if _, err := os.Stat(filepath.Join(*out, name)); err == nil {
@@ -42,13 +48,13 @@ func runCreateEdgeCA(ctx context.Context, args []string) error {
 		}
 		return nil
 	})
-	return c.run(args, func(svc *service.Client) (any, error) { return nil, createEdgeCA(ctx, svc, *id, *out) })
+	return c.run(args, func(svc *service.Client) (any, error) { return nil, createEdgeCA(ctx, svc, *id, *host, *out) })
 }
 
-// createEdgeCA has the hub sign a new edge CA for device id and writes it
-// into the folder out.
-func createEdgeCA(ctx context.Context, svc *service.Client, id, out string) error {
-	csr, key, err := certs.NewCSR(id)
+// createEdgeCA has the hub sign a new edge CA for device id and host name
+// host and writes it into the folder out.
+func createEdgeCA(ctx context.Context, svc *service.Client, id, host, out string) error {
+	csr, key, err := certs.NewCSR(id, certs.EdgeHosts(host)...)
 	if err != nil {
 		return err
 	}
@@ -64,6 +70,9 @@ func createEdgeCA(ctx context.Context, svc *service.Client, id, out string) erro
 	ca, err := certs.CAFromPEM([]byte(signed.Certificate), key)
 	if err != nil {
 		return fmt.Errorf("hub's answer: %w", err)
+	}
+	if !certs.IsEdgeCA(ca.Cert) {
+		return errors.New("hub's answer: an edge CA without the constraints of one (path length, names, usage); upgrade the hub")
 	}
 	roots, err := certs.Pool([]byte(signed.RootCA))
 	if err != nil {
@@ -94,8 +103,8 @@ func createEdgeCA(ctx context.Context, svc *service.Client, id, out string) erro
 			return err
 		}
 	}
-	fmt.Fprintf(stdout, "wrote %s, %s and %s\nstart the edge with: --edge-ca-cert %s --edge-ca-key %s\n",
+	fmt.Fprintf(stdout, "wrote %s, %s and %s\nstart the edge with: --hostname %s --edge-ca-cert %s --edge-ca-key %s\n",
 		filepath.Join(out, edgeCACertFile), filepath.Join(out, edgeCAKeyFile), filepath.Join(out, rootCAFile),
-		filepath.Join(out, edgeCACertFile), filepath.Join(out, edgeCAKeyFile))
+		host, filepath.Join(out, edgeCACertFile), filepath.Join(out, edgeCAKeyFile))
 	return nil
 }

@@ -35,12 +35,15 @@ func TestCertsCreateEdgeCA(t *testing.T) {
 	if _, err := svc.CreateDevice(ctx, identity.Device{DeviceID: "edge1", Capabilities: identity.Capabilities{IoTEdge: true}}); err != nil {
 		t.Fatal(err)
 	}
+	if _, err := svc.CreateDevice(ctx, identity.Device{DeviceID: "edge2", Capabilities: identity.Capabilities{IoTEdge: true}}); err != nil {
+		t.Fatal(err)
+	}
 	if _, err := svc.CreateDevice(ctx, identity.Device{DeviceID: "plain"}); err != nil {
 		t.Fatal(err)
 	}
 
 	out := filepath.Join(t.TempDir(), "ca")
-	if err := run(ctx, []string{"certs", "create-edge-ca", "--device-id", "edge1", "--out", out}); err != nil {
+	if err := run(ctx, []string{"certs", "create-edge-ca", "--device-id", "edge1", "--hostname", "edge1.example", "--out", out}); err != nil {
 		t.Fatalf("create-edge-ca: %v", err)
 	}
 	ca, err := certs.LoadCA(filepath.Join(out, edgeCACertFile), filepath.Join(out, edgeCAKeyFile))
@@ -49,6 +52,10 @@ func TestCertsCreateEdgeCA(t *testing.T) {
 	}
 	if ca.Cert.Subject.CommonName != "edge1" || !ca.Cert.IsCA {
 		t.Errorf("edge CA subject %q, IsCA %v", ca.Cert.Subject.CommonName, ca.Cert.IsCA)
+	}
+	// Constrained as the CA an edge obtains by itself.
+	if !certs.IsEdgeCA(ca.Cert) || !ca.Permits("edge1.example") || ca.Permits("localhost") || ca.Permits("edge2.example") {
+		t.Errorf("edge CA constraints: edge CA %v, DNS %v", certs.IsEdgeCA(ca.Cert), ca.Cert.PermittedDNSDomains)
 	}
 	rootPEM, err := os.ReadFile(srv.CAFile())
 	if err != nil {
@@ -67,10 +74,14 @@ func TestCertsCreateEdgeCA(t *testing.T) {
 		args []string
 		want string
 	}{
-		{"existing files are kept", []string{"--device-id", "edge1", "--out", out}, "already exists"},
-		{"not an edge device", []string{"--device-id", "plain", "--out", t.TempDir()}, "not an IoT Edge device"},
-		{"unknown device", []string{"--device-id", "nope", "--out", t.TempDir()}, "DeviceNotFound"},
-		{"missing device id", []string{"--out", t.TempDir()}, "--device-id"},
+		{"existing files are kept", []string{"--device-id", "edge1", "--hostname", "edge1.example", "--out", out}, "already exists"},
+		{"not an edge device", []string{"--device-id", "plain", "--hostname", "plain.example", "--out", t.TempDir()}, "not an IoT Edge device"},
+		{"unknown device", []string{"--device-id", "nope", "--hostname", "nope.example", "--out", t.TempDir()}, "DeviceNotFound"},
+		{"missing device id", []string{"--hostname", "edge1.example", "--out", t.TempDir()}, "--device-id"},
+		{"missing host name", []string{"--device-id", "edge2", "--out", t.TempDir()}, "--hostname"},
+		{"wildcard host name", []string{"--device-id", "edge2", "--hostname", "*.example", "--out", t.TempDir()}, "not a DNS name"},
+		{"another edge's host name", []string{"--device-id", "edge2", "--hostname", "edge1.example", "--out", t.TempDir()}, `granted to edge "edge1"`},
+		{"loopback host name", []string{"--device-id", "edge2", "--hostname", "localhost", "--out", t.TempDir()}, "loopback"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -19,6 +19,8 @@ type hubFlags struct {
 	plainAddr string
 	httpsAddr string
 	natsURL   string
+	// edgeLoopbackNames: see hubserver.Config.EdgeLoopbackNames.
+	edgeLoopbackNames bool
 }
 
 func runHub(ctx context.Context, args []string) error {
@@ -30,6 +32,7 @@ func runHub(ctx context.Context, args []string) error {
 	fs.StringVar(&f.plainAddr, "mqtt-plain-addr", "", "also serve MQTT over plain TCP here; for local tests only (default: off)")
 	fs.StringVar(&f.httpsAddr, "https-addr", hubserver.DefaultHTTPSAddr, "HTTPS listen address (service REST API, device HTTPS, MQTT over WebSocket)")
 	fs.StringVar(&f.natsURL, "nats-url", "", "external NATS cluster to keep state in, instead of the embedded server")
+	fs.BoolVar(&f.edgeLoopbackNames, "edge-loopback-names", false, "let edge CAs carry localhost and 127.0.0.1, which the hub's certificate carries too; only when the hub, its edges and devices share one machine")
 	if err := parseServerFlags(fs, args); err != nil {
 		return err
 	}
@@ -42,13 +45,14 @@ func runHub(ctx context.Context, args []string) error {
 	}
 
 	srv, err := hubserver.Start(ctx, hubserver.Config{
-		DataDir:       f.dataDir,
-		Hostname:      f.hostname,
-		MQTTAddr:      f.mqttAddr,
-		MQTTPlainAddr: f.plainAddr,
-		HTTPSAddr:     f.httpsAddr,
-		NATSURL:       f.natsURL,
-		Logger:        log,
+		DataDir:           f.dataDir,
+		Hostname:          f.hostname,
+		MQTTAddr:          f.mqttAddr,
+		MQTTPlainAddr:     f.plainAddr,
+		HTTPSAddr:         f.httpsAddr,
+		NATSURL:           f.natsURL,
+		EdgeLoopbackNames: f.edgeLoopbackNames,
+		Logger:            log,
 	})
 	if err != nil {
 		return err

@@ -3,6 +3,11 @@
 // CSR, or brought by the operator), server certificates for the device
 // endpoints, and client certificates for X.509 devices.
 //
+// An edge CA signed here (SignEdgeCA) can only issue TLS server
+// certificates for the host names it was granted: whoever holds its key
+// can neither mint device certificates nor pose as the hub or as another
+// edge.
+//
 // Keys are ECDSA P-256. A CA remembers the chain above it (not the root),
 // so every leaf it issues is served with the full path a client needs to
 // reach the root it trusts; that is what lets a child device trust only
@@ -26,6 +31,7 @@ import (
 	"fmt"
 	"math/big"
 	"net"
+	"slices"
 	"strings"
 	"time"
 )
@@ -293,16 +299,23 @@ func SelfSigned(commonName string) (cert tls.Certificate, certPEM, keyPEM []byte
 	return assemble([][]byte{der}, key)
 }
 
-// NewCSR makes a key and a certificate signing request for commonName,
-// which an edge sends to its parent to obtain its CA certificate.
-func NewCSR(commonName string) (csrPEM []byte, key crypto.Signer, err error) {
+// NewCSR makes a key and a certificate signing request for commonName
+// and hosts (DNS names or IP addresses, as SANs), which an edge sends to
+// its parent to obtain its CA certificate.
+func NewCSR(commonName string, hosts ...string) (csrPEM []byte, key crypto.Signer, err error) {
 	key, err = NewKey()
 	if err != nil {
 		return nil, nil, err
 	}
-	der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{
-		Subject: pkix.Name{CommonName: commonName},
-	}, key)
+	req := &x509.CertificateRequest{Subject: pkix.Name{CommonName: commonName}}
+	for _, h := range normalizeHosts(hosts) {
+		if ip := net.ParseIP(h); ip != nil {
+			req.IPAddresses = append(req.IPAddresses, ip)
+		} else {
+			req.DNSNames = append(req.DNSNames, h)
+		}
+	}
+	der, err := x509.CreateCertificateRequest(rand.Reader, req, key)
 	if err != nil {
 		return nil, nil, fmt.Errorf("create CSR: %w", err)
 	}
@@ -311,7 +324,7 @@ func NewCSR(commonName string) (csrPEM []byte, key crypto.Signer, err error) {
 
 // ParseCSR decodes a PEM CSR and checks its signature. The signer must
 // decide whether the subject is acceptable (an edge may only ask for its
-// own device id) before calling SignCSR.
+// own device id) and which of its names to grant before signing it.
 func ParseCSR(csrPEM []byte) (*x509.CertificateRequest, error) {
 	block, _ := pem.Decode(csrPEM)
 	if block == nil || block.Type != "CERTIFICATE REQUEST" {
@@ -327,38 +340,232 @@ func ParseCSR(csrPEM []byte) (*x509.CertificateRequest, error) {
 	return csr, nil
 }
 
-// SignCSR issues a certificate for the CSR: a CA certificate when isCA
-// (an edge's CA), else a server certificate with the CSR's DNS and IP
-// names. Only the CSR's common name and names are taken; key usages and
-// constraints are ours. certPEM holds the new certificate followed by
-// the intermediates above it (not the root), ready for CAFromPEM.
-func (ca *CA) SignCSR(csrPEM []byte, isCA bool, validity time.Duration) (certPEM []byte, err error) {
+// CSRHosts returns the host names a CSR asks for: its DNS names, then
+// its IP addresses.
+func CSRHosts(csr *x509.CertificateRequest) []string {
+	hosts := append([]string(nil), csr.DNSNames...)
+	for _, ip := range csr.IPAddresses {
+		hosts = append(hosts, ip.String())
+	}
+	return hosts
+}
+
+// SignCSR issues a TLS server certificate for the CSR, with its DNS and
+// IP names. Only the CSR's common name and names are taken; key usages
+// are ours. certPEM holds the certificate followed by the intermediates
+// above it (not the root).
+func (ca *CA) SignCSR(csrPEM []byte, validity time.Duration) (certPEM []byte, err error) {
 	csr, err := ParseCSR(csrPEM)
 	if err != nil {
 		return nil, err
 	}
-	cn := csr.Subject.CommonName
-	var tmpl *x509.Certificate
-	if isCA {
-		tmpl, err = caTemplate(cn, orDefault(validity, DefaultIntermediateValidity))
-	} else {
-		tmpl, err = leafTemplate(cn, validity, x509.ExtKeyUsageServerAuth)
-		if err == nil {
-			tmpl.DNSNames, tmpl.IPAddresses = csr.DNSNames, csr.IPAddresses
-		}
-	}
+	tmpl, err := leafTemplate(csr.Subject.CommonName, validity, x509.ExtKeyUsageServerAuth)
 	if err != nil {
 		return nil, err
 	}
+	tmpl.DNSNames, tmpl.IPAddresses = csr.DNSNames, csr.IPAddresses
+	return ca.signCSR(tmpl, csr)
+}
+
+// SignEdgeCA issues an edge's CA certificate for the CSR (its common
+// name, its key), constrained to what an edge does with it: sign TLS
+// server certificates for exactly hosts, and nothing else.
+//
+//   - Path length 0: it cannot sign another CA.
+//   - Extended key usage server authentication only: verifiers refuse a
+//     client certificate chained through it, so an edge cannot mint
+//     device certificates that chain to the root.
+//   - Name constraints (critical) permitting each of hosts and excluding
+//     its subdomains, so each DNS name is granted exactly; a type of name
+//     it has none of (DNS or IP) is excluded entirely.
+//
+// The names in the CSR are ignored: the caller decides which hosts the
+// edge may have (see internal/hub/dataplane). certPEM holds the new
+// certificate followed by the intermediates above it (not the root),
+// ready for CAFromPEM.
+func (ca *CA) SignEdgeCA(csrPEM []byte, hosts []string, validity time.Duration) (certPEM []byte, err error) {
+	csr, err := ParseCSR(csrPEM)
+	if err != nil {
+		return nil, err
+	}
+	tmpl, err := caTemplate(csr.Subject.CommonName, orDefault(validity, DefaultIntermediateValidity))
+	if err != nil {
+		return nil, err
+	}
+	tmpl.MaxPathLen, tmpl.MaxPathLenZero = 0, true
+	tmpl.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}
+	if err := constrainNames(tmpl, hosts); err != nil {
+		return nil, fmt.Errorf("sign edge CA: %w", err)
+	}
+	return ca.signCSR(tmpl, csr)
+}
+
+func (ca *CA) signCSR(tmpl *x509.Certificate, csr *x509.CertificateRequest) ([]byte, error) {
 	der, err := ca.sign(tmpl, csr.PublicKey)
 	if err != nil {
 		return nil, fmt.Errorf("sign CSR: %w", err)
 	}
-	certPEM = EncodeCertPEM(der)
+	certPEM := EncodeCertPEM(der)
 	for _, c := range ca.childChain() {
 		certPEM = append(certPEM, EncodeCertPEM(c)...)
 	}
 	return certPEM, nil
+}
+
+// constrainNames sets name constraints that permit exactly hosts.
+func constrainNames(tmpl *x509.Certificate, hosts []string) error {
+	if len(hosts) == 0 {
+		return errors.New("no host names to constrain the CA to")
+	}
+	for _, h := range hosts {
+		c, err := CanonicalHost(h)
+		if err != nil {
+			return err
+		}
+		if ip := net.ParseIP(c); ip != nil {
+			if v4 := ip.To4(); v4 != nil {
+				tmpl.PermittedIPRanges = append(tmpl.PermittedIPRanges, &net.IPNet{IP: v4, Mask: net.CIDRMask(32, 32)})
+			} else {
+				tmpl.PermittedIPRanges = append(tmpl.PermittedIPRanges, &net.IPNet{IP: ip, Mask: net.CIDRMask(128, 128)})
+			}
+			continue
+		}
+		// A DNS constraint also permits subdomains; a leading dot
+		// matches only those, so excluding it leaves the name alone.
+		tmpl.PermittedDNSDomains = append(tmpl.PermittedDNSDomains, c)
+		tmpl.ExcludedDNSDomains = append(tmpl.ExcludedDNSDomains, "."+c)
+	}
+	// Without a permitted name of a type, names of that type would be
+	// unconstrained: exclude them all (the empty DNS constraint matches
+	// every name).
+	if len(tmpl.PermittedDNSDomains) == 0 {
+		tmpl.ExcludedDNSDomains = []string{""}
+	}
+	if len(tmpl.PermittedIPRanges) == 0 {
+		tmpl.ExcludedIPRanges = []*net.IPNet{
+			{IP: net.IPv4zero.To4(), Mask: net.CIDRMask(0, 32)},
+			{IP: net.IPv6zero, Mask: net.CIDRMask(0, 128)},
+		}
+	}
+	tmpl.PermittedDNSDomainsCritical = true
+	return nil
+}
+
+// IsEdgeCA reports whether c carries the constraints SignEdgeCA gives:
+// a CA of path length 0 for server authentication only, with critical
+// name constraints. An edge CA signed before they existed lacks them.
+func IsEdgeCA(c *x509.Certificate) bool {
+	return c.IsCA && c.MaxPathLen == 0 && c.MaxPathLenZero &&
+		len(c.ExtKeyUsage) == 1 && c.ExtKeyUsage[0] == x509.ExtKeyUsageServerAuth && len(c.UnknownExtKeyUsage) == 0 &&
+		c.PermittedDNSDomainsCritical
+}
+
+// Permits reports whether a server certificate for host issued by ca
+// passes the name constraints of ca and of the CAs above it, as a
+// verifier checks them: an edge issues its server certificate only for
+// the names its CA was granted.
+func (ca *CA) Permits(host string) bool {
+	h, err := CanonicalHost(host)
+	if err != nil {
+		return false
+	}
+	if !permits(ca.Cert, h) {
+		return false
+	}
+	for _, der := range ca.Chain {
+		c, err := x509.ParseCertificate(der)
+		if err != nil || !permits(c, h) {
+			return false
+		}
+	}
+	return true
+}
+
+// permits checks canonical host h against c's name constraints.
+func permits(c *x509.Certificate, h string) bool {
+	if ip := net.ParseIP(h); ip != nil {
+		inAny := func(nets []*net.IPNet) bool {
+			return slices.ContainsFunc(nets, func(n *net.IPNet) bool { return n.Contains(ip) })
+		}
+		return (len(c.PermittedIPRanges) == 0 || inAny(c.PermittedIPRanges)) && !inAny(c.ExcludedIPRanges)
+	}
+	inAny := func(domains []string) bool {
+		return slices.ContainsFunc(domains, func(d string) bool { return matchDomain(h, d) })
+	}
+	return (len(c.PermittedDNSDomains) == 0 || inAny(c.PermittedDNSDomains)) && !inAny(c.ExcludedDNSDomains)
+}
+
+// matchDomain is RFC 5280's dNSName constraint match: the domain and its
+// subdomains, or with a leading dot its subdomains only; "" matches all.
+func matchDomain(h, constraint string) bool {
+	d := strings.ToLower(constraint)
+	switch {
+	case d == "":
+		return true
+	case d[0] == '.':
+		return len(h) > len(d) && strings.HasSuffix(h, d)
+	}
+	return h == d || strings.HasSuffix(h, "."+d)
+}
+
+// CanonicalHost checks a host name for a certificate: an IP address
+// (returned in its canonical form) or a DNS name (returned lowercased,
+// without a trailing dot) of letters, digits, hyphens and underscores.
+// Wildcards are refused: an edge serves one name, not a domain.
+func CanonicalHost(h string) (string, error) {
+	hosts := normalizeHosts([]string{h})
+	if len(hosts) != 1 {
+		return "", fmt.Errorf("empty host name %q", h)
+	}
+	if ip := net.ParseIP(hosts[0]); ip != nil {
+		if ip.IsUnspecified() {
+			return "", fmt.Errorf("host name %q: the unspecified address names no host", h)
+		}
+		return ip.String(), nil
+	}
+	d := strings.TrimSuffix(strings.ToLower(hosts[0]), ".")
+	if len(d) > 253 {
+		return "", fmt.Errorf("host name %q: longer than 253 characters", clip(h))
+	}
+	for _, label := range strings.Split(d, ".") {
+		if label == "" || len(label) > 63 || label[0] == '-' || label[len(label)-1] == '-' ||
+			strings.ContainsFunc(label, func(r rune) bool {
+				return (r < 'a' || r > 'z') && (r < '0' || r > '9') && r != '-' && r != '_'
+			}) {
+			return "", fmt.Errorf("host name %q: not a DNS name or IP address", clip(h))
+		}
+	}
+	return d, nil
+}
+
+func clip(s string) string {
+	if len(s) > 80 {
+		return s[:80] + "…"
+	}
+	return s
+}
+
+// IsLoopback reports whether host (canonical, see CanonicalHost) names
+// the local machine: localhost, a name under .localhost (RFC 6761), or a
+// loopback address. Such a name reaches whatever listens on the client's
+// own machine, so names cannot tell the processes there apart.
+func IsLoopback(host string) bool {
+	if ip := net.ParseIP(host); ip != nil {
+		return ip.IsLoopback()
+	}
+	return host == "localhost" || strings.HasSuffix(host, ".localhost")
+}
+
+// EdgeHosts are the host names an edge with host name hostname serves,
+// and asks its CA to be constrained to: hostname itself, and when it is
+// a loopback name, localhost and 127.0.0.1 too, which one-machine setups
+// use interchangeably.
+func EdgeHosts(hostname string) []string {
+	hosts := []string{hostname}
+	if c, err := CanonicalHost(hostname); err == nil && IsLoopback(c) {
+		hosts = append(hosts, "localhost", "127.0.0.1")
+	}
+	return normalizeHosts(hosts)
 }
 
 // CAFromPEM builds a CA from its certificate PEM (the CA first, then any

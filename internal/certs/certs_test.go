@@ -29,14 +29,18 @@ func mustRoot(t *testing.T, cn string) *CA {
 }
 
 // edgeCA obtains an edge CA the way an edge does at first sync: a CSR
-// signed by the parent, then rebuilt from the returned PEM and its key.
-func edgeCA(t *testing.T, parent *CA, cn string) *CA {
+// for its hosts signed by the parent, then rebuilt from the returned PEM
+// and its key.
+func edgeCA(t *testing.T, parent *CA, cn string, hosts ...string) *CA {
 	t.Helper()
-	csr, key, err := NewCSR(cn)
+	if len(hosts) == 0 {
+		hosts = []string{cn + ".local"}
+	}
+	csr, key, err := NewCSR(cn, hosts...)
 	if err != nil {
 		t.Fatal(err)
 	}
-	certPEM, err := parent.SignCSR(csr, true, 0)
+	certPEM, err := parent.SignEdgeCA(csr, hosts, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -91,11 +95,12 @@ func handshake(t *testing.T, server tls.Certificate, clientCAs *x509.CertPool, c
 
 func TestTLSChain(t *testing.T) {
 	root := mustRoot(t, "Outpost root")
-	edge1 := edgeCA(t, root, "edge1")
-	edge2, err := edge1.NewIntermediate("edge2", 0) // a nested edge under edge1
+	edge1 := edgeCA(t, root, "edge1", "edge1.local", "127.0.0.1")
+	inter, err := root.NewIntermediate("operator's intermediate", 0)
 	if err != nil {
 		t.Fatal(err)
 	}
+	edge2 := edgeCA(t, inter, "edge2", "edge1.local", "127.0.0.1") // an edge CA under an intermediate
 	otherRoot := mustRoot(t, "someone else")
 
 	rootPool, err := Pool(root.CertPEM)
@@ -118,13 +123,17 @@ func TestTLSChain(t *testing.T) {
 		{"root-issued", root, "hub.local", rootPool, 2, true},
 		{"edge CA from CSR", edge1, "edge1.local", rootPool, 2, true},
 		{"edge CA, IP SAN", edge1, "127.0.0.1", rootPool, 2, true},
-		{"nested edge CA", edge2, "edge1.local", rootPool, 3, true},
+		{"edge CA under an intermediate", edge2, "edge1.local", rootPool, 3, true},
 		{"wrong hostname", edge1, "other.local", rootPool, 2, false},
 		{"wrong CA", edge1, "edge1.local", otherPool, 2, false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			cert, certPEM, keyPEM, err := tt.ca.IssueServer([]string{"edge1.local", "hub.local:8883", "127.0.0.1"}, time.Hour)
+			hosts := []string{"edge1.local", "127.0.0.1"}
+			if tt.ca == root {
+				hosts = append(hosts, "hub.local:8883")
+			}
+			cert, certPEM, keyPEM, err := tt.ca.IssueServer(hosts, time.Hour)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -159,7 +168,8 @@ func TestTLSClientCert(t *testing.T) {
 		issuer *CA
 		ok     bool
 	}{
-		{"device cert from edge CA", edge, true},
+		{"device cert from the root", root, true},
+		{"device cert from edge CA", edge, false},
 		{"device cert from foreign CA", mustRoot(t, "foreign"), false},
 	}
 	for _, tt := range tests {
@@ -173,7 +183,7 @@ func TestTLSClientCert(t *testing.T) {
 			})
 			if !tt.ok {
 				if peers != nil {
-					t.Fatal("server accepted a client certificate from a foreign CA")
+					t.Fatal("server accepted the client certificate")
 				}
 				return
 			}
@@ -223,7 +233,7 @@ func TestSignCSRLeafAndLimits(t *testing.T) {
 		t.Fatal(err)
 	}
 	csrPEM := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: der})
-	certPEM, err := root.SignCSR(csrPEM, false, 0)
+	certPEM, err := root.SignCSR(csrPEM, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -244,25 +254,34 @@ func TestSignCSRLeafAndLimits(t *testing.T) {
 	if c.NotAfter.After(root.Cert.NotAfter) {
 		t.Fatalf("leaf outlives its CA: %v > %v", c.NotAfter, root.Cert.NotAfter)
 	}
-	if _, err := root.SignCSR([]byte("junk"), true, 0); err == nil {
+	if _, err := root.SignCSR([]byte("junk"), 0); err == nil {
 		t.Fatal("SignCSR(junk): no error")
+	}
+	if _, err := root.SignEdgeCA([]byte("junk"), []string{"gw.local"}, 0); err == nil {
+		t.Fatal("SignEdgeCA(junk): no error")
 	}
 	// A CSR whose signature does not match its key is refused.
 	bad := bytes.Clone(der)
 	bad[len(bad)-5] ^= 0xff
-	if _, err := root.SignCSR(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: bad}), true, 0); err == nil {
-		t.Fatal("SignCSR(tampered): no error")
+	if _, err := root.SignEdgeCA(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: bad}), []string{"gw.local"}, 0); err == nil {
+		t.Fatal("SignEdgeCA(tampered): no error")
+	}
+	if _, err := root.SignEdgeCA(csrPEM, nil, 0); err == nil {
+		t.Fatal("SignEdgeCA(no hosts): no error")
 	}
 }
 
 func TestChains(t *testing.T) {
 	root := mustRoot(t, "root")
-	e1 := edgeCA(t, root, "e1")
-	e2 := edgeCA(t, e1, "e2")
-	e3, err := e2.NewIntermediate("e3", 0)
+	e1, err := root.NewIntermediate("e1", 0)
 	if err != nil {
 		t.Fatal(err)
 	}
+	e2, err := e1.NewIntermediate("e2", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e3 := edgeCA(t, e2, "e3")
 	tests := []struct {
 		ca   *CA
 		want []*x509.Certificate

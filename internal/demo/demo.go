@@ -303,7 +303,9 @@ func New(ctx context.Context, cfg Config) (_ *Demo, err error) {
 		Hostname:  "localhost",
 		MQTTAddr:  "127.0.0.1:0",
 		HTTPSAddr: "127.0.0.1:0",
-		Logger:    d.log.With("side", "hub"),
+		// The edge is "localhost" too: everything runs on one machine.
+		EdgeLoopbackNames: true,
+		Logger:            d.log.With("side", "hub"),
 	}); err != nil {
 		return nil, fmt.Errorf("demo: start hub: %w", err)
 	}

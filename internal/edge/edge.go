@@ -205,6 +205,11 @@ func New(cfg Config) (*Edge, error) {
 			cfg.Hostname = h
 		}
 	}
+	// The edge CA is constrained to this name: one no certificate can
+	// carry would fail every sync.
+	if _, err := certs.CanonicalHost(cfg.Hostname); err != nil {
+		return nil, fmt.Errorf("edge: --hostname: %w", err)
+	}
 	if cfg.IdentityRefresh <= 0 {
 		cfg.IdentityRefresh = DefaultIdentityRefresh
 	}

@@ -26,6 +26,9 @@ func (e *Edge) loadEdgeCA() (*certs.CA, error) {
 		if err != nil {
 			return nil, fmt.Errorf("edge CA: %w", err)
 		}
+		if !ca.Permits(e.cfg.Hostname) {
+			return nil, fmt.Errorf("edge CA %s: its name constraints do not permit the edge's host name %q", e.cfg.EdgeCACert, e.cfg.Hostname)
+		}
 		return ca, nil
 	}
 	v, err := e.st.Get([]byte(kvEdgeCA))
@@ -51,13 +54,22 @@ func (e *Edge) loadEdgeCA() (*certs.CA, error) {
 	if err != nil {
 		return nil, fmt.Errorf("edge CA: %w", err)
 	}
+	// One signed before edge CAs were constrained, or for another host
+	// name, is replaced.
+	if !certs.IsEdgeCA(ca.Cert) {
+		return nil, errors.New("edge CA: signed without the constraints of an edge CA")
+	}
+	if !ca.Permits(e.cfg.Hostname) {
+		return nil, fmt.Errorf("edge CA: signed for other host names than %q", e.cfg.Hostname)
+	}
 	return ca, nil
 }
 
-// obtainEdgeCA has the hub sign a new edge CA (CN = the edge's id) and
-// keeps it, sealed, in the store.
+// obtainEdgeCA has the hub sign a new edge CA (CN = the edge's id, SANs
+// its host names, certs.EdgeHosts) and keeps it, sealed, in the store.
+// The hub constrains the CA to those names, or refuses.
 func (e *Edge) obtainEdgeCA(ctx context.Context) (*certs.CA, error) {
-	csr, key, err := certs.NewCSR(e.cfg.DeviceID)
+	csr, key, err := certs.NewCSR(e.cfg.DeviceID, certs.EdgeHosts(e.cfg.Hostname)...)
 	if err != nil {
 		return nil, fmt.Errorf("edge CA: %w", err)
 	}
@@ -69,26 +81,47 @@ func (e *Edge) obtainEdgeCA(ctx context.Context) (*certs.CA, error) {
 	if err != nil {
 		return nil, fmt.Errorf("edge CA from hub: %w", err)
 	}
-	keyPEM, err := certs.EncodeKeyPEM(key)
-	if err != nil {
-		return nil, fmt.Errorf("edge CA: %w", err)
+	if !ca.Permits(e.cfg.Hostname) {
+		return nil, fmt.Errorf("edge CA from hub: it does not permit the edge's host name %q", e.cfg.Hostname)
 	}
-	plain, err := json.Marshal(storedCA{ChainPEM: string(chain), RootPEM: string(root), KeyPEM: string(keyPEM)})
-	if err != nil {
-		return nil, fmt.Errorf("edge CA: %w", err)
-	}
-	if err := e.st.Put([]byte(kvEdgeCA), e.seal.seal(kvEdgeCA, plain)); err != nil {
-		return nil, fmt.Errorf("edge CA: %w", err)
+	if err := e.storeCA(ca, root); err != nil {
+		return nil, err
 	}
 	e.log.Info("edge CA obtained from the hub", "subject", ca.Cert.Subject.CommonName, "notAfter", ca.Cert.NotAfter)
 	return ca, nil
 }
 
+// storeCA keeps ca, with the hub's root, sealed in the store.
+func (e *Edge) storeCA(ca *certs.CA, rootPEM []byte) error {
+	keyPEM, err := certs.EncodeKeyPEM(ca.Key)
+	if err != nil {
+		return fmt.Errorf("edge CA: %w", err)
+	}
+	plain, err := json.Marshal(storedCA{ChainPEM: string(ca.ChainPEM()), RootPEM: string(rootPEM), KeyPEM: string(keyPEM)})
+	if err != nil {
+		return fmt.Errorf("edge CA: %w", err)
+	}
+	if err := e.st.Put([]byte(kvEdgeCA), e.seal.seal(kvEdgeCA, plain)); err != nil {
+		return fmt.Errorf("edge CA: %w", err)
+	}
+	return nil
+}
+
 // serverTLS issues the edge's server certificate from its CA, for its
-// host name, localhost and 127.0.0.1; children verify it up to the hub's
-// root.
+// host name and, where the CA permits them, localhost and 127.0.0.1 (a
+// verifier refuses a certificate with any name its CA does not permit);
+// children verify it up to the hub's root.
 func (e *Edge) serverTLS(ca *certs.CA) (*tls.Config, error) {
-	cert, _, _, err := ca.IssueServer([]string{e.cfg.Hostname, "localhost", "127.0.0.1"}, 0)
+	if !ca.Permits(e.cfg.Hostname) {
+		return nil, fmt.Errorf("server certificate: the edge CA does not permit the host name %q", e.cfg.Hostname)
+	}
+	hosts := []string{e.cfg.Hostname}
+	for _, h := range []string{"localhost", "127.0.0.1"} {
+		if ca.Permits(h) {
+			hosts = append(hosts, h)
+		}
+	}
+	cert, _, _, err := ca.IssueServer(hosts, 0)
 	if err != nil {
 		return nil, fmt.Errorf("server certificate: %w", err)
 	}

@@ -110,7 +110,13 @@ func (f *fakeUplink) SignEdgeCA(ctx context.Context, csr []byte) ([]byte, []byte
 	if !f.State().Connected {
 		return nil, nil, ErrOffline
 	}
-	chain, err := f.hub.root.SignCSR(csr, true, 0)
+	// Grants what the CSR asks for, as the hub does for names it can
+	// justify.
+	req, err := certs.ParseCSR(csr)
+	if err != nil {
+		return nil, nil, err
+	}
+	chain, err := f.hub.root.SignEdgeCA(csr, certs.CSRHosts(req), 0)
 	return chain, f.hub.root.CertPEM, err
 }
 

@@ -70,6 +70,8 @@ func newIDCache(snap *Snapshot) (*idCache, error) {
 		}
 		c.modules[message.ClientID(m.DeviceID, m.ModuleID)] = m
 	}
+	// X.509 CA children are verified against the hub's root alone, never
+	// this edge's own CA, which cannot sign client certificates anyway.
 	if snap.RootCA != "" {
 		pool, err := certs.Pool([]byte(snap.RootCA))
 		if err != nil {

@@ -41,6 +41,12 @@ func VerifySAS(tok *sas.Token, keys []string, host, deviceID, moduleID string, n
 // thumbprints, or, when caPool is not nil, when the chain verifies to
 // caPool for client authentication and the leaf's CN is clientID.
 // In both cases the leaf must be within its validity period at now.
+//
+// caPool must hold only the CAs that may sign devices (the hub's root).
+// Verifying for client authentication is what refuses a leaf chained
+// through an edge CA under that root: an edge CA is for server
+// authentication only (certs.SignEdgeCA), and Go checks the usage along
+// the whole chain.
 func VerifyX509(chain []*x509.Certificate, thumbprints []string, caPool *x509.CertPool, clientID string, now time.Time) error {
 	if len(chain) == 0 {
 		return AuthFailed(ReasonNoCredentials, errors.New("no client certificate"))

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"outpost/internal/certs"
 	"outpost/internal/sas"
 )
 
@@ -122,6 +123,51 @@ func TestVerifyX509CA(t *testing.T) {
 	leaf := p.client(t, "cadev", true)
 	self := p.client(t, "cadev", false)
 	now := time.Now()
+	// An edge CA the root signed, as the hub does, and what its key mints.
+	csr, key, err := certs.NewCSR("edge1", "edge1.example")
+	if err != nil {
+		t.Fatal(err)
+	}
+	edgePEM, err := p.ca.SignEdgeCA(csr, []string{"edge1.example"}, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	edgeCA, err := certs.CAFromPEM(edgePEM, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	byEdge, _, _, err := edgeCA.IssueClient("cadev", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sub, err := edgeCA.NewIntermediate("rogue sub-CA", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bySub, _, _, err := sub.IssueClient("cadev", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// An operator's own intermediate for devices is fine.
+	inter, err := p.ca.NewIntermediate("device intermediate", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	byInter, _, _, err := inter.IssueClient("cadev", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	chain := func(c tls.Certificate) []*x509.Certificate {
+		var out []*x509.Certificate
+		for _, der := range c.Certificate {
+			x, err := x509.ParseCertificate(der)
+			if err != nil {
+				t.Fatal(err)
+			}
+			out = append(out, x)
+		}
+		return out
+	}
 	tests := []struct {
 		name   string
 		chain  []*x509.Certificate
@@ -133,6 +179,9 @@ func TestVerifyX509CA(t *testing.T) {
 		{"signed by CA, CN matches", []*x509.Certificate{leaf.Leaf}, nil, p.pool, "cadev", ""},
 		{"signed by CA, CN differs", []*x509.Certificate{leaf.Leaf}, nil, p.pool, "other", ReasonBadCert},
 		{"self-signed against CA", []*x509.Certificate{self.Leaf}, nil, p.pool, "cadev", ReasonBadCert},
+		{"minted by an edge CA", chain(byEdge), nil, p.pool, "cadev", ReasonBadCert},
+		{"minted by a sub-CA of an edge CA", chain(bySub), nil, p.pool, "cadev", ReasonBadCert},
+		{"through an operator's intermediate", chain(byInter), nil, p.pool, "cadev", ""},
 		{"thumbprint lower case", []*x509.Certificate{self.Leaf}, []string{strings.ToLower(thumbprint(self))}, nil, "cadev", ""},
 		{"no chain", nil, nil, p.pool, "cadev", ReasonNoCredentials},
 		{"nothing to check against", []*x509.Certificate{self.Leaf}, nil, nil, "cadev", ReasonBadCert},

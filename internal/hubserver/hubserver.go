@@ -50,7 +50,11 @@ type Config struct {
 	// NATSURL, when set, keeps the state in an external NATS cluster
 	// instead of the embedded server.
 	NATSURL string
-	Logger  *slog.Logger
+	// EdgeLoopbackNames lets edge CAs carry localhost and 127.0.0.1, for
+	// setups where the hub, its edges and their devices share one
+	// machine (see dataplane.Config.EdgeLoopbackNames).
+	EdgeLoopbackNames bool
+	Logger            *slog.Logger
 }
 
 // Server is a running hub. Stop it with Shutdown.
@@ -127,10 +131,11 @@ func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 
 	policies := []api.Policy{{Name: hub.ServicePolicy, PrimaryKey: s.creds.ServiceKey}}
 	if s.plane, err = dataplane.New(dataplane.Config{
-		Hub:      s.hub,
-		CA:       s.creds.CA,
-		Policies: policies,
-		Logger:   s.log.With("component", "dataplane"),
+		Hub:               s.hub,
+		CA:                s.creds.CA,
+		EdgeLoopbackNames: cfg.EdgeLoopbackNames,
+		Policies:          policies,
+		Logger:            s.log.With("component", "dataplane"),
 	}); err != nil {
 		return nil, err
 	}

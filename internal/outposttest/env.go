@@ -112,7 +112,9 @@ func NewEnv(t testing.TB, opts ...EnvOption) *Env {
 		Hostname:  HubHostName,
 		MQTTAddr:  "127.0.0.1:0",
 		HTTPSAddr: "127.0.0.1:0",
-		Logger:    cfg.log.With("side", "hub"),
+		// Edges here are "localhost" too: all on one machine.
+		EdgeLoopbackNames: true,
+		Logger:            cfg.log.With("side", "hub"),
 	})
 	if err != nil {
 		t.Fatalf("start hub: %v", err)

@@ -165,6 +165,8 @@ class Hub extends OutpostProcess {
       'hub', '--data-dir', dataDir,
       '--https-addr', '127.0.0.1:0',
       '--mqtt-addr', '127.0.0.1:0',
+      // Edges here run as "localhost", on the hub's machine.
+      '--edge-loopback-names',
     ], { stdio: ['ignore', 'pipe', 'pipe'] });
     const hub = new Hub(proc, dataDir);
     const ready = await withTimeout(new Promise((resolve, reject) => {

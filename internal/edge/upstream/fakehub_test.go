@@ -321,7 +321,7 @@ func (h *fakeHub) extension(name string, payload []byte) (int, []byte) {
 		if err != nil || csr.Subject.CommonName != testEdge {
 			return http.StatusBadRequest, []byte(`{"errorCode":400000}`)
 		}
-		cert, err := h.ca.SignCSR(payload, true, 0)
+		cert, err := h.ca.SignEdgeCA(payload, certs.CSRHosts(csr), 0)
 		if err != nil {
 			return http.StatusInternalServerError, []byte(`{"errorCode":500000}`)
 		}

@@ -468,7 +468,7 @@ func TestRequests(t *testing.T) {
 		}
 	})
 	t.Run("sign edge ca", func(t *testing.T) {
-		csr, key, err := certs.NewCSR(testEdge)
+		csr, key, err := certs.NewCSR(testEdge, "edge.example")
 		if err != nil {
 			t.Fatal(err)
 		}

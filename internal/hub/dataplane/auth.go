@@ -13,8 +13,8 @@ import (
 // Authenticate looks the identity up in the in-memory registry and checks
 // its secret: a SAS token signed with either key, or a client certificate
 // whose thumbprint is registered or that chains to the hub's root CA with
-// CN = client id. Disabled devices, and modules of disabled devices, are
-// refused.
+// CN = client id, for client authentication (so never through an edge
+// CA). Disabled devices, and modules of disabled devices, are refused.
 func (p *Plane) Authenticate(ctx context.Context, c gateway.Credentials) (gateway.Identity, error) {
 	dev, err := p.h.GetDevice(c.DeviceID)
 	if err != nil {

@@ -226,7 +226,7 @@ func TestEdgeExtensions(t *testing.T) {
 		}
 	})
 	t.Run("sign-edge-ca", func(t *testing.T) {
-		csr, _, err := certs.NewCSR("edge-x")
+		csr, _, err := certs.NewCSR("edge-x", "edge-x.example")
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -248,7 +248,7 @@ func TestEdgeExtensions(t *testing.T) {
 		if err := chain[0].CheckSignatureFrom(e.ca.Cert); err != nil {
 			t.Errorf("not signed by the hub root: %v", err)
 		}
-		other, _, _ := certs.NewCSR("kid-1")
+		other, _, _ := certs.NewCSR("kid-1", "kid-1.example")
 		if r := call(ec, er, edgeproto.ReqSignEdgeCA, other); !strings.HasPrefix(r.topic, "$outpost/res/403/") {
 			t.Errorf("CSR for another id answered %s", r.topic)
 		}

@@ -3,10 +3,8 @@ package dataplane
 import (
 	"context"
 	"encoding/json"
-	"fmt"
 	"net/http"
 
-	"outpost/internal/certs"
 	"outpost/internal/edgeproto"
 	"outpost/internal/gateway"
 	"outpost/internal/identity"
@@ -54,7 +52,7 @@ func (p *Plane) Extension(ctx context.Context, s gateway.Session, name string, p
 		}
 		return json.Marshal(s)
 	case edgeproto.ReqSignEdgeCA:
-		return p.signEdgeCA(id.DeviceID, payload)
+		return p.signEdgeCA(ctx, id.DeviceID, payload)
 	case edgeproto.ReqPresence:
 		return p.presenceReport(ctx, s, payload)
 	case edgeproto.ReqStorePosition:
@@ -89,25 +87,6 @@ func (p *Plane) Snapshot(edgeID string) (*identity.ScopeSnapshot, error) {
 		s.Modules = append(s.Modules, ms...)
 	}
 	return s, nil
-}
-
-func (p *Plane) signEdgeCA(edgeID string, csrPEM []byte) ([]byte, error) {
-	if p.cfg.CA == nil {
-		return nil, &gateway.StatusError{Status: http.StatusServiceUnavailable, Code: "ServiceUnavailable", Message: "this hub has no CA to sign with"}
-	}
-	csr, err := certs.ParseCSR(csrPEM)
-	if err != nil {
-		return nil, badArgument("%v", err)
-	}
-	if csr.Subject.CommonName != edgeID {
-		return nil, &gateway.StatusError{Status: http.StatusForbidden, Code: "IotHubUnauthorizedAccess",
-			Message: fmt.Sprintf("CSR common name %q is not the edge's device id %q", csr.Subject.CommonName, edgeID)}
-	}
-	chain, err := p.cfg.CA.SignCSR(csrPEM, true, 0)
-	if err != nil {
-		return nil, fmt.Errorf("sign edge CA: %w", err)
-	}
-	return json.Marshal(SignedCA{Certificate: string(chain), RootCA: string(p.cfg.CA.CertPEM)})
 }
 
 // presenceReport checks an edge's presence report and queues it for the

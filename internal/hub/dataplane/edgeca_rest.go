@@ -33,7 +33,7 @@ func (p *Plane) restSignEdgeCA(w http.ResponseWriter, r *http.Request) {
 		p.fail(w, r, badArgument("device %q is not an IoT Edge device: only edge devices get an edge CA", id))
 		return
 	}
-	reply, err := p.signEdgeCA(id, []byte(req.CSR))
+	reply, err := p.signEdgeCA(r.Context(), id, []byte(req.CSR))
 	if err != nil {
 		p.fail(w, r, err)
 		return

@@ -67,6 +67,11 @@ type Config struct {
 	// devices must chain to it, and it signs edge CA certificates. Nil
 	// refuses both.
 	CA *certs.CA
+	// EdgeLoopbackNames lets edge CAs carry loopback host names
+	// (localhost, 127.0.0.1), which the hub's own certificate carries
+	// too: for one-machine setups only, since any edge can then pose as
+	// the hub to a client that dials a loopback name (see grantEdgeHosts).
+	EdgeLoopbackNames bool
 	// Policies are the shared access policies whose service tokens the
 	// REST routes accept (the same as the service API's).
 	Policies []api.Policy
@@ -107,6 +112,8 @@ type Plane struct {
 	// lockKey signs HTTPS C2D lock tokens (c2dlock.go); every replica
 	// reads the same one from BucketKeys.
 	lockKey []byte
+	// edgeHosts records which edge each host name was granted to.
+	edgeHosts jetstream.KeyValue
 
 	gw atomic.Pointer[gateway.Server]
 
@@ -271,31 +278,38 @@ func (p *Plane) openStreams(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("dataplane: open c2d delivery counts: %w", err)
 	}
-	kv, err := p.js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
-		Bucket:      BucketEdgeStores,
-		Description: "per edge store: a sequence past every one stored from it",
-		History:     1,
-		Storage:     jetstream.FileStorage,
-		Replicas:    p.cfg.Replicas,
-	})
+	kv, err := p.openKV(ctx, BucketEdgeStores, "per edge store: a sequence past every one stored from it")
 	if err != nil {
-		return fmt.Errorf("dataplane: open edge store positions: %w", err)
+		return err
 	}
 	p.positions = &storePositions{kv: kv, known: map[string]uint64{}}
-	keys, err := p.js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
-		Bucket:      BucketKeys,
-		Description: "secrets of the hub's data plane",
-		History:     1,
-		Storage:     jetstream.FileStorage,
-		Replicas:    p.cfg.Replicas,
-	})
+	keys, err := p.openKV(ctx, BucketKeys, "secrets of the hub's data plane")
 	if err != nil {
-		return fmt.Errorf("dataplane: open keys: %w", err)
+		return err
 	}
 	if p.lockKey, err = loadLockKey(ctx, keys); err != nil {
 		return fmt.Errorf("dataplane: %w", err)
 	}
+	if p.edgeHosts, err = p.openKV(ctx, BucketEdgeHosts, "the edge each edge CA host name was granted to"); err != nil {
+		return err
+	}
 	return nil
+}
+
+// openKV opens (or creates) one of the plane's small durable buckets:
+// one value a key, kept until deleted, replicated like the streams.
+func (p *Plane) openKV(ctx context.Context, bucket, description string) (jetstream.KeyValue, error) {
+	kv, err := p.js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+		Bucket:      bucket,
+		Description: description,
+		History:     1,
+		Storage:     jetstream.FileStorage,
+		Replicas:    p.cfg.Replicas,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("dataplane: open bucket %s: %w", bucket, err)
+	}
+	return kv, nil
 }
 
 // SetGateway tells the plane which device endpoint holds this replica's
