@@ -13,7 +13,7 @@ import (
 	"time"
 	"weak"
 
-	"outpost/internal/topic"
+	"outpost/internal/edgeproto"
 )
 
 // Local direct methods: a module or child connected to an Outpost edge
@@ -120,7 +120,7 @@ func (c *Client) Invoke(ctx context.Context, call MethodCall) (MethodResult, err
 		delete(inv.wait, rid)
 		inv.mu.Unlock()
 	}()
-	if err := c.Publish(ctx, "$outpost/req/invoke/?$rid="+rid, 0, body); err != nil {
+	if err := c.Publish(ctx, edgeproto.RequestTopic(edgeproto.ReqInvoke, rid), 0, body); err != nil {
 		return MethodResult{}, fmt.Errorf("invoke method: %w", err)
 	}
 	var rep extReply
@@ -198,7 +198,7 @@ func invokerOf(c *Client) (*invoker, error) {
 	}
 	inv := v.(*invoker)
 	inv.once.Do(func() {
-		inv.err = c.Subscribe("$outpost/res/#", 0, inv.reply)
+		inv.err = c.Subscribe(edgeproto.ResFilter, 0, inv.reply)
 	})
 	if inv.err != nil {
 		return nil, fmt.Errorf("invoke method: %w", inv.err)
@@ -208,22 +208,13 @@ func invokerOf(c *Client) (*invoker, error) {
 
 // reply runs on the client's dispatcher: it hands a reply to its waiter.
 func (inv *invoker) reply(t string, payload []byte) {
-	rest, ok := strings.CutPrefix(t, "$outpost/res/")
-	if !ok {
-		return
-	}
-	st, q, ok := strings.Cut(rest, "/?")
-	status, err := strconv.Atoi(st)
+	status, rid, ok, err := edgeproto.ParseResponse(t)
 	if !ok || err != nil {
 		return
 	}
-	bag, err := topic.DecodeBag(q)
-	if err != nil {
-		return
-	}
 	inv.mu.Lock()
-	ch := inv.wait[bag["$rid"]]
-	delete(inv.wait, bag["$rid"])
+	ch := inv.wait[rid]
+	delete(inv.wait, rid)
 	inv.mu.Unlock()
 	if ch != nil {
 		ch <- extReply{status: status, body: append([]byte(nil), payload...)}

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"outpost/internal/edgeproto"
 	"outpost/internal/gateway"
 	"outpost/internal/message"
 	"outpost/internal/sas"
@@ -32,9 +33,6 @@ import (
 // methods) within connectTimeoutInSeconds, 504 GatewayTimeout when it
 // does not answer within responseTimeoutInSeconds, 404
 // DeviceNotFound/ModuleNotFound for a target outside the edge's scope.
-
-// ExtInvoke is the extension name of a local method call over MQTT.
-const ExtInvoke = "invoke"
 
 const (
 	// maxMethodBody bounds an HTTPS method request (IoT Hub allows a
@@ -164,7 +162,7 @@ func (e *Edge) wakeConnWaitersLocked() {
 func (b backend) Extension(ctx context.Context, s gateway.Session, name string, payload []byte) ([]byte, error) {
 	id := s.Identity()
 	switch name {
-	case ExtInvoke:
+	case edgeproto.ReqInvoke:
 		var req InvokeRequest
 		if err := json.Unmarshal(payload, &req); err != nil {
 			return nil, badArgument("invoke request: %v", err)

@@ -143,3 +143,28 @@ func (p StorePosition) Check() error {
 type StorePositionReply struct {
 	Next uint64 `json:"next"`
 }
+
+// SignedCA is the reply to sign-edge-ca, whose body is a CSR in PEM with
+// the edge's device id as its common name.
+type SignedCA struct {
+	Certificate string `json:"certificate"` // edge CA, then intermediates
+	RootCA      string `json:"rootCA"`
+}
+
+// PresenceReport is the body of a presence request: which identities are
+// connected to the edge, or no longer are, since its last report on this
+// link. Ids are deviceId or deviceId/moduleId. Full ends a report of the
+// edge's whole set, made after every (re)connect of its link, possibly in
+// several requests of which only the last is Full: the edge's identities
+// that this link has not reported Connected are Disconnected then.
+type PresenceReport struct {
+	Full         bool     `json:"full,omitempty"`
+	Connected    []string `json:"connected,omitempty"`
+	Disconnected []string `json:"disconnected,omitempty"`
+}
+
+// PresenceReply is the reply to a presence request: the ids the hub
+// ignored, because they are not in the edge's scope.
+type PresenceReply struct {
+	Refused []string `json:"refused,omitempty"`
+}

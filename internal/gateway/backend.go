@@ -97,9 +97,9 @@ type C2DQueue interface {
 // request/reply topics, used by the edge's link to its parent (identity
 // sync, certificate signing, presence reports).
 //
-// A client subscribes to "$outpost/res/#", then publishes
-// "$outpost/req/{name}/?$rid={rid}" with any payload. The gateway calls
-// Extension and replies on "$outpost/res/{status}/?$rid={rid}": 200 with
+// A client subscribes to edgeproto.ResFilter, then publishes
+// edgeproto.RequestTopic(name, rid) with any payload. The gateway calls
+// Extension and replies on edgeproto.ResponseTopic(status, rid): 200 with
 // the reply as body, or the error's status (see StatusError) with a JSON
 // body {"errorCode":…,"message":…}. Requests of one connection are served
 // in order, and all before the Disconnected of the session that carried

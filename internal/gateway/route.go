@@ -6,20 +6,10 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
-	"strconv"
-	"strings"
 
+	"outpost/internal/edgeproto"
 	"outpost/internal/message"
 	"outpost/internal/topic"
-)
-
-// Outpost's own request/reply topics (see Extender).
-const (
-	extReqPrefix = "$outpost/req/"
-	extResPrefix = "$outpost/res/"
-	// FilterExtensionReplies is what a client subscribes to for replies
-	// to its $outpost requests.
-	FilterExtensionReplies = "$outpost/res/#"
 )
 
 type reqKind int
@@ -49,16 +39,11 @@ var errNotInScope = errors.New("identity not in this edge's scope")
 // its own topics, or those of identities in its scope if it is an edge.
 func (c *conn) classify(name string) (request, error) {
 	a := c.auth.Load()
-	if rest, ok := strings.CutPrefix(name, extReqPrefix); ok {
-		ext, q, ok := strings.Cut(rest, "/?")
-		if !ok || ext == "" || strings.ContainsAny(ext, "/+#") {
-			return request{}, fmt.Errorf("extension topic %q: want %s{name}/?$rid=", truncate(name), extReqPrefix)
+	if ext, rid, ok, err := edgeproto.ParseRequest(name); ok {
+		if err != nil {
+			return request{}, err
 		}
-		bag, err := topic.DecodeBag(q)
-		if err != nil || bag["$rid"] == "" {
-			return request{}, fmt.Errorf("extension topic %q: missing $rid", truncate(name))
-		}
-		return request{kind: reqExtension, deviceID: a.id.DeviceID, moduleID: a.id.ModuleID, name: ext, rid: bag["$rid"]}, nil
+		return request{kind: reqExtension, deviceID: a.id.DeviceID, moduleID: a.id.ModuleID, name: ext, rid: rid}, nil
 	}
 	tp, err := topic.Parse(name)
 	if err != nil {
@@ -98,7 +83,7 @@ func (c *conn) checkFilter(filter string) (string, error) {
 	if a == nil {
 		return "", ErrNotConnected
 	}
-	if filter == FilterExtensionReplies {
+	if filter == edgeproto.ResFilter {
 		return "", nil
 	}
 	if topic.AllowedSubscription(filter, a.id.DeviceID, a.id.ModuleID) {
@@ -171,9 +156,7 @@ func (c *conn) serveRequest(ctx context.Context, r request, payload []byte) {
 		// The SDK wants an empty body here; the version is in the topic.
 		c.reply(twinRes(http.StatusNoContent, v), nil)
 	case reqExtension:
-		res := func(status int) string {
-			return extResPrefix + strconv.Itoa(status) + "/?$rid=" + escapeRID(r.rid)
-		}
+		res := func(status int) string { return edgeproto.ResponseTopic(status, r.rid) }
 		ext, ok := b.(Extender)
 		if !ok {
 			se := &StatusError{Status: http.StatusNotFound, Code: "NotFound", Message: "no extensions served here"}
@@ -188,13 +171,6 @@ func (c *conn) serveRequest(ctx context.Context, r request, payload []byte) {
 		}
 		c.reply(res(http.StatusOK), reply)
 	}
-}
-
-func escapeRID(rid string) string {
-	// topic's builders escape $rid the same way; EncodeBag is its
-	// exported form of that escaping.
-	s := topic.EncodeBag(map[string]string{"r": rid})
-	return strings.TrimPrefix(s, "r=")
 }
 
 func (c *conn) requestFailed(what, cid string, err error) *StatusError {

@@ -13,6 +13,7 @@ import (
 	paho "github.com/eclipse/paho.mqtt.golang"
 	"github.com/mochi-mqtt/server/v2/packets"
 
+	"outpost/internal/edgeproto"
 	"outpost/internal/message"
 	"outpost/internal/topic"
 )
@@ -449,7 +450,7 @@ func TestExtension(t *testing.T) {
 	e.be.addDevice("edge1", device{edge: true})
 	c := e.mustConnect("edge1")
 	in := make(inbox, 2)
-	wait(t, c.Subscribe(FilterExtensionReplies, 0, in.handler))
+	wait(t, c.Subscribe(edgeproto.ResFilter, 0, in.handler))
 	wait(t, c.Publish("$outpost/req/echo/?$rid=7", 1, false, "hi"))
 	m := in.next(t)
 	if m.Topic() != "$outpost/res/200/?$rid=7" || string(m.Payload()) != "edge1:hi" {
@@ -464,7 +465,7 @@ func TestExtension(t *testing.T) {
 		e.be.addDevice("dev1", device{})
 		c := e.mustConnect("dev1")
 		in := make(inbox, 1)
-		wait(t, c.Subscribe(FilterExtensionReplies, 0, in.handler))
+		wait(t, c.Subscribe(edgeproto.ResFilter, 0, in.handler))
 		wait(t, c.Publish("$outpost/req/echo/?$rid=1", 0, false, ""))
 		if m := in.next(t); m.Topic() != "$outpost/res/404/?$rid=1" {
 			t.Fatalf("got %q", m.Topic())

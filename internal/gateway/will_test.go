@@ -9,6 +9,7 @@ import (
 
 	"github.com/mochi-mqtt/server/v2/packets"
 
+	"outpost/internal/edgeproto"
 	"outpost/internal/topic"
 )
 
@@ -25,13 +26,13 @@ type victim struct {
 // identity holding on-behalf-of filters for its child, as on the hub.
 func victims() []victim {
 	return []victim{
-		{cid: "victim", filters: append(topic.Filters("victim", ""), FilterExtensionReplies),
+		{cid: "victim", filters: append(topic.Filters("victim", ""), edgeproto.ResFilter),
 			get: topic.TwinGet("barrier"), res: topic.TwinResponse(200, "barrier", 0)},
 		{cid: "victim/mod", filters: topic.Filters("victim", "mod"),
 			get: topic.TwinGet("barrier"), res: topic.TwinResponse(200, "barrier", 0)},
 		{cid: "edge1", filters: []string{
 			topic.OBOMethodFilter("child"), topic.OBOTwinDesiredFilter("child"),
-			topic.OBOTwinResponseFilter("child"), topic.C2DFilter("child"), FilterExtensionReplies,
+			topic.OBOTwinResponseFilter("child"), topic.C2DFilter("child"), edgeproto.ResFilter,
 		}, get: topic.OBOTwinGet("child", "barrier"), res: topic.OBOTwinResponse("child", 200, "barrier", 0)},
 	}
 }

@@ -327,7 +327,7 @@ func (s *session) agreePosition() bool {
 	if err != nil {
 		return false // cannot be: two plain fields
 	}
-	r, err := s.request(s.ctx, extResFilter, extRequest(edgeproto.ReqStorePosition), body)
+	r, err := s.request(s.ctx, edgeproto.ResFilter, extRequest(edgeproto.ReqStorePosition), body)
 	if err == nil && r.status == http.StatusNotFound {
 		l.log.Warn("the hub does not take store positions; a restored or copied store relies on stored times alone")
 		return true

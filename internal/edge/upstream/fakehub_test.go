@@ -12,7 +12,6 @@ import (
 	"os"
 	"slices"
 	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -83,7 +82,7 @@ type fakeHub struct {
 // presenceSeen is a presence report as the fake hub got it.
 type presenceSeen struct {
 	conn int // which connection of the edge brought it
-	presenceReport
+	edgeproto.PresenceReport
 }
 
 type methodResult struct {
@@ -205,11 +204,13 @@ func (h *fakeHub) pubackAt(id uint16) (time.Time, bool) {
 // handle serves a publish from the edge.
 func (h *fakeHub) handle(cl *mqtt.Client, pk packets.Packet) {
 	name := pk.TopicName
-	if rest, ok := strings.CutPrefix(name, extReqPrefix); ok {
-		ext, q, _ := strings.Cut(rest, "/?")
-		bag, _ := topic.DecodeBag(q)
+	if ext, rid, ok, err := edgeproto.ParseRequest(name); ok {
+		if err != nil {
+			h.t.Errorf("fake hub: %v", err)
+			return
+		}
 		reply := func(status int, body []byte) {
-			_, _ = h.send(extResPrefix+strconv.Itoa(status)+"/?$rid="+bag["$rid"], body, 0)
+			_, _ = h.send(edgeproto.ResponseTopic(status, rid), body, 0)
 		}
 		if ext == edgeproto.ReqPresence {
 			h.presenceRequest(pk.Payload, reply)
@@ -267,14 +268,14 @@ func (h *fakeHub) handle(cl *mqtt.Client, pk packets.Packet) {
 // reports are held: then it answers once they are released, off the
 // publish path, as a slow hub would.
 func (h *fakeHub) presenceRequest(payload []byte, reply func(int, []byte)) {
-	var r presenceReport
+	var r edgeproto.PresenceReport
 	if err := json.Unmarshal(payload, &r); err != nil {
 		h.t.Errorf("fake hub: presence report %s: %v", payload, err)
 		reply(http.StatusBadRequest, []byte(`{"errorCode":400000}`))
 		return
 	}
 	h.mu.Lock()
-	h.presence = append(h.presence, presenceSeen{conn: h.connects, presenceReport: r})
+	h.presence = append(h.presence, presenceSeen{conn: h.connects, PresenceReport: r})
 	hold := h.presenceHold
 	h.mu.Unlock()
 	if hold == nil {

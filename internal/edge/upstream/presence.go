@@ -31,15 +31,6 @@ const (
 	presenceRetry = 5 * time.Second
 )
 
-// presenceReport is the body of a presence request (the hub's
-// dataplane.PresenceReport). Only the last request of a full report is
-// Full.
-type presenceReport struct {
-	Full         bool     `json:"full,omitempty"`
-	Connected    []string `json:"connected,omitempty"`
-	Disconnected []string `json:"disconnected,omitempty"`
-}
-
 // presenceSet is what the hub should show Connected through the edge:
 // the attached clients, but for the edge itself, whose own connection
 // the hub records.
@@ -122,7 +113,7 @@ func (s *session) reportPresence() {
 // the last one marked full if full is set.
 func (s *session) sendPresence(full bool, on, off []string) error {
 	for {
-		var r presenceReport
+		var r edgeproto.PresenceReport
 		n := min(len(on), presenceChunk)
 		r.Connected, on = on[:n], on[n:]
 		n = min(len(off), presenceChunk-len(r.Connected))
@@ -132,16 +123,14 @@ func (s *session) sendPresence(full bool, on, off []string) error {
 		if err != nil {
 			return err
 		}
-		rep, err := s.request(s.ctx, extResFilter, extRequest(edgeproto.ReqPresence), body)
+		rep, err := s.request(s.ctx, edgeproto.ResFilter, extRequest(edgeproto.ReqPresence), body)
 		if err != nil {
 			return err
 		}
 		if rep.status != http.StatusOK {
 			return &StatusError{Status: rep.status, Body: string(rep.body)}
 		}
-		var res struct {
-			Refused []string `json:"refused"`
-		}
+		var res edgeproto.PresenceReply
 		if json.Unmarshal(rep.body, &res) == nil && len(res.Refused) > 0 {
 			s.l.log.Warn("the hub refused presence of clients outside the edge's scope",
 				"count", len(res.Refused), "first", clip(res.Refused[0]))

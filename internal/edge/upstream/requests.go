@@ -105,7 +105,7 @@ func clientFilters(a attachment) ([]string, []byte) {
 func (s *session) reconcile() {
 	l := s.l
 	eh := message.ClientID(l.cfg.DeviceID, edgeHubModule)
-	own := []string{extResFilter, topic.OBOTwinDesiredFilter(eh), topic.OBOTwinResponseFilter(eh)}
+	own := []string{edgeproto.ResFilter, topic.OBOTwinDesiredFilter(eh), topic.OBOTwinResponseFilter(eh)}
 	if err := s.ensureSub(s.ctx, own, []byte{0, 0, 0}); err != nil {
 		if s.ctx.Err() != nil || s.c.Err() != nil {
 			return
@@ -247,12 +247,12 @@ func (l *Link) request(ctx context.Context, what, resFilter string, mkTopic func
 }
 
 func extRequest(name string) func(rid string) string {
-	return func(rid string) string { return extReqPrefix + name + "/?$rid=" + rid }
+	return func(rid string) string { return edgeproto.RequestTopic(name, rid) }
 }
 
 // SyncIdentities fetches the identities in the edge's scope, with keys.
 func (l *Link) SyncIdentities(ctx context.Context) (*identity.ScopeSnapshot, error) {
-	r, err := l.request(ctx, "sync identities", extResFilter, extRequest(edgeproto.ReqSyncIdentities), []byte("{}"))
+	r, err := l.request(ctx, "sync identities", edgeproto.ResFilter, extRequest(edgeproto.ReqSyncIdentities), []byte("{}"))
 	if err != nil {
 		return nil, err
 	}
@@ -270,17 +270,14 @@ func (l *Link) SyncIdentities(ctx context.Context) (*identity.ScopeSnapshot, err
 // returns the edge CA certificate followed by its intermediates, and the
 // hub's root.
 func (l *Link) SignEdgeCA(ctx context.Context, csrPEM []byte) (chainPEM, rootPEM []byte, err error) {
-	r, err := l.request(ctx, "sign edge ca", extResFilter, extRequest(edgeproto.ReqSignEdgeCA), csrPEM)
+	r, err := l.request(ctx, "sign edge ca", edgeproto.ResFilter, extRequest(edgeproto.ReqSignEdgeCA), csrPEM)
 	if err != nil {
 		return nil, nil, err
 	}
 	if r.status != http.StatusOK {
 		return nil, nil, fmt.Errorf("sign edge ca: %w", &StatusError{Status: r.status, Body: string(r.body)})
 	}
-	var res struct {
-		Certificate string `json:"certificate"`
-		RootCA      string `json:"rootCA"`
-	}
+	var res edgeproto.SignedCA
 	if err := json.Unmarshal(r.body, &res); err != nil {
 		return nil, nil, fmt.Errorf("sign edge ca: %w", err)
 	}

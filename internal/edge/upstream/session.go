@@ -5,23 +5,16 @@ import (
 	"encoding/json"
 	"errors"
 	"net/http"
-	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 
+	"outpost/internal/edgeproto"
 	"outpost/internal/message"
 	"outpost/internal/mqttwire"
 	"outpost/internal/topic"
 )
 
-// Topics of Outpost's own request/reply extension (see internal/gateway).
-const (
-	extReqPrefix  = "$outpost/req/"
-	extResPrefix  = "$outpost/res/"
-	extResFilter  = "$outpost/res/#"
-	edgeHubModule = "$edgeHub"
-)
+const edgeHubModule = "$edgeHub"
 
 // session is one connection's worth of work. Its goroutines end with it;
 // Link.session owns it and waits for them in stop.
@@ -104,15 +97,12 @@ func (s *session) inbound(p mqttwire.Packet) {
 			_ = s.c.puback(p.ID)
 		}
 	}()
-	if rest, ok := strings.CutPrefix(p.Topic, extResPrefix); ok {
-		st, q, _ := strings.Cut(rest, "/?")
-		status, err := strconv.Atoi(st)
-		bag, berr := topic.DecodeBag(q)
-		if err != nil || berr != nil {
-			s.l.log.Debug("bad extension reply topic", "topic", clip(p.Topic))
+	if status, rid, ok, err := edgeproto.ParseResponse(p.Topic); ok {
+		if err != nil {
+			s.l.log.Debug("bad extension reply topic", "topic", clip(p.Topic), "error", err)
 			return
 		}
-		s.l.resolve(bag["$rid"], reply{status: status, body: p.Payload})
+		s.l.resolve(rid, reply{status: status, body: p.Payload})
 		return
 	}
 	tp, err := topic.Parse(p.Topic)

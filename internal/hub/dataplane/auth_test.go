@@ -234,7 +234,7 @@ func TestEdgeExtensions(t *testing.T) {
 		if !strings.HasPrefix(r.topic, "$outpost/res/200/") {
 			t.Fatalf("reply topic %s: %s", r.topic, r.body)
 		}
-		var sc SignedCA
+		var sc edgeproto.SignedCA
 		if err := json.Unmarshal(r.body, &sc); err != nil {
 			t.Fatal(err)
 		}

@@ -11,30 +11,6 @@ import (
 	"outpost/internal/topic"
 )
 
-// SignedCA is the reply to sign-edge-ca.
-type SignedCA struct {
-	Certificate string `json:"certificate"` // edge CA, then intermediates
-	RootCA      string `json:"rootCA"`
-}
-
-// PresenceReport is the body of a presence request: which identities are
-// connected to the edge, or no longer are, since its last report on this
-// link. Ids are deviceId or deviceId/moduleId. Full ends a report of the
-// edge's whole set, made after every (re)connect of its link, possibly in
-// several requests of which only the last is Full: the edge's identities
-// that this link has not reported Connected are Disconnected then.
-type PresenceReport struct {
-	Full         bool     `json:"full,omitempty"`
-	Connected    []string `json:"connected,omitempty"`
-	Disconnected []string `json:"disconnected,omitempty"`
-}
-
-// PresenceReply is the reply to a presence request: the ids the hub
-// ignored, because they are not in the edge's scope.
-type PresenceReply struct {
-	Refused []string `json:"refused,omitempty"`
-}
-
 // Extension serves an edge's requests (edgeproto): identity sync, edge CA
 // signing, presence reports and its store's position. Only an edge
 // device, on its own connection, may ask.
@@ -98,7 +74,7 @@ func (p *Plane) Snapshot(edgeID string) (*identity.ScopeSnapshot, error) {
 // logged. Disconnected ids are not checked: they can only end a record
 // that this very link wrote.
 func (p *Plane) presenceReport(ctx context.Context, s gateway.Session, payload []byte) ([]byte, error) {
-	var req PresenceReport
+	var req edgeproto.PresenceReport
 	if err := json.Unmarshal(payload, &req); err != nil {
 		return nil, badArgument("presence report: %v", err)
 	}
@@ -137,5 +113,5 @@ func (p *Plane) presenceReport(ctx context.Context, s gateway.Session, payload [
 	}
 	p.pres.reported(id.DeviceID, l.presence, r)
 	p.mu.Unlock()
-	return json.Marshal(PresenceReply{Refused: refused})
+	return json.Marshal(edgeproto.PresenceReply{Refused: refused})
 }

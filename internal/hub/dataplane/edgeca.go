@@ -11,6 +11,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"outpost/internal/edgeproto"
 	"outpost/internal/certs"
 	"outpost/internal/gateway"
 )
@@ -47,7 +48,7 @@ func (p *Plane) signEdgeCA(ctx context.Context, edgeID string, csrPEM []byte) ([
 		return nil, fmt.Errorf("sign edge CA: %w", err)
 	}
 	p.log.Info("edge CA signed", "edge", edgeID, "hosts", hosts)
-	return json.Marshal(SignedCA{Certificate: string(chain), RootCA: string(p.cfg.CA.CertPEM)})
+	return json.Marshal(edgeproto.SignedCA{Certificate: string(chain), RootCA: string(p.cfg.CA.CertPEM)})
 }
 
 // grantEdgeHosts decides which host names an edge's CA may carry: those

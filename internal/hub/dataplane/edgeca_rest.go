@@ -8,7 +8,7 @@ import (
 
 // restSignEdgeCA serves POST /outpost/edges/{id}/ca, body {"csr": PEM}:
 // the service side of `outpost certs create-edge-ca`, for operators who
-// set an edge's CA up by hand. The answer is the same SignedCA an edge
+// set an edge's CA up by hand. The answer is the same edgeproto.SignedCA an edge
 // gets over its link at first sync.
 func (p *Plane) restSignEdgeCA(w http.ResponseWriter, r *http.Request) {
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxRequest))

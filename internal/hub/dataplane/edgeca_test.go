@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"outpost/internal/edgeproto"
 	"outpost/internal/certs"
 	"outpost/internal/gateway"
 	"outpost/internal/hub"
@@ -29,7 +30,7 @@ func (e *env) hubEdgeCA(edgeID string, hosts ...string) (*certs.CA, error) {
 	if err != nil {
 		return nil, err
 	}
-	var sc SignedCA
+	var sc edgeproto.SignedCA
 	if err := json.Unmarshal(reply, &sc); err != nil {
 		e.t.Fatal(err)
 	}

@@ -318,7 +318,7 @@ func TestHTTPSDoesNotConnect(t *testing.T) {
 }
 
 // report sends an edge's presence report as the gateway would.
-func (e *env) report(s gateway.Session, r PresenceReport) (PresenceReply, error) {
+func (e *env) report(s gateway.Session, r edgeproto.PresenceReport) (edgeproto.PresenceReply, error) {
 	e.t.Helper()
 	body, err := json.Marshal(r)
 	if err != nil {
@@ -326,9 +326,9 @@ func (e *env) report(s gateway.Session, r PresenceReport) (PresenceReply, error)
 	}
 	raw, err := e.p.Extension(ctxT(e.t), s, edgeproto.ReqPresence, body)
 	if err != nil {
-		return PresenceReply{}, err
+		return edgeproto.PresenceReply{}, err
 	}
-	var rep PresenceReply
+	var rep edgeproto.PresenceReply
 	if err := json.Unmarshal(raw, &rep); err != nil {
 		e.t.Fatalf("reply %s: %v", raw, err)
 	}
@@ -364,7 +364,7 @@ func TestPresenceThroughEdge(t *testing.T) {
 	edgeSince := e.waitState("edge1", "", identity.Connected)
 	s := e.session("edge1", "")
 
-	rep, err := e.report(s, PresenceReport{Full: true, Connected: []string{"kid1", "kid1/m1", "stranger", "edge1", "nobody", "bad/id/x"}})
+	rep, err := e.report(s, edgeproto.PresenceReport{Full: true, Connected: []string{"kid1", "kid1/m1", "stranger", "edge1", "nobody", "bad/id/x"}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -380,13 +380,13 @@ func TestPresenceThroughEdge(t *testing.T) {
 	kidSince := e.waitState("kid1", "", identity.Connected)
 
 	t.Run("changes", func(t *testing.T) {
-		if _, err := e.report(s, PresenceReport{Connected: []string{"kid2"}, Disconnected: []string{"kid1/m1", "stranger"}}); err != nil {
+		if _, err := e.report(s, edgeproto.PresenceReport{Connected: []string{"kid2"}, Disconnected: []string{"kid1/m1", "stranger"}}); err != nil {
 			t.Fatal(err)
 		}
 		e.wantStates(map[string]string{"kid1": identity.Connected, "kid1/m1": identity.Disconnected, "kid2": identity.Connected})
 	})
 	t.Run("full report replaces the set, keeping the times of those still there", func(t *testing.T) {
-		if _, err := e.report(s, PresenceReport{Full: true, Connected: []string{"kid1"}}); err != nil {
+		if _, err := e.report(s, edgeproto.PresenceReport{Full: true, Connected: []string{"kid1"}}); err != nil {
 			t.Fatal(err)
 		}
 		e.wantStates(map[string]string{"kid1": identity.Connected, "kid2": identity.Connected})
@@ -403,7 +403,7 @@ func TestPresenceThroughEdge(t *testing.T) {
 	t.Run("only an edge reports", func(t *testing.T) {
 		kc := e.deviceClient(e.device("kid3", false), nil)
 		defer kc.Close()
-		_, err := e.report(e.session("kid3", ""), PresenceReport{Full: true, Connected: []string{"kid3"}})
+		_, err := e.report(e.session("kid3", ""), edgeproto.PresenceReport{Full: true, Connected: []string{"kid3"}})
 		if st, _ := gatewayStatus(err); st != http.StatusForbidden {
 			t.Fatalf("a device's report: %v; want 403", err)
 		}
@@ -434,7 +434,7 @@ func TestPresenceEdgeTakeover(t *testing.T) {
 	lost := make(chan error, 1)
 	e.paho("edge1", tok, func(err error) { lost <- err })
 	s1 := e.session("edge1", "")
-	if _, err := e.report(s1, PresenceReport{Full: true, Connected: []string{"kid1", "kid2"}}); err != nil {
+	if _, err := e.report(s1, edgeproto.PresenceReport{Full: true, Connected: []string{"kid1", "kid2"}}); err != nil {
 		t.Fatal(err)
 	}
 	e.waitState("kid1", "", identity.Connected)
@@ -452,10 +452,10 @@ func TestPresenceEdgeTakeover(t *testing.T) {
 		if s2 == nil || s2 == s1 {
 			return errors.New("no new session yet")
 		}
-		_, err := e.report(s2, PresenceReport{Full: true, Connected: []string{"kid2"}})
+		_, err := e.report(s2, edgeproto.PresenceReport{Full: true, Connected: []string{"kid2"}})
 		return err
 	})
-	if _, err := e.report(s1, PresenceReport{Connected: []string{"kid1"}}); err == nil {
+	if _, err := e.report(s1, edgeproto.PresenceReport{Connected: []string{"kid1"}}); err == nil {
 		t.Fatal("a report of the taken-over link was accepted")
 	}
 	awaitEnd(t, ended, s1)
