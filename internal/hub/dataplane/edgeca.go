@@ -11,8 +11,8 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
-	"outpost/internal/edgeproto"
 	"outpost/internal/certs"
+	"outpost/internal/edgeproto"
 	"outpost/internal/gateway"
 )
 

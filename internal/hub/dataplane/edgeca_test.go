@@ -11,8 +11,8 @@ import (
 	"testing"
 	"time"
 
-	"outpost/internal/edgeproto"
 	"outpost/internal/certs"
+	"outpost/internal/edgeproto"
 	"outpost/internal/gateway"
 	"outpost/internal/hub"
 	"outpost/internal/identity"
