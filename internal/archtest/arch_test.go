@@ -26,7 +26,7 @@ var allowed = map[string][]string{
 	"edgeproto": {"topic", "message"},
 	"gateway":   {"message", "sas", "topic", "identity", "twin", "query", "route", "certs", "metrics", "edgeproto"},
 	"certs":     {},
-	"client":    {"message", "sas", "topic", "certs", "edgeproto"},
+	"client":    {"message", "sas", "topic", "certs", "edgeproto", "backoff"},
 	// hubserver is the hub's process wiring: the hub and its data plane
 	// and service API, the device endpoint, certificates.
 	"hubserver": {"hub", "gateway", "certs", "metrics", "message", "sas", "topic", "identity", "twin", "query", "route", "edgeproto"},

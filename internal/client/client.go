@@ -20,6 +20,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"outpost/internal/backoff"
 	"outpost/internal/message"
 	"outpost/internal/topic"
 )
@@ -111,7 +112,7 @@ func (c *Client) ModuleID() string { return c.ep.cs.ModuleID }
 // Connect makes the first connection and returns its outcome: a bad key or
 // an unreachable host is reported here rather than retried. After it
 // succeeds the client reconnects by itself until Close. A caller that must
-// start offline calls Connect in a loop with a Backoff.
+// start offline calls Connect in a loop with a backoff.Backoff.
 func (c *Client) Connect(ctx context.Context) error {
 	c.mu.Lock()
 	switch {
@@ -383,7 +384,7 @@ func (c *Client) want(f feature) {
 // the session, renews the token before expiry and reconnects with backoff.
 func (c *Client) run(s *session, renewAt time.Time) {
 	defer c.wg.Done()
-	var b Backoff
+	var b backoff.Backoff
 	for {
 		var renew <-chan time.Time
 		stop := func() bool { return false }

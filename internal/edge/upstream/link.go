@@ -40,7 +40,7 @@ import (
 	"sync/atomic"
 	"time"
 
-	"outpost/internal/client"
+	"outpost/internal/backoff"
 	"outpost/internal/edge/store"
 	"outpost/internal/message"
 	"outpost/internal/sas"
@@ -97,8 +97,11 @@ type Config struct {
 	Local Local
 	// Logger receives link state changes; nil discards.
 	Logger *slog.Logger
-	// Now is the clock for State and tokens; nil means time.Now.
+	// Now is the clock for State, tokens and waits; nil means time.Now.
 	Now func() time.Time
+	// After is the timer of that clock, for the reconnect backoff and
+	// probes; nil means real timers.
+	After backoff.After
 	// KeepAlive bounds how long a loss of the link goes unnoticed;
 	// default 30 s.
 	KeepAlive time.Duration
@@ -299,7 +302,7 @@ func (l *Link) Run(ctx context.Context) error {
 		return errors.New("upstream link: already running")
 	}
 	defer l.running.Store(false)
-	bo := client.Backoff{Initial: 400 * time.Millisecond, Max: 5 * time.Second}
+	bo := backoff.Backoff{Initial: 400 * time.Millisecond, Max: 5 * time.Second, After: l.cfg.After}
 	failures := 0
 	for ctx.Err() == nil {
 		start := l.now()
@@ -332,9 +335,9 @@ func (l *Link) Run(ctx context.Context) error {
 // wait sleeps d, or less if probe is set and a TCP probe of the parent
 // succeeds first.
 func (l *Link) wait(ctx context.Context, d time.Duration, probe bool) {
-	deadline := time.Now().Add(d)
+	deadline := l.now().Add(d)
 	for {
-		left := time.Until(deadline)
+		left := deadline.Sub(l.now())
 		if left <= 0 {
 			return
 		}
@@ -342,14 +345,10 @@ func (l *Link) wait(ctx context.Context, d time.Duration, probe bool) {
 		if probe {
 			step = min(left, probeInterval)
 		}
-		t := time.NewTimer(step)
-		select {
-		case <-ctx.Done():
-			t.Stop()
+		if !backoff.Sleep(ctx, l.cfg.After, step) {
 			return
-		case <-t.C:
 		}
-		if probe && time.Until(deadline) > 0 && l.probe(ctx) {
+		if probe && deadline.Sub(l.now()) > 0 && l.probe(ctx) {
 			return
 		}
 	}

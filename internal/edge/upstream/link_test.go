@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"outpost/internal/certs"
+	"outpost/internal/clocktest"
 	"outpost/internal/edgeproto"
 	"outpost/internal/message"
 	"outpost/internal/topic"
@@ -664,5 +665,29 @@ func TestStorePositionAgreed(t *testing.T) {
 		if r.key.StoreID != e.store.ID() || r.key.StoredAt == 0 {
 			t.Errorf("message %d: replay key %+v; want store %s and a stored time", i, r.key, e.store.ID())
 		}
+	}
+}
+
+// The reconnect wait runs on the link's clock: ten hours of backoff pass
+// in no real time when the clock's timers fire at once.
+func TestWaitUsesTheClock(t *testing.T) {
+	e := newEnv(t, envOpts{})
+	clock := clocktest.At(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
+	var timers int
+	e.link.now = clock.Now
+	e.link.cfg.After = func(d time.Duration) (<-chan time.Time, func() bool) {
+		timers++
+		clock.Advance(d)
+		ch := make(chan time.Time, 1)
+		ch <- clock.Now()
+		return ch, func() bool { return false }
+	}
+	start, real := clock.Now(), time.Now()
+	e.link.wait(context.Background(), 10*time.Hour, false)
+	if got := clock.Now().Sub(start); got != 10*time.Hour {
+		t.Errorf("the link's clock moved %v; want 10h", got)
+	}
+	if timers != 1 || time.Since(real) > 5*time.Second {
+		t.Errorf("%d timers, %v of real time; want one timer and no real wait", timers, time.Since(real))
 	}
 }

@@ -1,4 +1,7 @@
-package client
+// Package backoff is the one reconnect backoff of Outpost's clients: the
+// Go SDK and the edge's upstream link. It honours the context and takes
+// its clock from the caller, so tests control time.
+package backoff
 
 import (
 	"context"
@@ -10,8 +13,8 @@ import (
 // that returns is noticed quickly; the cap keeps a long outage from pushing
 // retries minutes apart, as Azure's SDKs do.
 const (
-	DefaultBackoffInitial = 200 * time.Millisecond
-	DefaultBackoffMax     = 5 * time.Second
+	DefaultInitial = 200 * time.Millisecond
+	DefaultMax     = 5 * time.Second
 )
 
 // Backoff yields jittered, exponentially growing delays. Attempt n waits a
@@ -22,13 +25,13 @@ const (
 // The zero value is ready to use with the defaults. A Backoff belongs to
 // one goroutine; it is not safe for concurrent use.
 type Backoff struct {
-	Initial time.Duration // ceiling of the first delay; DefaultBackoffInitial if 0
-	Max     time.Duration // ceiling of every delay; DefaultBackoffMax if 0
+	Initial time.Duration // ceiling of the first delay; DefaultInitial if 0
+	Max     time.Duration // ceiling of every delay; DefaultMax if 0
 	// Rand returns a number in [0, 1). Tests pass a fixed source; nil
 	// means math/rand/v2.
 	Rand func() float64
-	// After is the clock used by Wait; nil means time.NewTimer.
-	After func(time.Duration) (<-chan time.Time, func() bool)
+	// After is the clock used by Wait; nil means RealAfter.
+	After After
 
 	attempt int
 }
@@ -37,10 +40,10 @@ type Backoff struct {
 func (b *Backoff) Next() time.Duration {
 	initial, maxd := b.Initial, b.Max
 	if initial <= 0 {
-		initial = DefaultBackoffInitial
+		initial = DefaultInitial
 	}
 	if maxd <= 0 {
-		maxd = DefaultBackoffMax
+		maxd = DefaultMax
 	}
 	if initial > maxd {
 		initial = maxd
@@ -70,20 +73,38 @@ func (b *Backoff) Wait(ctx context.Context) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	d := b.Next()
-	var ch <-chan time.Time
-	var stop func() bool
-	if b.After != nil {
-		ch, stop = b.After(d)
-	} else {
-		t := time.NewTimer(d)
-		ch, stop = t.C, t.Stop
+	if !Sleep(ctx, b.After, b.Next()) {
+		return ctx.Err()
 	}
+	return nil
+}
+
+// After is a clock's timer: a channel that fires once d has passed, and a
+// stop function. Tests pass one they fire themselves.
+type After func(d time.Duration) (<-chan time.Time, func() bool)
+
+// RealAfter is After on the system clock.
+func RealAfter(d time.Duration) (<-chan time.Time, func() bool) {
+	t := time.NewTimer(d)
+	return t.C, t.Stop
+}
+
+func (a After) orReal() After {
+	if a == nil {
+		return RealAfter
+	}
+	return a
+}
+
+// Sleep waits d on after (nil: the system clock), or until ctx is done.
+// It reports whether the whole d passed.
+func Sleep(ctx context.Context, after After, d time.Duration) bool {
+	ch, stop := after.orReal()(d)
 	select {
 	case <-ch:
-		return nil
+		return true
 	case <-ctx.Done():
 		stop()
-		return ctx.Err()
+		return false
 	}
 }

@@ -1,4 +1,4 @@
-package client
+package backoff
 
 import (
 	"context"
@@ -65,7 +65,7 @@ func TestBackoffJitter(t *testing.T) {
 	}
 	var b Backoff
 	for i := range 1000 {
-		if d := b.Next(); d < 0 || d > DefaultBackoffMax {
+		if d := b.Next(); d < 0 || d > DefaultMax {
 			t.Fatalf("attempt %d: %v beyond the cap", i, d)
 		}
 	}
