@@ -37,6 +37,7 @@ import (
 	"outpost/internal/hubserver"
 	"outpost/internal/identity"
 	"outpost/internal/netfault"
+	"outpost/internal/poll"
 	"outpost/internal/route"
 	"outpost/internal/service"
 	"outpost/internal/twin"
@@ -665,7 +666,7 @@ func (d *Demo) restored(ctx context.Context, s *Summary, check func(string, bool
 	d.mu.Unlock()
 
 	var last string
-	_, ok = poll(ctx, d.cfg.Timeout, 50*time.Millisecond, func() bool {
+	_, ok = pollFor(ctx, d.cfg.Timeout, 50*time.Millisecond, func() bool {
 		rep, des, err := d.twinsMatch(ctx, false)
 		if err != nil {
 			last = err.Error()
@@ -870,28 +871,19 @@ func (d *Demo) progressLoop(ctx context.Context) {
 // waitFor polls cond until it holds or timeout passes, and returns how
 // long it took.
 func (d *Demo) waitFor(ctx context.Context, timeout time.Duration, cond func() bool) (time.Duration, bool) {
-	return poll(ctx, timeout, 5*time.Millisecond, cond)
+	return pollFor(ctx, timeout, 5*time.Millisecond, cond)
 }
 
-// poll is waitFor with a polling interval, for conditions that cost a
+// pollFor is waitFor with a polling interval, for conditions that cost a
 // round trip to check.
-func poll(ctx context.Context, timeout, interval time.Duration, cond func() bool) (time.Duration, bool) {
-	begin := time.Now()
-	deadline := begin.Add(timeout)
-	for {
+func pollFor(ctx context.Context, timeout, interval time.Duration, cond func() bool) (time.Duration, bool) {
+	took, err := poll.Until(ctx, timeout, interval, func() error {
 		if cond() {
-			return time.Since(begin), true
+			return nil
 		}
-		if time.Now().After(deadline) || ctx.Err() != nil {
-			return time.Since(begin), false
-		}
-		t := time.NewTimer(interval)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-		case <-t.C:
-		}
-	}
+		return poll.ErrTimeout
+	})
+	return took, err == nil
 }
 
 // sleep and sleepUntil pace the story; they end early with ctx.

@@ -1,9 +1,10 @@
-// Package poll waits for a condition in tests by polling it with a
-// deadline, never by sleeping for a guessed time. Every package's tests
-// use it, so the loop exists once.
+// Package poll waits for a condition by polling it with a deadline,
+// never by sleeping for a guessed time: Until for any code (the demo),
+// Check for tests. The loop exists once.
 package poll
 
 import (
+	"context"
 	"testing"
 	"time"
 )
@@ -16,18 +17,7 @@ const DefaultInterval = 5 * time.Millisecond
 // DefaultInterval.
 func Check(t testing.TB, timeout, interval time.Duration, f func() error) {
 	t.Helper()
-	if interval <= 0 {
-		interval = DefaultInterval
-	}
-	deadline := time.Now().Add(timeout)
-	for {
-		err := f()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("condition not met within %v: %v", timeout, err)
-		}
-		time.Sleep(interval) // the polling interval, not a wait for the condition
+	if _, err := Until(context.Background(), timeout, interval, f); err != nil {
+		t.Fatalf("condition not met within %v: %v", timeout, err)
 	}
 }

@@ -1,6 +1,7 @@
 package poll
 
 import (
+	"context"
 	"errors"
 	"testing"
 	"time"
@@ -47,5 +48,28 @@ func TestCheckFailsAfterTimeout(t *testing.T) {
 	}
 	if d := time.Since(start); d < 30*time.Millisecond {
 		t.Fatalf("failed after %v, before the timeout", d)
+	}
+}
+
+func TestUntil(t *testing.T) {
+	n := 0
+	took, err := Until(context.Background(), time.Second, time.Millisecond, func() error {
+		if n++; n < 3 {
+			return errors.New("not yet")
+		}
+		return nil
+	})
+	if err != nil || n != 3 || took > time.Second {
+		t.Fatalf("Until: n %d, took %v, err %v; want 3 calls and nil", n, took, err)
+	}
+	want := errors.New("never")
+	if _, err := Until(context.Background(), 20*time.Millisecond, time.Millisecond, func() error { return want }); err != want {
+		t.Fatalf("Until past its timeout: %v; want f's last error", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	start := time.Now()
+	if _, err := Until(ctx, time.Hour, time.Millisecond, func() error { return want }); err != want || time.Since(start) > time.Second {
+		t.Fatalf("Until with an ended context: %v after %v", err, time.Since(start))
 	}
 }

@@ -12,16 +12,20 @@ import (
 	"outpost/internal/identity"
 )
 
-// Import modes of a bulk operation, as Azure spells them.
+// Import modes of a bulk operation, as Azure spells them: those the hub
+// serves (hub.bulk.go). Azure's import jobs also know createOrUpdate and
+// updateTwin; the hub refuses them, so they are not offered here.
 const (
 	ImportCreate            = "create"
-	ImportCreateOrUpdate    = "createOrUpdate"
 	ImportUpdate            = "update"
 	ImportUpdateIfMatchETag = "updateIfMatchETag"
 	ImportDelete            = "delete"
 	ImportDeleteIfMatchETag = "deleteIfMatchETag"
-	ImportUpdateTwin        = "updateTwin"
 )
+
+// ImportModes lists every mode above, for a test that sends each to the
+// hub.
+var ImportModes = []string{ImportCreate, ImportUpdate, ImportUpdateIfMatchETag, ImportDelete, ImportDeleteIfMatchETag}
 
 // MaxBulkOps is the most operations one bulk request may carry.
 const MaxBulkOps = 100

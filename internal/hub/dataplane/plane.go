@@ -204,15 +204,19 @@ func New(cfg Config) (*Plane, error) {
 	p.ctx, p.cancel = context.WithCancel(context.Background())
 	p.pres = newPresenceWriter(p)
 	p.pres.start()
+	// A failure from here on stops what already started, and waits for it.
+	fail := func(err error) (*Plane, error) {
+		p.cancel()
+		p.wg.Wait()
+		return nil, fmt.Errorf("dataplane: %w", err)
+	}
 	twins, err := p.h.WatchTwins(p.ctx)
 	if err != nil {
-		p.cancel()
-		return nil, fmt.Errorf("dataplane: %w", err)
+		return fail(err)
 	}
 	ids, err := p.h.WatchIdentities(p.ctx)
 	if err != nil {
-		p.cancel()
-		return nil, fmt.Errorf("dataplane: %w", err)
+		return fail(err)
 	}
 	// Seed the parent map after the watch started, so no change falls in
 	// between; a change seen twice is harmless.
