@@ -200,28 +200,47 @@ func (e *Edge) applyReportedLocally(cid string, patch map[string]any, hold bool)
 	if err != nil {
 		return 0, err
 	}
+	// The held patch and the cached twin go in one synced write: a power
+	// cut keeps both or neither, so what the device was told it reported
+	// is what the hub gets after the reconnect.
+	var kvs []store.KV
 	if hold {
-		if _, err := e.holdLocked(cid, patch, true); err != nil {
+		pb, err := e.mergedHeldLocked(cid, patch, true)
+		if err != nil {
 			return 0, err
 		}
+		kvs = append(kvs, store.KV{Key: pendingKey(cid), Value: pb})
 	}
 	rep := section(doc, "reported")
 	twin.Merge(rep, patch)
 	v := twin.SectionVersion(rep) + 1
 	rep["$version"] = v
-	e.putTwinLocked(cid, doc)
+	b, err := json.Marshal(doc)
+	if err != nil {
+		return 0, err
+	}
+	if err := e.st.PutBatch(append(kvs, store.KV{Key: twinKey(cid), Value: b})...); err != nil {
+		return 0, fmt.Errorf("hold reported patch: %w", err)
+	}
 	return v, nil
 }
 
 // mergeHeldLocked merges patch into cid's held patch, if one exists, and
-// returns the merged held patch; nil when none is held.
+// persists and returns the merged held patch; nil when none is held.
 func (e *Edge) mergeHeldLocked(cid string, patch map[string]any) ([]byte, error) {
-	return e.holdLocked(cid, patch, false)
+	pb, err := e.mergedHeldLocked(cid, patch, false)
+	if err != nil || pb == nil {
+		return pb, err
+	}
+	if err := e.st.Put(pendingKey(cid), pb); err != nil {
+		return nil, fmt.Errorf("hold reported patch: %w", err)
+	}
+	return pb, nil
 }
 
-// holdLocked merges patch into the held patch of cid (creating it when
-// create is set) and persists it.
-func (e *Edge) holdLocked(cid string, patch map[string]any, create bool) ([]byte, error) {
+// mergedHeldLocked returns cid's held patch with
+// patch merged in, or nil if none is held and create is not set.
+func (e *Edge) mergedHeldLocked(cid string, patch map[string]any, create bool) ([]byte, error) {
 	p, err := e.st.Get(pendingKey(cid))
 	pending := map[string]any{}
 	switch {
@@ -237,14 +256,7 @@ func (e *Edge) holdLocked(cid string, patch map[string]any, create bool) ([]byte
 		}
 	}
 	mergePending(pending, patch)
-	pb, err := json.Marshal(pending)
-	if err != nil {
-		return nil, err
-	}
-	if err := e.st.Put(pendingKey(cid), pb); err != nil {
-		return nil, fmt.Errorf("hold reported patch: %w", err)
-	}
-	return pb, nil
+	return json.Marshal(pending)
 }
 
 // dropHeldLocked deletes cid's held patch if it still is sent: a patch

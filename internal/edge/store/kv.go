@@ -30,6 +30,32 @@ func (s *Store) Put(key, value []byte) error {
 	return nil
 }
 
+// KV is one key and value of PutBatch.
+type KV struct{ Key, Value []byte }
+
+// PutBatch stores every pair in one synced batch: all of them are
+// durable when it returns nil, and none when a power cut comes first.
+func (s *Store) PutBatch(kvs ...KV) error {
+	if err := s.enter(); err != nil {
+		return err
+	}
+	defer s.leave()
+	b := s.db.NewBatch()
+	defer b.Close()
+	for _, kv := range kvs {
+		if len(kv.Key) == 0 {
+			return errors.New("put: empty key")
+		}
+		if err := b.Set(kvKey(kv.Key), kv.Value, nil); err != nil {
+			return fmt.Errorf("put: %w", err)
+		}
+	}
+	if err := b.Commit(pebble.Sync); err != nil {
+		return fmt.Errorf("put: %w", diskErr(err))
+	}
+	return nil
+}
+
 // Get returns a copy of the value under key, or ErrNotFound.
 func (s *Store) Get(key []byte) ([]byte, error) {
 	if err := s.enter(); err != nil {
