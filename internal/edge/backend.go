@@ -9,7 +9,6 @@ import (
 	"outpost/internal/edge/store"
 	"outpost/internal/gateway"
 	"outpost/internal/message"
-	"outpost/internal/route"
 )
 
 // backend is the edge's gateway.Backend. It is a type of its own so the
@@ -33,7 +32,6 @@ func (b backend) Telemetry(ctx context.Context, via gateway.Identity, msgs []*me
 	tbl := e.routeTable()
 	now := e.now()
 	var recs []store.Record
-	upstream := false
 	for _, m := range msgs {
 		if len(m.Body) > message.MaxSize {
 			return gateway.ErrMessageTooLarge
@@ -47,7 +45,6 @@ func (b backend) Telemetry(ctx context.Context, via gateway.Identity, msgs []*me
 		}
 		for _, r := range routes {
 			recs = append(recs, store.Record{Endpoint: e.storeEndpoint(r), Msg: m, TTL: r.TTL})
-			upstream = upstream || r.Sink.Kind == route.Upstream
 		}
 	}
 	if len(recs) == 0 {
@@ -68,9 +65,8 @@ func (b backend) Telemetry(ctx context.Context, via gateway.Identity, msgs []*me
 		}
 		return fmt.Errorf("store telemetry: %w", err)
 	}
-	if upstream {
-		e.up.Kick()
-	}
+	// No Kick: the drain wakes on every store commit by itself, and it
+	// lists its queues again only when routes or the TTL change.
 	return nil
 }
 
