@@ -224,6 +224,43 @@ func TestDevices(t *testing.T) {
 	}
 }
 
+// TestDotSegmentIDs: "." and ".." could be created with an escaped path
+// (%2e%2e) but not addressed afterwards, since clients remove
+// dot-segments from URL paths; they are refused, in every form.
+func TestDotSegmentIDs(t *testing.T) {
+	e := newEnv(t)
+	e.want(e.do("PUT", "/devices/edge", map[string]any{"capabilities": map[string]any{"iotEdge": true}}), 200, "")
+	tests := []struct {
+		name   string
+		method string
+		path   string
+		body   any
+	}{
+		{"device ..", "PUT", "/devices/%2e%2e", map[string]any{}},
+		{"device .. in body", "PUT", "/devices/%2e%2e", map[string]any{"deviceId": ".."}},
+		{"device .", "PUT", "/devices/%2e", map[string]any{}},
+		{"device %2E%2E", "PUT", "/devices/%2E%2E", map[string]any{}},
+		{"module ..", "PUT", "/devices/edge/modules/%2e%2e", map[string]any{}},
+		{"module .", "PUT", "/devices/edge/modules/%2e", map[string]any{}},
+		{"bulk ..", "POST", "/devices", []map[string]any{{"id": "..", "importMode": "create"}}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			r := e.do(tc.method, tc.path, tc.body)
+			e.want(r, 400, "")
+			if !bytes.Contains(r.body, []byte("dot-segment")) {
+				t.Fatalf("body %s does not say why the id is refused", r.body)
+			}
+		})
+	}
+	if n := len(e.hub.ListDevices(0)); n != 1 {
+		t.Fatalf("%d devices after the refusals; want only the edge", n)
+	}
+	// Ids that merely contain dots are addressable and stay allowed.
+	e.want(e.do("PUT", "/devices/...", map[string]any{}), 200, "")
+	e.want(e.do("GET", "/devices/...", nil), 200, "")
+}
+
 func TestModules(t *testing.T) {
 	e := newEnv(t)
 	e.want(e.do("PUT", "/devices/edge", map[string]any{"capabilities": map[string]any{"iotEdge": true}}), 200, "")
