@@ -7,6 +7,8 @@ import (
 	"net/http"
 	"net/http/pprof"
 	"os"
+
+	"outpost/internal/gateway"
 )
 
 // pprofEnv names the loopback address on which `outpost hub` and `outpost
@@ -41,8 +43,12 @@ func startPprof() error {
 	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
 	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
 	fmt.Fprintf(os.Stderr, "pprof on http://%s/debug/pprof/\n", ln.Addr())
+	// Loopback only, but idle connections are still bounded, as on the
+	// hub's and the edge's listeners.
+	srv := &http.Server{Handler: mux}
+	gateway.HTTPTimeouts{}.Apply(srv)
 	go func() {
-		if err := http.Serve(ln, mux); err != nil && !errors.Is(err, net.ErrClosed) {
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, net.ErrClosed) {
 			fmt.Fprintf(os.Stderr, "%s: %v\n", pprofEnv, err)
 		}
 	}()

@@ -92,6 +92,9 @@ type Config struct {
 	// tests. Defaults :8883 and :443.
 	MQTTAddr  string
 	HTTPSAddr string
+	// HTTPTimeouts bound idle and half-sent connections of the HTTPS
+	// listener; zero fields take the gateway's defaults.
+	HTTPTimeouts gateway.HTTPTimeouts
 	// StatusInterval is how often the link and backlog are logged.
 	StatusInterval time.Duration
 	// TwinTimeout bounds a twin GET (when a cached twin can answer) or a
@@ -650,12 +653,12 @@ func (e *Edge) listen() (*servers, error) {
 		gw:   gw,
 		errc: make(chan error, 2),
 		https: &http.Server{
-			Handler:           mux,
-			TLSConfig:         tlsCfg,
-			ReadHeaderTimeout: 10 * time.Second,
-			ErrorLog:          slog.NewLogLogger(e.log.Handler(), slog.LevelWarn),
+			Handler:   mux,
+			TLSConfig: tlsCfg,
+			ErrorLog:  slog.NewLogLogger(e.log.Handler(), slog.LevelWarn),
 		},
 	}
+	e.cfg.HTTPTimeouts.Apply(s.https)
 	e.mqttLn, e.httpsLn = ml.Addr(), hl.Addr()
 	e.gw.Store(gw)
 	s.wg.Add(2)

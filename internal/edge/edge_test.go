@@ -2,15 +2,18 @@ package edge
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"outpost/internal/gateway"
 	"outpost/internal/message"
 	"outpost/internal/route"
 )
@@ -359,6 +362,37 @@ func TestRouteToModuleInputDeliveredWhenModuleConnects(t *testing.T) {
 	for i := range n {
 		if i >= len(got) || got[i] != fmt.Sprintf("in1:%d", i) {
 			t.Fatalf("delivered %v, want in1:0..in1:%d in order", got, n-1)
+		}
+	}
+}
+
+// TestHTTPSTimeouts: the edge's HTTPS listener closes a connection whose
+// request header never completes, and a keep-alive connection left idle,
+// after Config.HTTPTimeouts.
+func TestHTTPSTimeouts(t *testing.T) {
+	te := startEdge(t, newFakeHub(t), t.TempDir(), true, func(c *Config) {
+		c.HTTPTimeouts = gateway.HTTPTimeouts{ReadHeader: time.Second, Idle: 500 * time.Millisecond}
+	})
+	te.awaitReady()
+	for _, send := range []string{
+		"GET /status HTTP/1.1\r\nHost: localhost\r\nX-Half",
+		"GET /status HTTP/1.1\r\nHost: localhost\r\n\r\n",
+	} {
+		c, err := tls.Dial("tcp", te.e.HTTPSAddr().String(), &tls.Config{RootCAs: te.hub.pool(t), ServerName: "localhost"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		if _, err := io.WriteString(c, send); err != nil {
+			t.Fatal(err)
+		}
+		// Far above the timeouts: reaching it means nothing closes the
+		// connection.
+		c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		_, err = io.Copy(io.Discard, c)
+		var ne net.Error
+		if errors.As(err, &ne) && ne.Timeout() {
+			t.Fatalf("the edge left the connection open after %q", send)
 		}
 	}
 }

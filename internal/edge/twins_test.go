@@ -5,10 +5,13 @@ import (
 	"encoding/json"
 	"fmt"
 	"maps"
+	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"outpost/internal/topic"
 	"outpost/internal/twin"
 )
 
@@ -190,6 +193,65 @@ func TestTwinsNeverBlockOnADeadLink(t *testing.T) {
 	}
 	if fmt.Sprint(th.reportedOf("child1")["step"]) != "3" || fmt.Sprint(th.reportedOf("edge1/mod")["step"]) != "4" {
 		t.Fatalf("latest values lost: %v %v", th.reportedOf("child1"), th.reportedOf("edge1/mod"))
+	}
+}
+
+// TestTwinReportedTextRefused: the edge refuses, with a 400, a reported
+// patch whose text the JSON decoder would silently replace (invalid
+// UTF-8, a lone surrogate) or with a '$' inside a key, online and
+// offline, and neither forwards nor holds it.
+func TestTwinReportedTextRefused(t *testing.T) {
+	hub := newFakeHub(t)
+	key := hub.addDevice("child1")
+	te := startEdge(t, hub, t.TempDir(), true)
+	th := newTwinHub(te.up)
+	te.awaitReady()
+	c := te.connect("child1", "", key)
+	res := make(chan string, 8)
+	if err := c.Subscribe(topic.FilterTwinResponses, 0, func(tp string, _ []byte) { res <- tp }); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	// patch sends body raw (the client's own call would re-encode it)
+	// and returns the response topic.
+	patch := func(rid, body string) string {
+		t.Helper()
+		if err := c.Publish(ctx, topic.TwinReported(rid), 0, []byte(body)); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case tp := <-res:
+			return tp
+		case <-ctx.Done():
+			t.Fatalf("%q: no twin response", body)
+			return ""
+		}
+	}
+	bodies := []string{
+		"{\"temp\":\"\xff\"}",
+		"{\"t\xe9mp\":1}",
+		`{"temp":"\ud800"}`,
+		`{"te$mp":1}`,
+	}
+	rid := 0
+	for _, online := range []bool{true, false} {
+		te.up.setConnected(online)
+		for _, body := range bodies {
+			rid++
+			if tp, want := patch(strconv.Itoa(rid), body), "$iothub/twin/res/400/?$rid="+strconv.Itoa(rid); tp != want {
+				t.Fatalf("online=%v %q answered on %s; want %s", online, body, tp, want)
+			}
+		}
+	}
+	// A valid patch goes up alone: a held refused one would be merged
+	// into it.
+	te.up.setConnected(true)
+	if tp := patch("ok", `{"ok":1}`); !strings.HasPrefix(tp, "$iothub/twin/res/204/?$rid=ok") {
+		t.Fatalf("valid patch answered on %s", tp)
+	}
+	if got := th.received("child1"); len(got) != 1 || got[0] != `{"ok":1}` {
+		t.Fatalf("hub received %q; want only the valid patch", got)
 	}
 }
 

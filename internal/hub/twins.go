@@ -147,6 +147,9 @@ func ParseTwinPatch(body []byte) (TwinPatch, error) {
 	// The sections are validated by the twin package when applied; here
 	// only the envelope is read. Other top-level fields (deviceId, etag…
 	// of a whole twin sent back) are ignored, as IoT Hub does.
+	if err := twin.CheckText("twin patch", body); err != nil {
+		return TwinPatch{}, err
+	}
 	dec := json.NewDecoder(bytes.NewReader(body))
 	dec.UseNumber()
 	var doc map[string]any

@@ -54,7 +54,10 @@ type Config struct {
 	// setups where the hub, its edges and their devices share one
 	// machine (see dataplane.Config.EdgeLoopbackNames).
 	EdgeLoopbackNames bool
-	Logger            *slog.Logger
+	// HTTPTimeouts bound idle and half-sent connections of the HTTPS
+	// listener; zero fields take the gateway's defaults.
+	HTTPTimeouts gateway.HTTPTimeouts
+	Logger       *slog.Logger
 }
 
 // Server is a running hub. Stop it with Shutdown.
@@ -203,11 +206,11 @@ func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 		Handler: mux,
 		// RequestClientCert: X.509 devices on the device HTTPS API and
 		// over WebSocket; the gateway verifies them, not TLS.
-		TLSConfig:         &tls.Config{Certificates: []tls.Certificate{s.creds.ServerCert}, MinVersion: tls.VersionTLS12, ClientAuth: tls.RequestClientCert},
-		ReadHeaderTimeout: 10 * time.Second,
-		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
-		BaseContext:       func(net.Listener) context.Context { return base },
+		TLSConfig:   &tls.Config{Certificates: []tls.Certificate{s.creds.ServerCert}, MinVersion: tls.VersionTLS12, ClientAuth: tls.RequestClientCert},
+		ErrorLog:    slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
+		BaseContext: func(net.Listener) context.Context { return base },
 	}
+	cfg.HTTPTimeouts.Apply(s.https)
 	s.https.RegisterOnShutdown(cancel)
 	s.serve.Add(2)
 	go func() {

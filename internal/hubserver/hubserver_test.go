@@ -3,17 +3,22 @@ package hubserver
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"outpost/internal/client"
+	"outpost/internal/gateway"
 	"outpost/internal/hub"
 	"outpost/internal/hub/dataplane"
 	"outpost/internal/identity"
@@ -273,5 +278,125 @@ func TestStartErrors(t *testing.T) {
 			// directory starts cleanly.
 			start(t, dir)
 		})
+	}
+}
+
+// TestHTTPSTimeouts: the HTTPS listener closes a connection whose request
+// header never completes, and a keep-alive connection left idle, after
+// Config.HTTPTimeouts; the long-lived requests opened before them carry
+// on: an events stream (as monitor-events holds; read over HTTP/1.1, as
+// the Node SDKs and curl speak it) and a direct method whose device
+// answers only afterwards.
+func TestHTTPSTimeouts(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	s, err := Start(ctx, Config{DataDir: t.TempDir(), MQTTAddr: "127.0.0.1:0", HTTPSAddr: "127.0.0.1:0",
+		HTTPTimeouts: gateway.HTTPTimeouts{ReadHeader: time.Second, Idle: 500 * time.Millisecond}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { shutdown(t, s) })
+	svc, err := service.New(service.Config{ConnectionString: s.ConnectionString(), RootCAs: s.RootCAs()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err := svc.CreateDevice(ctx, identity.Device{DeviceID: "dev1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := s.HTTPSAddr().String()
+
+	cs, err := sas.ParseConnectionString(s.ConnectionString())
+	if err != nil {
+		t.Fatal(err)
+	}
+	tok, err := sas.Sign(cs.HostName, cs.SharedAccessKey, cs.SharedAccessKeyName, time.Now().Add(time.Hour))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A Transport with a TLS config of its own does not attempt HTTP/2.
+	hc := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: s.RootCAs(), ServerName: "localhost"}}}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "https://"+addr+"/outpost/events?deviceId=dev1&api-version=2021-04-12", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Authorization", tok)
+	resp, err := hc.Do(req) // answered once the hub's reader is in place
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK || resp.ProtoMajor != 1 {
+		t.Fatalf("events stream: %s over %s", resp.Status, resp.Proto)
+	}
+
+	dc, err := client.New(client.Config{ConnectionString: service.DeviceConnectionString(d, "localhost", ""), RootCAs: s.RootCAs(), DialAddr: s.MQTTAddr().String()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dc.Close()
+	called, release := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	free := func() { once.Do(func() { close(release) }) }
+	defer free() // before dc.Close, which waits for the handler
+	dc.OnMethod("slow", func(context.Context, string, []byte) (int, []byte) {
+		close(called)
+		<-release
+		return 200, []byte(`"done"`)
+	})
+	if err := dc.Connect(ctx); err != nil {
+		t.Fatal(err)
+	}
+	method := make(chan error, 1)
+	go func() {
+		res, err := svc.InvokeMethod(ctx, "dev1", "", service.MethodRequest{MethodName: "slow", ResponseTimeoutInSeconds: 20})
+		if err == nil && (res.Status != 200 || string(res.Payload) != `"done"`) {
+			err = fmt.Errorf("method answered %d %s", res.Status, res.Payload)
+		}
+		method <- err
+	}()
+	select {
+	case <-called:
+	case err := <-method:
+		t.Fatalf("direct method: %v", err)
+	}
+
+	closedByServer(t, addr, s.RootCAs(), "GET /nothing HTTP/1.1\r\nHost: localhost\r\nX-Half")
+	closedByServer(t, addr, s.RootCAs(), "GET /nothing HTTP/1.1\r\nHost: localhost\r\n\r\n")
+
+	free()
+	if err := <-method; err != nil {
+		t.Fatalf("direct method: %v", err)
+	}
+	if err := dc.Send(ctx, &message.Message{Body: []byte("after")}); err != nil {
+		t.Fatal(err)
+	}
+	var ev service.Event
+	if err := json.NewDecoder(resp.Body).Decode(&ev); err != nil {
+		t.Fatalf("the events stream broke: %v", err)
+	}
+	if string(ev.Body) != "after" {
+		t.Fatalf("event %q", ev.Body)
+	}
+}
+
+// closedByServer writes send on a new TLS connection to addr and waits,
+// within a bound far above the timeouts under test, for the server to
+// close it.
+func closedByServer(t *testing.T, addr string, roots *x509.CertPool, send string) {
+	t.Helper()
+	c, err := tls.Dial("tcp", addr, &tls.Config{RootCAs: roots, ServerName: "localhost"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := io.WriteString(c, send); err != nil {
+		t.Fatal(err)
+	}
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	_, err = io.Copy(io.Discard, c)
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		t.Fatalf("the server left the connection open after %q", send)
 	}
 }

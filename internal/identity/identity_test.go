@@ -49,6 +49,10 @@ func TestValidateDeviceID(t *testing.T) {
 		{"café", false},
 		{"a\x00b", false},
 		{"a\"b", false},
+		{".", false},
+		{"..", false},
+		{"...", true},
+		{".a", true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.id, func(t *testing.T) {
@@ -76,6 +80,8 @@ func TestValidateModuleID(t *testing.T) {
 		{"mod$ule", true},
 		{"", false},
 		{"a/b", false},
+		{".", false},
+		{"..", false},
 		{strings.Repeat("m", 129), false},
 	}
 	for _, tt := range tests {

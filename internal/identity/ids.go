@@ -6,7 +6,9 @@ import "strings"
 const MaxIDLength = 128
 
 // idChar reports whether c may appear in a device or module id: ASCII
-// letters, digits and - . % _ * ? ! ( ) , : = @ $ '.
+// letters, digits and - . % _ * ? ! ( ) , : = @ $ '. IoT Hub also allows
+// '+' and '#'; they are MQTT wildcards, so a device named with them could
+// not publish on its own topics, and they are refused here.
 func idChar(c byte) bool {
 	switch {
 	case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9':
@@ -29,12 +31,18 @@ func validateID(kind, id string) error {
 				kind, id, rune(id[i]))
 		}
 	}
+	// "." and ".." are dot-segments: clients and proxies remove them
+	// from URL paths (RFC 3986 5.2.4), so such an id, which could be
+	// created as %2e%2e, could not be addressed afterwards.
+	if id == "." || id == ".." {
+		return BadRequest(CodeArgumentInvalid, "%s id %q is a URL dot-segment, which cannot be addressed in a URL path", kind, id)
+	}
 	return nil
 }
 
 // ValidateDeviceID checks a device id against Azure's rules: 1 to 128
 // characters, case-sensitive, ASCII letters, digits and
-// - . % _ * ? ! ( ) , : = @ $ '.
+// - . % _ * ? ! ( ) , : = @ $ ', and neither "." nor "..".
 func ValidateDeviceID(id string) error { return validateID("device", id) }
 
 // ValidateModuleID checks a module id: the device id rules, and a leading

@@ -83,8 +83,12 @@ func New(deviceID, moduleID string, now time.Time) *Twin {
 	return t
 }
 
-// Decode parses a stored twin, keeping numbers exact (json.Number).
+// Decode parses a twin, stored or sent whole by a client (a PUT),
+// keeping numbers exact (json.Number).
 func Decode(data []byte) (*Twin, error) {
+	if err := CheckText("twin", data); err != nil {
+		return nil, err
+	}
 	dec := json.NewDecoder(bytes.NewReader(data))
 	dec.UseNumber()
 	var t Twin

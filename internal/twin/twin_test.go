@@ -231,7 +231,9 @@ func TestLimits(t *testing.T) {
 		{"empty key", map[string]any{"": 1.0}, CodeArgumentInvalid, "keys must not be empty"},
 		{"dot", map[string]any{"a.b": 1.0}, CodeArgumentInvalid, `key "a.b" contains '.'`},
 		{"dollar", map[string]any{"$version": 1.0}, CodeArgumentInvalid, `starts with '$'`},
-		{"dollar inside is fine", map[string]any{"a$b": 1.0}, "", ""},
+		{"dollar inside", map[string]any{"a$b": 1.0}, CodeArgumentInvalid, `key "a$b" contains '$': property and tag names must not contain`},
+		{"dollar at the end", map[string]any{"a": map[string]any{"b$": 1.0}}, CodeArgumentInvalid, `key "a.b$" contains '$'`},
+		{"hash", map[string]any{"a#b": 1.0}, CodeArgumentInvalid, `key "a#b" contains '#'`},
 		{"space", map[string]any{"a b": 1.0}, CodeArgumentInvalid, "contains a space"},
 		{"C0 control", map[string]any{"a\tb": 1.0}, CodeArgumentInvalid, "control character U+0009"},
 		{"C1 control", map[string]any{"a\u0085b": 1.0}, CodeArgumentInvalid, "control character U+0085"},
@@ -568,9 +570,55 @@ func TestDiffProperty(t *testing.T) {
 	}
 }
 
+// TestCheckText: encoding/json turns invalid UTF-8 and lone surrogate
+// escapes into U+FFFD without an error, so they are refused before
+// decoding, in keys and values, wherever they are.
+func TestCheckText(t *testing.T) {
+	tests := []struct {
+		name, in, msg string // msg empty: accepted
+	}{
+		{"ascii", `{"a":"b"}`, ""},
+		{"unicode", `{"température":"23 °C","emoji":"😀"}`, ""},
+		{"escaped pair", `{"a":"\ud83d\ude00"}`, ""},
+		{"escaped BMP", `{"a":"\u00e9\uFFFD"}`, ""},
+		{"literal U+FFFD", "{\"a\":\"\uFFFD\"}", ""},
+		{"escaped backslash then u", `{"a":"\\ud800"}`, ""},
+		{"bad byte in value", "{\"a\":\"x\xffy\"}", "not valid UTF-8 at byte 7"},
+		{"bad byte in key", "{\"k\xc3\":1}", "not valid UTF-8 at byte 3"},
+		{"overlong", "{\"a\":\"\xc0\xaf\"}", "not valid UTF-8"},
+		{"encoded surrogate", "{\"a\":\"\xed\xa0\x80\"}", "not valid UTF-8"},
+		{"truncated rune at end", "{\"a\":\"\xe2\x82", "not valid UTF-8"},
+		{"lone high surrogate", `{"a":"\ud800"}`, `escape \ud800 at byte 6, a lone UTF-16 surrogate`},
+		{"lone low surrogate", `{"a":"x\uDC00"}`, `escape \uDC00 at byte 7`},
+		{"high then non-low", `{"a":"\ud800\u0041"}`, "lone UTF-16 surrogate"},
+		{"two highs", `{"a":"\ud800\ud800"}`, "lone UTF-16 surrogate"},
+		{"surrogate in key", `{"\udfff":1}`, "lone UTF-16 surrogate"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := ParsePatch([]byte(tt.in))
+			if tt.msg == "" {
+				if err != nil {
+					t.Fatalf("ParsePatch(%q) = %v", tt.in, err)
+				}
+				return
+			}
+			wantErr(t, err, CodeArgumentInvalid, tt.msg)
+			if !strings.HasPrefix(err.(*Error).Message, "patch ") {
+				t.Errorf("message %q does not name the patch", err.(*Error).Message)
+			}
+		})
+	}
+	// A whole twin (a PUT body) is checked the same way.
+	_, err := Decode([]byte("{\"properties\":{\"desired\":{\"a\":\"\xff\"}}}"))
+	wantErr(t, err, CodeArgumentInvalid, "twin is not valid UTF-8")
+	_, err = Decode([]byte(`{"tags":{"a":"\udc00"}}`))
+	wantErr(t, err, CodeArgumentInvalid, "lone UTF-16 surrogate")
+}
+
 func FuzzPatch(f *testing.F) {
 	for _, s := range []string{`{"a":1}`, `{"a":{"b":null,"c":[1,{"d":2}]}}`, `{"$version":3}`, `{"a.b":1}`, `[]`, `{"a":1e400}`,
-		`{"x":-0,"y":"\u0000"}`} {
+		`{"x":-0,"y":"\u0000"}`, "{\"a\":\"\xff\"}", `{"a":"\ud800"}`, `{"a":"\ud83d\ude00"}`} {
 		f.Add([]byte(`{"a":{"b":1},"z":"s"}`), []byte(s))
 	}
 	f.Fuzz(func(t *testing.T, base, body []byte) {

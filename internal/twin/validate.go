@@ -92,6 +92,10 @@ func join(path, key string) string {
 	return path + "." + key
 }
 
+// keyRule is IoT Hub's rule on property and tag names, quoted in every
+// refusal of a character.
+const keyRule = "property and tag names must not contain control characters, '.', '$', '#' or ' '"
+
 func validateKey(path, k string) error {
 	where := join(path, k)
 	switch {
@@ -102,16 +106,18 @@ func validateKey(path, k string) error {
 	case !utf8.ValidString(k):
 		return errorf(CodeArgumentInvalid, "key %q is not valid UTF-8", where)
 	case k[0] == '$':
-		return errorf(CodeArgumentInvalid, "key %q starts with '$': such keys are reserved for the server", where)
+		// The common mistake is sending back a server key ($version,
+		// $metadata) from a twin read earlier: say so.
+		return errorf(CodeArgumentInvalid, "key %q starts with '$': such keys are reserved for the server; %s", where, keyRule)
 	}
 	for _, r := range k {
 		switch {
-		case r == '.':
-			return errorf(CodeArgumentInvalid, "key %q contains '.': keys may not contain '.', '$' at the start, spaces or control characters", where)
+		case r == '.' || r == '$' || r == '#':
+			return errorf(CodeArgumentInvalid, "key %q contains '%c': %s", where, r, keyRule)
 		case r == ' ':
-			return errorf(CodeArgumentInvalid, "key %q contains a space: keys may not contain '.', '$' at the start, spaces or control characters", where)
+			return errorf(CodeArgumentInvalid, "key %q contains a space: %s", where, keyRule)
 		case r < 0x20 || (r >= 0x7f && r <= 0x9f):
-			return errorf(CodeArgumentInvalid, "key %q contains control character %U: keys may not contain '.', '$' at the start, spaces or control characters", where, r)
+			return errorf(CodeArgumentInvalid, "key %q contains control character %U: %s", where, r, keyRule)
 		}
 	}
 	return nil
@@ -252,9 +258,68 @@ func checkSize(what string, m map[string]any, limit int) error {
 	return nil
 }
 
+// CheckText refuses JSON text that encoding/json would alter without a
+// word: it decodes bytes that are not UTF-8, and \u escapes of lone
+// UTF-16 surrogates, as U+FFFD, so the twin would keep something other
+// than what was sent. what names the text in the error ("patch").
+func CheckText(what string, body []byte) error {
+	for i := 0; i < len(body); {
+		c := body[i]
+		if c >= utf8.RuneSelf {
+			r, n := utf8.DecodeRune(body[i:])
+			if r == utf8.RuneError && n == 1 {
+				return errorf(CodeArgumentInvalid, "%s is not valid UTF-8 at byte %d: JSON text must be UTF-8", what, i)
+			}
+			i += n
+			continue
+		}
+		if c != '\\' {
+			i++
+			continue
+		}
+		// A backslash is only valid JSON inside a string, where it starts
+		// an escape; anything malformed is left to the decoder.
+		r, ok := hexEscape(body, i)
+		if !ok {
+			i++
+			if i < len(body) && body[i] < utf8.RuneSelf {
+				i++ // the escaped byte, which may be another backslash
+			}
+			continue
+		}
+		switch {
+		case 0xd800 <= r && r < 0xdc00:
+			if lo, ok := hexEscape(body, i+6); ok && 0xdc00 <= lo && lo < 0xe000 {
+				i += 12
+				continue
+			}
+			fallthrough
+		case 0xdc00 <= r && r < 0xe000:
+			return errorf(CodeArgumentInvalid, "%s has the escape %s at byte %d, a lone UTF-16 surrogate: it is not a character", what, body[i:i+6], i)
+		}
+		i += 6
+	}
+	return nil
+}
+
+// hexEscape reads the \uXXXX escape at body[i:], if there is one.
+func hexEscape(body []byte, i int) (rune, bool) {
+	if i+6 > len(body) || body[i] != '\\' || body[i+1] != 'u' {
+		return 0, false
+	}
+	n, err := strconv.ParseUint(string(body[i+2:i+6]), 16, 16)
+	if err != nil {
+		return 0, false
+	}
+	return rune(n), true
+}
+
 // ParsePatch decodes a JSON object, keeping numbers exact
 // (json.Number), and validates it as a patch.
 func ParsePatch(body []byte) (map[string]any, error) {
+	if err := CheckText("patch", body); err != nil {
+		return nil, err
+	}
 	dec := json.NewDecoder(bytes.NewReader(body))
 	dec.UseNumber()
 	var v any

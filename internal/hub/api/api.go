@@ -142,6 +142,10 @@ func readJSON(w http.ResponseWriter, r *http.Request, v any) error {
 	if err != nil {
 		return err
 	}
+	// The decoder would replace invalid UTF-8 without a word.
+	if err := twin.CheckText("request body", body); err != nil {
+		return err
+	}
 	dec := json.NewDecoder(strings.NewReader(string(body)))
 	dec.UseNumber()
 	if err := dec.Decode(v); err != nil {

@@ -224,6 +224,43 @@ func TestDevices(t *testing.T) {
 	}
 }
 
+// TestDotSegmentIDs: "." and ".." could be created with an escaped path
+// (%2e%2e) but not addressed afterwards, since clients remove
+// dot-segments from URL paths; they are refused, in every form.
+func TestDotSegmentIDs(t *testing.T) {
+	e := newEnv(t)
+	e.want(e.do("PUT", "/devices/edge", map[string]any{"capabilities": map[string]any{"iotEdge": true}}), 200, "")
+	tests := []struct {
+		name   string
+		method string
+		path   string
+		body   any
+	}{
+		{"device ..", "PUT", "/devices/%2e%2e", map[string]any{}},
+		{"device .. in body", "PUT", "/devices/%2e%2e", map[string]any{"deviceId": ".."}},
+		{"device .", "PUT", "/devices/%2e", map[string]any{}},
+		{"device %2E%2E", "PUT", "/devices/%2E%2E", map[string]any{}},
+		{"module ..", "PUT", "/devices/edge/modules/%2e%2e", map[string]any{}},
+		{"module .", "PUT", "/devices/edge/modules/%2e", map[string]any{}},
+		{"bulk ..", "POST", "/devices", []map[string]any{{"id": "..", "importMode": "create"}}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			r := e.do(tc.method, tc.path, tc.body)
+			e.want(r, 400, "")
+			if !bytes.Contains(r.body, []byte("dot-segment")) {
+				t.Fatalf("body %s does not say why the id is refused", r.body)
+			}
+		})
+	}
+	if n := len(e.hub.ListDevices(0)); n != 1 {
+		t.Fatalf("%d devices after the refusals; want only the edge", n)
+	}
+	// Ids that merely contain dots are addressable and stay allowed.
+	e.want(e.do("PUT", "/devices/...", map[string]any{}), 200, "")
+	e.want(e.do("GET", "/devices/...", nil), 200, "")
+}
+
 func TestModules(t *testing.T) {
 	e := newEnv(t)
 	e.want(e.do("PUT", "/devices/edge", map[string]any{"capabilities": map[string]any{"iotEdge": true}}), 200, "")
@@ -399,6 +436,57 @@ func TestTwins(t *testing.T) {
 	if _, ok := tw.Tags["x"]; ok || tw.Properties.Desired["m"] != "eco" || tw.Properties.Desired["t"] != nil {
 		t.Fatalf("replaced twin %s", r.body)
 	}
+}
+
+// TestTwinKeysAndText: a '$' anywhere in a key, and text the JSON
+// decoder would silently replace (invalid UTF-8, lone surrogates), are
+// refused in tags and desired properties, by PATCH, PUT and bulk import,
+// and leave the twin as it was.
+func TestTwinKeysAndText(t *testing.T) {
+	e := newEnv(t)
+	e.want(e.do("PUT", "/devices/d", map[string]any{}), 200, "")
+	etagOf := func() string {
+		var tw struct {
+			ETag string `json:"etag"`
+		}
+		e.do("GET", "/twins/d", nil).json(t, &tw)
+		return tw.ETag
+	}
+	etag := etagOf()
+	tests := []struct {
+		name, method, body, msg string
+	}{
+		{"dollar inside a desired key", "PATCH", `{"properties":{"desired":{"a$b":1}}}`, `key "a$b" contains '$'`},
+		{"dollar ending a nested tag key", "PATCH", `{"tags":{"x":{"y$":1}}}`, `key "x.y$" contains '$'`},
+		{"dollar inside a key of a PUT", "PUT", `{"properties":{"desired":{"a$b":1}}}`, `key "a$b" contains '$'`},
+		{"invalid UTF-8 in a desired value", "PATCH", "{\"properties\":{\"desired\":{\"a\":\"x\xff\"}}}", "twin patch is not valid UTF-8 at byte 32"},
+		{"invalid UTF-8 in a desired key", "PATCH", "{\"properties\":{\"desired\":{\"a\xc3\":1}}}", "not valid UTF-8"},
+		{"invalid UTF-8 in a tag", "PATCH", "{\"tags\":{\"a\":\"\xfe\"}}", "not valid UTF-8"},
+		{"lone surrogate in a tag", "PATCH", `{"tags":{"a":"\ud800"}}`, "lone UTF-16 surrogate"},
+		{"invalid UTF-8 in a PUT", "PUT", "{\"tags\":{\"a\":\"\xff\"}}", "twin is not valid UTF-8"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			r := e.do(tc.method, "/twins/d", tc.body)
+			e.want(r, 400, "ArgumentInvalid")
+			var b errorBody
+			r.json(t, &b)
+			if !strings.Contains(b.Message, tc.msg) {
+				t.Fatalf("message %q; want it to say %q", b.Message, tc.msg)
+			}
+			if now := etagOf(); now != etag {
+				t.Fatalf("refused request changed the twin: etag %s -> %s", etag, now)
+			}
+		})
+	}
+	t.Run("bulk import", func(t *testing.T) {
+		r := e.do("POST", "/devices", "[{\"id\":\"u1\",\"importMode\":\"create\",\"tags\":{\"a\":\"\xff\"}}]")
+		e.want(r, 400, "ArgumentInvalid")
+		if !bytes.Contains(r.body, []byte("request body is not valid UTF-8")) {
+			t.Fatalf("body %s", r.body)
+		}
+		e.want(e.do("GET", "/devices/u1", nil), 404, "DeviceNotFound")
+	})
 }
 
 func TestBulk(t *testing.T) {

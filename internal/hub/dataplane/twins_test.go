@@ -3,11 +3,16 @@ package dataplane
 import (
 	"encoding/json"
 	"fmt"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 
+	paho "github.com/eclipse/paho.mqtt.golang"
+
 	"outpost/internal/client"
 	"outpost/internal/service"
+	"outpost/internal/topic"
 )
 
 type desiredUpdate struct {
@@ -104,5 +109,63 @@ func TestTwinReportedRefused(t *testing.T) {
 	}
 	if _, err := c.UpdateReported(ctxT(t), deep); err == nil {
 		t.Fatal("a reported patch nested beyond the limit was accepted")
+	}
+}
+
+// TestTwinReportedTextRefused: over MQTT, a reported patch whose text the
+// JSON decoder would silently replace (invalid UTF-8, a lone surrogate),
+// or with a '$' inside a key, is answered 400 and changes nothing.
+func TestTwinReportedTextRefused(t *testing.T) {
+	e := newEnv(t)
+	d := e.device("text-dev", false)
+	c := e.paho(d.DeviceID, e.deviceToken(d), nil)
+	res := make(chan paho.Message, 8)
+	tok := c.Subscribe(topic.FilterTwinResponses, 0, func(_ paho.Client, m paho.Message) { res <- m })
+	if !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+		t.Fatalf("subscribe: %v", tok.Error())
+	}
+	patch := func(rid, body string) paho.Message {
+		t.Helper()
+		if tok := c.Publish(topic.TwinReported(rid), 0, false, []byte(body)); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+			t.Fatalf("publish: %v", tok.Error())
+		}
+		select {
+		case m := <-res:
+			return m
+		case <-time.After(10 * time.Second):
+			t.Fatalf("no twin response to %s", rid)
+			return nil
+		}
+	}
+	if m := patch("ok", `{"temp":21}`); !strings.HasPrefix(m.Topic(), "$iothub/twin/res/204/?$rid=ok") {
+		t.Fatalf("valid patch answered on %s", m.Topic())
+	}
+	tests := []struct{ name, body, msg string }{
+		{"invalid UTF-8 value", "{\"temp\":\"\xff\"}", "patch is not valid UTF-8 at byte 9"},
+		{"invalid UTF-8 key", "{\"t\xe9mp\":1}", "not valid UTF-8"},
+		{"lone surrogate", `{"temp":"\udc00"}`, "lone UTF-16 surrogate"},
+		{"dollar inside a key", `{"te$mp":1}`, `key "te$mp" contains '$'`},
+	}
+	for i, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			rid := strconv.Itoa(i)
+			m := patch(rid, tc.body)
+			if want := "$iothub/twin/res/400/?$rid=" + rid; m.Topic() != want {
+				t.Fatalf("answered on %s; want %s", m.Topic(), want)
+			}
+			var b struct {
+				Message string `json:"message"`
+			}
+			if err := json.Unmarshal(m.Payload(), &b); err != nil || !strings.Contains(b.Message, tc.msg) {
+				t.Fatalf("response %s (%v); want it to say %q", m.Payload(), err, tc.msg)
+			}
+		})
+	}
+	tw, err := e.svc.GetTwin(ctxT(t), "text-dev", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v := tw.Properties.Reported["$version"]; fmt.Sprint(v) != "2" || fmt.Sprint(tw.Properties.Reported["temp"]) != "21" {
+		t.Fatalf("reported %v after the refusals; want only the valid patch, at $version 2", tw.Properties.Reported)
 	}
 }
