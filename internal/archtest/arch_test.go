@@ -24,12 +24,12 @@ var allowed = map[string][]string{
 	"mqttwire": {},
 	// edgeproto is the hub↔edge contract, imported by both ends.
 	"edgeproto": {"topic", "message"},
-	"gateway":   {"message", "sas", "topic", "identity", "twin", "query", "route", "certs", "metrics", "edgeproto"},
+	"gateway":   {"message", "sas", "topic", "identity", "twin", "query", "route", "certs", "metrics", "edgeproto", "mqttwire"},
 	"certs":     {},
 	"client":    {"message", "sas", "topic", "certs", "edgeproto", "backoff"},
 	// hubserver is the hub's process wiring: the hub and its data plane
 	// and service API, the device endpoint, certificates.
-	"hubserver": {"hub", "gateway", "certs", "metrics", "message", "sas", "topic", "identity", "twin", "query", "route", "edgeproto"},
+	"hubserver": {"hub", "gateway", "certs", "metrics", "message", "sas", "topic", "identity", "twin", "query", "route", "edgeproto", "mqttwire"},
 }
 
 // forbidden pairs: a package under the first never imports the second.

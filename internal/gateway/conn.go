@@ -19,6 +19,7 @@ import (
 	"github.com/mochi-mqtt/server/v2/packets"
 
 	"outpost/internal/message"
+	"outpost/internal/mqttwire"
 	"outpost/internal/sas"
 	"outpost/internal/topic"
 )
@@ -521,12 +522,13 @@ func (c *conn) runTelemetry(cl *mqtt.Client, via Identity) {
 // most of the server's CPU under load. It takes the client's lock as
 // mochi's WritePacket does, so it never interleaves with another packet.
 // mochi buffers output (Net.outbuf) only for its own routed publishes,
-// which device clients never get, so nothing is queued ahead of this.
+// which device clients never get (OnACLCheck refuses them), so nothing is
+// queued ahead of this. TestMochiWriteContract holds mochi to both.
 func writePubacks(cl *mqtt.Client, batch []pubItem, buf *[]byte) error {
 	b := (*buf)[:0]
 	for _, it := range batch {
 		if it.ack {
-			b = append(b, packets.Puback<<4, 2, byte(it.pid>>8), byte(it.pid))
+			b = mqttwire.AppendPuback(b, it.pid)
 		}
 	}
 	*buf = b
