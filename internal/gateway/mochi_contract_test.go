@@ -31,7 +31,9 @@ func TestMochiWriteContract(t *testing.T) {
 	// reaches the wire; releasing it lets the packet through.
 	cl.Lock()
 	done := make(chan error, 1)
-	go func() { done <- cl.WritePacket(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Pingresp}}) }()
+	go func() {
+		done <- cl.WritePacket(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Pingresp}})
+	}()
 	_ = peer.SetReadDeadline(time.Now().Add(200 * time.Millisecond))
 	var one [1]byte
 	if n, err := peer.Read(one[:]); n != 0 || !errors.Is(err, os.ErrDeadlineExceeded) {
