@@ -24,7 +24,7 @@ var allowed = map[string][]string{
 	"mqttwire": {},
 	// edgeproto is the hub↔edge contract, imported by both ends.
 	"edgeproto": {},
-	"gateway":   {"message", "sas", "topic", "identity", "twin", "query", "route", "certs", "metrics"},
+	"gateway":   {"message", "sas", "topic", "identity", "twin", "query", "route", "certs", "metrics", "edgeproto"},
 	"certs":     {},
 	"client":    {"message", "sas", "topic", "certs"},
 	// hubserver is the hub's process wiring: the hub and its data plane

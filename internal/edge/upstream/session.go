@@ -10,6 +10,7 @@ import (
 	"sync"
 	"sync/atomic"
 
+	"outpost/internal/edgeproto"
 	"outpost/internal/message"
 	"outpost/internal/mqttwire"
 	"outpost/internal/topic"
@@ -104,6 +105,16 @@ func (s *session) inbound(p mqttwire.Packet) {
 			_ = s.c.puback(p.ID)
 		}
 	}()
+	if strings.HasPrefix(p.Topic, edgeproto.TopicRefusal) {
+		var r edgeproto.Refusal
+		if err := json.Unmarshal(p.Payload, &r); err != nil || r.PacketID == 0 || r.Reason == "" {
+			// Its PUBACK will read as a delivery: say so loudly.
+			s.l.log.Warn("unreadable refusal notice from the hub", "body", clip(string(p.Payload)), "error", err)
+			return
+		}
+		s.c.markRefused(r.PacketID, &PermanentRefusal{Reason: r.Reason, Message: r.Message})
+		return
+	}
 	if rest, ok := strings.CutPrefix(p.Topic, extResPrefix); ok {
 		st, q, _ := strings.Cut(rest, "/?")
 		status, err := strconv.Atoi(st)
