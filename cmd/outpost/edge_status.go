@@ -158,9 +158,36 @@ func writeEdgeStatus(w io.Writer, st *edge.Status, now time.Time) error {
 	}
 	line("Storage:", storage)
 	line("Dropped:", fmt.Sprintf("%d expired (TTL), %d with no route; %d batches refused (quota)", st.Expired, st.NoRoute, st.QuotaRefusals))
+	setAside := "none"
+	if sa := st.SetAside; sa.Total > 0 {
+		var parts []string
+		for _, r := range slices.Sorted(maps.Keys(sa.ByReason)) {
+			if n := sa.ByReason[r]; n > 0 {
+				parts = append(parts, fmt.Sprintf("%d %s", n, r))
+			}
+		}
+		setAside = fmt.Sprintf("%d refused for good by the hub (%s)", sa.Total, strings.Join(parts, ", "))
+	}
+	line("Set aside:", setAside)
 	line("Connected clients:", fmt.Sprint(len(st.ConnectedClients)))
 	if err := tw.Flush(); err != nil {
 		return err
+	}
+
+	if len(st.SetAside.Recent) > 0 {
+		b.WriteString("\nSet aside (latest):\n")
+		tw = tabwriter.NewWriter(&b, 0, 0, 2, ' ', 0)
+		fmt.Fprintln(tw, "  AT\tIDENTITY\tMESSAGE ID\tREASON\tDETAIL")
+		for _, r := range st.SetAside.Recent {
+			id := r.DeviceID
+			if r.ModuleID != "" {
+				id += "/" + r.ModuleID
+			}
+			fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\t%s\n", stamp(r.At), oneLine(id), oneLine(r.MessageID), r.Reason, oneLine(r.Message))
+		}
+		if err := tw.Flush(); err != nil {
+			return err
+		}
 	}
 
 	b.WriteString("\nQueues:\n")

@@ -311,6 +311,7 @@ Last sync:          never
 TTL:                7200s (2h0m0s)
 Storage:            0 bytes
 Dropped:            0 expired (TTL), 0 with no route; 0 batches refused (quota)
+Set aside:          none
 Connected clients:  0
 
 Queues:
@@ -342,6 +343,7 @@ Last sync:          2026-03-01T11:58:30Z (1m30s ago)
 TTL:                60s (1m0s)
 Storage:            20 bytes
 Dropped:            0 expired (TTL), 0 with no route; 0 batches refused (quota)
+Set aside:          none
 Connected clients:  1
 
 Queues:
@@ -353,6 +355,44 @@ Connected clients:
 
 Routes:
   r  FROM /messages/* INTO $upstream
+`,
+		},
+		{
+			name: "messages set aside",
+			st: edge.Status{
+				DeviceID: "e", Synced: true, TTLSeconds: 60,
+				SetAside: edge.SetAsideStatus{
+					Total:    3,
+					ByReason: map[string]uint64{"not_in_scope": 2, "too_large": 1, "invalid": 0},
+					Recent: []edge.SetAsideEntry{{
+						At: since, Endpoint: "$upstream", Seq: 7, DeviceID: "gone", MessageID: "m1",
+						Reason: "not_in_scope", Message: "gone: identity not in this edge's scope",
+					}},
+				},
+			},
+			want: `Edge:               e
+Synced:             yes
+Link:               down
+Offline periods:    0
+Last sync:          never
+TTL:                60s (1m0s)
+Storage:            0 bytes
+Dropped:            0 expired (TTL), 0 with no route; 0 batches refused (quota)
+Set aside:          3 refused for good by the hub (2 not_in_scope, 1 too_large)
+Connected clients:  0
+
+Set aside (latest):
+  AT                    IDENTITY  MESSAGE ID  REASON        DETAIL
+  2026-03-01T11:58:30Z  gone      m1          not_in_scope  gone: identity not in this edge's scope
+
+Queues:
+  none
+
+Connected clients:
+  none
+
+Routes:
+  none
 `,
 		},
 	}

@@ -138,6 +138,7 @@ type Edge struct {
 	noRoute       atomic.Uint64
 	linkUps       atomic.Uint64
 	quotaRefusals atomic.Uint64
+	setAside      setAsides
 
 	ready   chan struct{}
 	linkCh  chan struct{} // poked on every link state change
@@ -296,6 +297,7 @@ func New(cfg Config) (*Edge, error) {
 
 		UpstreamEndpoints: e.UpstreamEndpoints,
 		Observer:          e.metrics,
+		OnSetAside:        func(sa SetAside) { e.setAside.add(e.now(), sa) },
 	})
 	if err != nil {
 		st.Close()

@@ -27,6 +27,7 @@ func NewUpstreamLink(d UplinkDeps) (Uplink, error) {
 		Endpoints:   d.UpstreamEndpoints,
 		Observer:    d.Observer,
 		OnState:     d.OnState,
+		OnSetAside:  d.OnSetAside,
 	})
 	if err != nil {
 		return nil, err

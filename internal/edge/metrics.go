@@ -76,8 +76,11 @@ func (s metricsSource) Storage() metrics.Storage {
 	return metrics.Storage{Bytes: u.Bytes, MaxBytes: u.MaxBytes, DiskBytes: u.DiskBytes}
 }
 
-// Dropped: messages no route took. TTL drops come from the queues' own
-// counters, quota and size refusals from the gateway's Observer calls.
+// Dropped: messages no route took, and those the drain set aside. TTL
+// drops come from the queues' own counters, quota and size refusals from
+// the gateway's Observer calls.
 func (s metricsSource) Dropped() map[string]uint64 {
-	return map[string]uint64{metrics.ReasonNoRoute: s.e.noRoute.Load()}
+	d := map[string]uint64{metrics.ReasonNoRoute: s.e.noRoute.Load()}
+	s.e.setAside.dropped(d)
+	return d
 }

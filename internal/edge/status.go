@@ -28,6 +28,9 @@ type Status struct {
 	NoRoute       uint64       `json:"noRoute"`
 	QuotaRefusals uint64       `json:"quotaRefusals"`
 	Storage       StorageUsage `json:"storage"`
+	// SetAside counts the drained messages the hub refused for good,
+	// by reason, which the drain set aside to go on with the rest.
+	SetAside SetAsideStatus `json:"setAside"`
 }
 
 // LinkStatus is the upstream link's state.
@@ -70,6 +73,7 @@ func (e *Edge) Status() Status {
 		Routes:        map[string]string{},
 		NoRoute:       e.noRoute.Load(),
 		QuotaRefusals: e.quotaRefusals.Load(),
+		SetAside:      e.setAside.status(),
 	}
 	if !ls.Since.IsZero() {
 		t := ls.Since

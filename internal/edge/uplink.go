@@ -68,7 +68,13 @@ type UplinkDeps struct {
 	// hub waited between being stored and being acknowledged; it must
 	// not block.
 	Observer interface{ ObserveForwarded(time.Duration) }
+	// OnSetAside, if set, learns of each message the link set aside
+	// because the hub refused it for good; it must not block.
+	OnSetAside func(SetAside)
 }
+
+// SetAside is a drained message the hub refused for good.
+type SetAside = upstream.SetAside
 
 // EndpointDrainer is implemented by an Uplink that drains every endpoint
 // UplinkDeps.UpstreamEndpoints lists, serving them by store priority.

@@ -35,6 +35,29 @@ const (
 	ReqStorePosition  = "store-position"
 )
 
+// The refusal capability and notice (see the package doc).
+const (
+	CapParam     = "outpost-caps"
+	CapRefusals  = "refusals"
+	TopicRefusal = "$outpost/res/refused/"
+)
+
+// Reasons of a Refusal: stable names, for counts and metric labels.
+const (
+	RefusedNotInScope = "not_in_scope" // the identity is not (or no longer) in the edge's scope
+	RefusedTooLarge   = "too_large"    // larger than the parent's message size limit
+	RefusedInvalid    = "invalid"      // a topic or property bag the parent cannot take
+)
+
+// Refusal is the body of a notice on TopicRefusal: the packet id of the
+// QoS 1 PUBLISH refused for good, which the PUBACK after it completes,
+// and why.
+type Refusal struct {
+	PacketID uint16 `json:"packetId"`
+	Reason   string `json:"reason"`
+	Message  string `json:"message,omitempty"`
+}
+
 // Property-bag keys of a drained message's replay key. The parent
 // removes them before it stores the message.
 const (

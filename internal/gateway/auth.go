@@ -6,10 +6,13 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/url"
+	"slices"
 	"strings"
 	"time"
 
 	"outpost/internal/certs"
+	"outpost/internal/edgeproto"
 	"outpost/internal/identity"
 	"outpost/internal/sas"
 )
@@ -118,6 +121,25 @@ func checkUsername(username, hubHost, clientID string) error {
 		return fmt.Errorf("username %q does not name client id %q", truncate(username), clientID)
 	}
 	return nil
+}
+
+// hasCap reports whether an MQTT username's query names capability
+// cap in its edgeproto.CapParam.
+func hasCap(username, cap string) bool {
+	_, q, ok := strings.Cut(username, "/?")
+	if !ok {
+		return false
+	}
+	v, err := url.ParseQuery(q)
+	if err != nil {
+		return false
+	}
+	for _, caps := range v[edgeproto.CapParam] {
+		if slices.Contains(strings.Split(caps, ","), cap) {
+			return true
+		}
+	}
+	return false
 }
 
 func sameHost(a, b string) bool {

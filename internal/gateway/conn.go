@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -18,6 +19,7 @@ import (
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
 
+	"outpost/internal/edgeproto"
 	"outpost/internal/message"
 	"outpost/internal/mqttwire"
 	"outpost/internal/sas"
@@ -38,6 +40,9 @@ const (
 type authState struct {
 	id   Identity
 	self *session
+	// refusals: an edge told of what is refused for good rather than
+	// dropped (edgeproto, CapRefusals).
+	refusals bool
 }
 
 // pubItem is one publish on the telemetry pipeline: a message to store
@@ -48,6 +53,9 @@ type pubItem struct {
 	pid  uint16
 	ack  bool
 	at   time.Time // when the PUBLISH was read; set only for an Observer
+	// refusal, when set, is told to the edge before this PUBACK: the
+	// publish was refused for good (msg is nil).
+	refusal *edgeproto.Refusal
 }
 
 // call is a direct method request waiting for the device's response.
@@ -82,16 +90,17 @@ type conn struct {
 	wg sync.WaitGroup
 
 	// mu guards the following fields.
-	mu         sync.Mutex
-	killReason string
-	expiry     *time.Timer
-	lastPID    uint16
-	acks       map[uint16]chan error // outbound QoS 1 awaiting PUBACK; nil once finished
-	ridSeq     uint64
-	calls      map[string]*call    // $rid -> pending method call
-	children   map[string]*session // client id -> session reached through this edge
-	scope      map[string]bool     // client id -> InScope answer, cached
-	granted    []string            // filters OnSubscribe granted, for mochi's own check of them
+	mu          sync.Mutex
+	killReason  string
+	expiry      *time.Timer
+	lastPID     uint16
+	acks        map[uint16]chan error // outbound QoS 1 awaiting PUBACK; nil once finished
+	ridSeq      uint64
+	calls       map[string]*call    // $rid -> pending method call
+	children    map[string]*session // client id -> session reached through this edge
+	scope       map[string]bool     // client id -> InScope answer, cached
+	granted     []string            // filters OnSubscribe granted, for mochi's own check of them
+	refusedSubs []string            // filters OnSubscribe refused in SUBACK, not by dropping the client
 }
 
 func newConn(s *Server, nc net.Conn, transport string, peer *tls.ConnectionState) *conn {
@@ -182,7 +191,8 @@ func (c *conn) connect(cl *mqtt.Client, pk packets.Packet) (packets.Code, error)
 		return packets.ErrBadUsernameOrPassword, err
 	}
 
-	c.auth.Store(&authState{id: id, self: newSession(c, id, false)})
+	c.auth.Store(&authState{id: id, self: newSession(c, id, false),
+		refusals: id.Edge && hasCap(string(pk.Connect.Username), edgeproto.CapRefusals)})
 	c.wg.Add(2)
 	go c.runTelemetry(cl, id)
 	go c.runRequests()
@@ -316,7 +326,7 @@ func (c *conn) inScope(deviceID, moduleID string) (bool, error) {
 	defer cancel()
 	ok, err := c.s.cfg.Backend.InScope(ctx, a.id, deviceID, moduleID)
 	if err != nil {
-		return false, fmt.Errorf("scope check: %w", err)
+		return false, fmt.Errorf("%w: %w", errScopeUnavailable, err)
 	}
 	c.mu.Lock()
 	c.scope[cid] = ok
@@ -409,9 +419,25 @@ func (c *conn) finish(err error) {
 
 // publish serves one PUBLISH from the client (see hook.OnPublish).
 func (c *conn) publish(pk packets.Packet) {
+	if len(pk.Payload) > c.s.cfg.MaxMessageSize { // let through by OnPacketRead
+		if o := c.s.cfg.Observer; o != nil {
+			o.ObserveRefused(RefusedTooLarge, 1)
+		}
+		c.refuseForGood(pk, edgeproto.RefusedTooLarge, fmt.Sprintf("message of %d bytes, limit %d", len(pk.Payload), c.s.cfg.MaxMessageSize))
+		return
+	}
 	r, err := c.classify(pk.TopicName)
 	if err != nil {
-		c.refuse("publish not allowed", "topic", pk.TopicName, "error", err)
+		if errors.Is(err, errScopeUnavailable) {
+			// The registry may answer on the next connection.
+			c.refuse("publish not checked", "topic", pk.TopicName, "error", err)
+			return
+		}
+		reason := edgeproto.RefusedInvalid
+		if errors.Is(err, errNotInScope) {
+			reason = edgeproto.RefusedNotInScope
+		}
+		c.refuseForGood(pk, reason, err.Error())
 		return
 	}
 	ack := pk.FixedHeader.Qos == 1
@@ -440,6 +466,34 @@ func (c *conn) publish(pk packets.Packet) {
 		// that is not telemetry is acknowledged through the pipeline.
 		c.enqueue(pubItem{pid: pk.PacketID, ack: true, at: at})
 	}
+}
+
+// takesRefusals reports whether a refusal of pk for good can be told to
+// the client rather than ending its connection: an edge that asked for
+// refusal notices, and a QoS 1 publish whose PUBACK the notice explains.
+func (c *conn) takesRefusals(pk packets.Packet) bool {
+	return c.refusals() && pk.FixedHeader.Qos == 1
+}
+
+// refusals reports whether the client is an edge that asked to be told
+// of refusals (edgeproto.CapRefusals).
+func (c *conn) refusals() bool {
+	a := c.auth.Load()
+	return a != nil && a.refusals
+}
+
+// refuseForGood refuses a publish that sending again cannot mend. An
+// edge that takes refusals is told why, then gets the PUBACK, in order,
+// and drains on; any other client is dropped, as MQTT 3.1.1 offers no
+// other answer.
+func (c *conn) refuseForGood(pk packets.Packet, reason, msg string) {
+	if !c.takesRefusals(pk) {
+		c.refuse("publish not allowed", "topic", truncate(pk.TopicName), "reason", reason, "error", msg)
+		return
+	}
+	c.log.Warn("edge message refused for good; the edge is told and sets it aside",
+		"topic", truncate(pk.TopicName), "reason", reason, "error", msg)
+	c.enqueue(pubItem{pid: pk.PacketID, ack: true, refusal: &edgeproto.Refusal{PacketID: pk.PacketID, Reason: reason, Message: msg}})
 }
 
 func (c *conn) enqueue(it pubItem) {
@@ -502,6 +556,9 @@ func (c *conn) runTelemetry(cl *mqtt.Client, via Identity) {
 				return
 			}
 		}
+		if !c.tellRefusals(batch) {
+			return
+		}
 		if err := writePubacks(cl, batch, &acks); err != nil {
 			return // the connection is gone; finish cleans up
 		}
@@ -515,6 +572,29 @@ func (c *conn) runTelemetry(cl *mqtt.Client, via Identity) {
 			}
 		}
 	}
+}
+
+// tellRefusals publishes the batch's refusal notices, before its
+// PUBACKs, so each reaches the edge ahead of the PUBACK it explains. An
+// edge that cannot get them (no $outpost/res/# subscription) is dropped:
+// a PUBACK alone would tell it the message was delivered.
+func (c *conn) tellRefusals(batch []pubItem) bool {
+	for _, it := range batch {
+		if it.refusal == nil {
+			continue
+		}
+		body, err := json.Marshal(it.refusal)
+		if err == nil {
+			_, err = c.send(edgeproto.TopicRefusal, body, 0)
+		}
+		if err != nil {
+			if c.ctx.Err() == nil {
+				c.refuse("publish not allowed, and the refusal could not be told", "reason", it.refusal.Reason, "error", err)
+			}
+			return false
+		}
+	}
+	return true
 }
 
 // writePubacks writes the batch's PUBACKs, in order, with one write: one
@@ -688,28 +768,32 @@ func deliverable(cl *mqtt.Client, topicName string) (byte, error) {
 var errBadTopicName = errors.New("not a valid topic name (empty, or has + # or NUL)")
 
 // grant records the filters of the SUBSCRIBE being processed, which
-// OnSubscribe allowed; nil clears them once mochi is done with it.
-func (c *conn) grant(subs packets.Subscriptions) {
+// OnSubscribe allowed, and those it refused without dropping the client;
+// nil clears them once mochi is done with it.
+func (c *conn) grant(subs packets.Subscriptions, refused []string) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.granted = c.granted[:0]
 	for _, sub := range subs {
 		c.granted = append(c.granted, sub.Filter)
 	}
+	c.refusedSubs = append(c.refusedSubs[:0], refused...)
 }
 
-// takeGranted consumes one grant of filter: mochi checks each filter of a
-// SUBSCRIBE once, between OnSubscribe and OnSubscribed.
-func (c *conn) takeGranted(filter string) bool {
+// takeGranted consumes one grant, or one refusal, of filter: mochi checks
+// each filter of a SUBSCRIBE once, between OnSubscribe and OnSubscribed.
+func (c *conn) takeGranted(filter string) (granted, refused bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	for i, f := range c.granted {
-		if f == filter {
-			c.granted = slices.Delete(c.granted, i, i+1)
-			return true
-		}
+	if i := slices.Index(c.granted, filter); i >= 0 {
+		c.granted = slices.Delete(c.granted, i, i+1)
+		return true, false
 	}
-	return false
+	if i := slices.Index(c.refusedSubs, filter); i >= 0 {
+		c.refusedSubs = slices.Delete(c.refusedSubs, i, i+1)
+		return false, true
+	}
+	return false, false
 }
 
 // newCall registers a pending method call and returns its $rid.

@@ -98,6 +98,7 @@ type fakeBackend struct {
 	twinReported func(context.Context, Identity, []byte) (int64, error)
 	c2dReceive   func(context.Context, Identity) (*message.Message, string, error)
 	c2dSettle    func(context.Context, Identity, string, Settle) error
+	inScope      func(context.Context, Identity, string, string) (bool, error)
 
 	mu        sync.Mutex
 	devices   map[string]device
@@ -226,7 +227,10 @@ func (f *fakeBackend) session(t testing.TB, cid string) Session {
 	return s
 }
 
-func (f *fakeBackend) InScope(_ context.Context, edge Identity, d, m string) (bool, error) {
+func (f *fakeBackend) InScope(ctx context.Context, edge Identity, d, m string) (bool, error) {
+	if f.inScope != nil {
+		return f.inScope(ctx, edge, d, m)
+	}
 	dev := f.device(edge.ClientID())
 	for _, c := range dev.scope {
 		if c == message.ClientID(d, m) {

@@ -112,8 +112,8 @@ func (h *hook) OnACLCheck(cl *mqtt.Client, topicOrFilter string, write bool) boo
 	if c == nil {
 		return false
 	}
-	if c.takeGranted(topicOrFilter) {
-		return true
+	if granted, refused := c.takeGranted(topicOrFilter); granted || refused {
+		return granted
 	}
 	c.log.Warn("refusing a message the mqtt engine would route to this client", "topic", truncate(topicOrFilter))
 	return false
@@ -148,7 +148,7 @@ func (h *hook) OnPacketRead(cl *mqtt.Client, pk packets.Packet) (packets.Packet,
 			c.refuse("QoS 2 publish (IoT Hub supports QoS 0 and 1)", "topic", pk.TopicName)
 			return pk, packets.ErrRejectPacket
 		}
-		if len(pk.Payload) > h.s.cfg.MaxMessageSize {
+		if len(pk.Payload) > h.s.cfg.MaxMessageSize && !c.takesRefusals(pk) {
 			if o := h.s.cfg.Observer; o != nil {
 				o.ObserveRefused(RefusedTooLarge, 1)
 			}
@@ -176,21 +176,34 @@ func (h *hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, er
 
 // OnSubscribe drops a client that asks for a filter it may not have.
 // IoT Hub closes the connection rather than refusing in SUBACK, and the
-// SDK has no use for a partial subscription.
+// SDK has no use for a partial subscription. An edge that takes refusals
+// (edgeproto) instead gets 0x80 in SUBACK for a filter of an identity no
+// longer in its scope: it subscribes for the local clients it knows,
+// before its next identity sync may have dropped a removed one, and
+// would otherwise lose the link over it at every reconnect.
 func (h *hook) OnSubscribe(cl *mqtt.Client, pk packets.Packet) packets.Packet {
 	c := h.s.connOf(cl)
 	if c == nil {
 		pk.Filters = nil
 		return pk
 	}
+	granted := make(packets.Subscriptions, 0, len(pk.Filters))
+	var refused []string
 	for _, f := range pk.Filters {
-		if ok, err := c.allowSubscribe(f.Filter); !ok {
+		ok, err := c.allowSubscribe(f.Filter)
+		switch {
+		case ok:
+			granted = append(granted, f)
+		case errors.Is(err, errNotInScope) && c.refusals():
+			c.log.Warn("subscription refused in SUBACK", "filter", truncate(f.Filter), "error", err)
+			refused = append(refused, f.Filter)
+		default:
 			c.refuse("subscription not allowed", "filter", f.Filter, "error", err)
 			pk.Filters = nil
 			return pk
 		}
 	}
-	c.grant(pk.Filters)
+	c.grant(granted, refused)
 	return pk
 }
 
@@ -199,7 +212,7 @@ func (h *hook) OnSubscribed(cl *mqtt.Client, pk packets.Packet, codes []byte) {
 	if c == nil {
 		return
 	}
-	c.grant(nil) // mochi skips its check for a SUBSCRIBE it refuses whole
+	c.grant(nil, nil) // mochi skips its check for a SUBSCRIBE it refuses whole
 	for i, f := range pk.Filters {
 		if i < len(codes) && codes[i] <= 1 {
 			c.subscribed(f.Filter)

@@ -33,7 +33,12 @@ type request struct {
 	bag                map[string]string
 }
 
-var errNotInScope = errors.New("identity not in this edge's scope")
+var (
+	errNotInScope = errors.New("identity not in this edge's scope")
+	// errScopeUnavailable is a scope check the backend could not answer:
+	// unlike errNotInScope, a retry may succeed.
+	errScopeUnavailable = errors.New("scope check")
+)
 
 // classify parses a publish topic and checks the client may publish it:
 // its own topics, or those of identities in its scope if it is an edge.

@@ -75,6 +75,9 @@ const (
 	ReasonQuota    = "quota"     // refused: the store was full
 	ReasonNoRoute  = "no_route"  // no route took it
 	ReasonTooLarge = "too_large" // refused: larger than the message size limit
+	// ReasonSetAsidePrefix + an edgeproto.Refused* name: a message the
+	// edge's drain set aside because the hub refused it for good.
+	ReasonSetAsidePrefix = "set_aside_"
 )
 
 // Values of label via of NameConnectedClients.
@@ -219,7 +222,7 @@ func newDescs() descs {
 		queueOldest: prometheus.NewDesc(NameQueueOldestAge, "Age of the oldest message in the queue of an endpoint; 0 when empty.", ep, nil),
 		stored:      prometheus.NewDesc(NameStored, "Messages stored in the queue of an endpoint.", ep, nil),
 		forwarded:   prometheus.NewDesc(NameForwarded, "Messages forwarded from the queue of an endpoint and acknowledged by the receiver (the hub for $upstream, a module or device for local endpoints).", ep, nil),
-		dropped:     prometheus.NewDesc(NameDropped, "Messages dropped or refused, by reason: ttl (expired in a queue), quota (store full), no_route, too_large.", []string{LabelReason}, nil),
+		dropped:     prometheus.NewDesc(NameDropped, "Messages dropped or refused, by reason: ttl (expired in a queue), quota (store full), no_route, too_large; on an edge also set_aside_{not_in_scope,too_large,invalid} (refused for good by the hub, set aside so the drain goes on).", []string{LabelReason}, nil),
 		received:    prometheus.NewDesc(NameReceived, "Telemetry messages the device endpoint accepted and made durable.", nil, nil),
 
 		linkConnected:  prometheus.NewDesc(NameLinkConnected, "1 while the upstream link is connected, else 0.", nil, nil),

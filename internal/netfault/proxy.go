@@ -1,12 +1,14 @@
 // Package netfault injects network faults into tests: a TCP proxy whose
-// link can be cut (every connection dropped, new ones refused) and
-// restored, so code under test sees a real outage rather than a mock.
+// link can be cut (every connection dropped, new ones refused), stalled
+// or made a black hole, and restored, or degraded while up (latency with
+// jitter, a bandwidth cap, writes sliced into small pieces, resets in the
+// middle of a transfer: Faults), so code under test sees a real outage
+// rather than a mock.
 package netfault
 
 import (
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"sync"
 	"sync/atomic"
@@ -24,6 +26,10 @@ type Proxy struct {
 	// stalled makes open connections a black hole: bytes are read and
 	// dropped, nothing is closed, as when a route disappears.
 	stalled atomic.Bool
+	// blackHoled makes new connections stalled too (BlackHole).
+	blackHoled atomic.Bool
+	faults     atomic.Pointer[Faults]
+	resets     atomic.Int64
 
 	mu sync.Mutex
 	// mu guards the following fields.
@@ -74,6 +80,10 @@ func (p *Proxy) accept(ln net.Listener) {
 
 func (p *Proxy) serve(c net.Conn) {
 	defer p.wg.Done()
+	if p.blackHoled.Load() {
+		p.swallow(c)
+		return
+	}
 	up, err := net.DialTimeout("tcp", p.target, 5*time.Second)
 	if err != nil {
 		_ = c.Close()
@@ -84,18 +94,7 @@ func (p *Proxy) serve(c net.Conn) {
 		_ = up.Close()
 		return
 	}
-	var pipes sync.WaitGroup
-	pipes.Add(2)
-	pipe := func(dst, src net.Conn) {
-		defer pipes.Done()
-		_, _ = io.Copy(&blackHole{w: dst, stalled: &p.stalled}, src)
-		// One direction ending ends the pair, as a broken link would.
-		_ = dst.Close()
-		_ = src.Close()
-	}
-	go pipe(up, c)
-	go pipe(c, up)
-	pipes.Wait()
+	p.newPair(c, up).run()
 	p.untrack(c, up)
 }
 
@@ -166,7 +165,8 @@ func (p *Proxy) Stall() {
 }
 
 // Restore brings the link back, listening again on the same address.
-// Connections that lived through a Stall are closed: their streams lost
+// Faults stay in force. Connections that lived through a Stall or a
+// BlackHole are closed: their streams lost
 // bytes, so they cannot go on.
 func (p *Proxy) Restore() error {
 	p.mu.Lock()
@@ -175,6 +175,7 @@ func (p *Proxy) Restore() error {
 		return ErrClosed
 	}
 	if p.stalled.Swap(false) {
+		p.blackHoled.Store(false)
 		p.dropConnsLocked()
 	}
 	if p.ln != nil {
@@ -197,17 +198,4 @@ func (p *Proxy) Close() error {
 	p.mu.Unlock()
 	p.wg.Wait()
 	return nil
-}
-
-// blackHole writes through to w unless the link is stalled.
-type blackHole struct {
-	w       io.Writer
-	stalled *atomic.Bool
-}
-
-func (b *blackHole) Write(p []byte) (int, error) {
-	if b.stalled.Load() {
-		return len(p), nil
-	}
-	return b.w.Write(p)
 }

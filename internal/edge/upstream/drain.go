@@ -18,16 +18,19 @@ import (
 type flight struct {
 	endpoint string
 	seq      uint64
+	msg      *message.Message
 	done     <-chan error
-	stored   time.Time // zero for dropped entries, which are not forwarded
+	stored   time.Time
 }
 
-// resolved stands for an entry that needs no PUBACK (it was dropped).
-var resolved = func() <-chan error {
+// refusedNow is the outcome of an entry the drain sets aside without
+// sending it: the hub would drop the link over it, again after every
+// reconnect.
+func refusedNow(reason, msg string) <-chan error {
 	ch := make(chan error, 1)
-	ch <- nil
+	ch <- &PermanentRefusal{Reason: reason, Message: msg}
 	return ch
-}()
+}
 
 // publishLoop reads the queues, a batch of one queue at a time, highest
 // priority first and each in stored order, and publishes each entry at
@@ -55,20 +58,27 @@ func (s *session) publishLoop(inflight chan<- flight) {
 			return
 		}
 		for _, e := range entries {
+			f := flight{endpoint: e.Endpoint, seq: e.Seq, msg: e.Msg, stored: e.StoredAt}
 			t, ok := telemetryTopic(l.cfg.DeviceID, storeID, e)
-			if !ok {
-				// The hub would drop the link over it, again after every
-				// reconnect: drop the message instead.
-				l.log.Warn("upstream drain: dropping message with invalid identity", "seq", e.Seq,
-					"identity", clip(message.ClientID(e.Msg.DeviceID, e.Msg.ModuleID)))
-				if !s.push(inflight, flight{endpoint: e.Endpoint, seq: e.Seq, done: resolved}) {
+			switch {
+			case !ok:
+				f.done = refusedNow(edgeproto.RefusedInvalid, "not a valid device or module id")
+			case publishSize(t, e.Msg.Body) > maxPacket:
+				// The hub reads no further than the fixed header of a
+				// packet over its limit (the same as this link's) and
+				// can only drop the connection.
+				f.done = refusedNow(edgeproto.RefusedTooLarge, fmt.Sprintf("a packet of %d bytes, over the hub's limit of %d", publishSize(t, e.Msg.Body), maxPacket))
+			}
+			if f.done != nil {
+				if !s.push(inflight, f) {
 					return
 				}
 				continue
 			}
 			ch := make(chan error, 1)
+			f.done = ch
 			// Queued before it is sent, so the window holds.
-			if !s.push(inflight, flight{endpoint: e.Endpoint, seq: e.Seq, done: ch, stored: e.StoredAt}) {
+			if !s.push(inflight, f) {
 				return
 			}
 			if err := s.c.publish1(t, e.Msg.Body, ch); err != nil {
@@ -202,15 +212,18 @@ func (s *session) ackLoop(inflight <-chan flight) {
 		case <-s.ctx.Done():
 			return
 		}
+		var refusal *PermanentRefusal
 		select {
 		case err := <-f.done:
-			if err != nil {
+			if err != nil && !errors.As(err, &refusal) {
 				return // the connection ended; the rest is sent again
 			}
 		case <-s.ctx.Done():
 			return
 		}
-		if o := s.l.cfg.Observer; o != nil && !f.stored.IsZero() {
+		if refusal != nil {
+			s.setAside(f, refusal)
+		} else if o := s.l.cfg.Observer; o != nil {
 			o.ObserveForwarded(s.l.now().Sub(f.stored))
 		}
 		s.ackMu.Lock()
@@ -223,6 +236,33 @@ func (s *session) ackLoop(inflight <-chan flight) {
 		}
 	}
 }
+
+// setAside reports an entry refused for good, once. It is acked in the
+// store as if delivered, so the drain goes on past it. Only ackLoop calls
+// it, and sessions do not overlap.
+func (s *session) setAside(f flight, r *PermanentRefusal) {
+	s.l.readersMu.Lock()
+	again := f.seq <= s.l.setAsideTo[f.endpoint]
+	s.l.setAsideTo[f.endpoint] = max(s.l.setAsideTo[f.endpoint], f.seq)
+	s.l.readersMu.Unlock()
+	if again {
+		return
+	}
+	sa := SetAside{Endpoint: f.endpoint, Seq: f.seq, Reason: r.Reason, Message: r.Message}
+	if f.msg != nil {
+		sa.DeviceID, sa.ModuleID, sa.MessageID = f.msg.DeviceID, f.msg.ModuleID, f.msg.System.MessageID
+	}
+	s.l.log.Warn("upstream drain: message refused for good; set aside", "endpoint", clip(f.endpoint), "seq", f.seq,
+		"identity", clip(message.ClientID(sa.DeviceID, sa.ModuleID)), "messageId", clip(sa.MessageID), "reason", r.Reason, "error", clip(r.Message))
+	if fn := s.l.cfg.OnSetAside; fn != nil {
+		fn(sa)
+	}
+}
+
+// publishSize is the size of a QoS 1 PUBLISH of topic and body as the
+// hub's MQTT server holds it against its limit: the remaining length
+// plus one.
+func publishSize(topic string, body []byte) int { return 1 + 2 + len(topic) + 2 + len(body) }
 
 // Store acks are batched: each costs a scan of the queue's head, so the
 // loop writes one per ackBatch PUBACKs, or ackDelay after the first one

@@ -77,6 +77,10 @@ type fakeHub struct {
 	// asked, in order.
 	storeNext uint64
 	positions []edgeproto.StorePosition
+	// judge, when set, decides on each telemetry message: refuse it for
+	// good with a notice (reason), or drop the connection over it
+	// without a PUBACK (drop), as the hub does on a transient failure.
+	judge func(device string) (reason string, drop bool)
 }
 
 // presenceSeen is a presence report as the fake hub got it.
@@ -375,7 +379,7 @@ func (k *hubHook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) bool
 	h.mu.Lock()
 	refuse := h.refuse
 	h.mu.Unlock()
-	if refuse || cl.ID != testEdge || string(pk.Connect.Username) != testHost+"/"+testEdge+"/?api-version="+APIVersion {
+	if refuse || cl.ID != testEdge || string(pk.Connect.Username) != mqttUsername(testHost, testEdge) {
 		return false
 	}
 	tok, err := sas.ParseToken(string(pk.Connect.Password))
@@ -404,6 +408,23 @@ func (k *hubHook) OnPacketRead(cl *mqtt.Client, pk packets.Packet) (packets.Pack
 }
 
 func (k *hubHook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
+	k.h.mu.Lock()
+	judge := k.h.judge
+	k.h.mu.Unlock()
+	if tp, err := topic.Parse(pk.TopicName); judge != nil && err == nil && tp.Kind == topic.KindTelemetry {
+		switch reason, drop := judge(tp.DeviceID); {
+		case drop:
+			cl.Stop(errors.New("transient failure"))
+			return pk, packets.ErrRejectPacket
+		case reason != "":
+			// The notice goes out before mochi writes the PUBACK.
+			body, _ := json.Marshal(edgeproto.Refusal{PacketID: pk.PacketID, Reason: reason, Message: "refused by the fake hub"})
+			if _, err := k.h.send(edgeproto.TopicRefusal, body, 0); err != nil {
+				k.h.t.Errorf("fake hub: refusal notice: %v", err)
+			}
+			return pk, packets.CodeSuccessIgnore
+		}
+	}
 	k.h.handle(cl, pk)
 	return pk, packets.CodeSuccessIgnore // PUBACK, but route nothing
 }
@@ -472,6 +493,7 @@ type envOpts struct {
 	keepAlive time.Duration
 	window    int
 	endpoints func() []string // Config.Endpoints
+	setAside  func(SetAside)  // Config.OnSetAside
 }
 
 func newEnv(t testing.TB, o envOpts) *env {
@@ -505,6 +527,7 @@ func newEnv(t testing.TB, o envOpts) *env {
 		Window:      o.window,
 		Endpoints:   o.endpoints,
 		Observer:    &e.obs,
+		OnSetAside:  o.setAside,
 		OnState: func(s State) {
 			e.mu.Lock()
 			e.states = append(e.states, timedState{time.Now(), s})

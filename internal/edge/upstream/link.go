@@ -42,6 +42,7 @@ import (
 
 	"outpost/internal/backoff"
 	"outpost/internal/edge/store"
+	"outpost/internal/edgeproto"
 	"outpost/internal/message"
 	"outpost/internal/sas"
 )
@@ -116,7 +117,32 @@ type Config struct {
 	// between being stored and being acknowledged by the hub. It must
 	// not block: it runs on the drain's ack path.
 	Observer interface{ ObserveForwarded(latency time.Duration) }
+	// OnSetAside, if set, learns of every message the drain set aside
+	// because the hub refused it for good (or would: too large, an
+	// invalid identity); the drain goes on past it. It must not block:
+	// it runs on the drain's ack path.
+	OnSetAside func(SetAside)
 }
+
+// SetAside is a drained message the hub refused for good: deleted from
+// its queue, never delivered.
+type SetAside struct {
+	Endpoint           string
+	Seq                uint64
+	DeviceID, ModuleID string
+	MessageID          string
+	Reason             string // an edgeproto.Refused* name
+	Message            string // the hub's words, or the edge's
+}
+
+// PermanentRefusal is a message refused for good, by the hub or by the
+// drain on its behalf.
+type PermanentRefusal struct {
+	Reason  string // an edgeproto.Refused* name
+	Message string
+}
+
+func (e *PermanentRefusal) Error() string { return "refused for good (" + e.Reason + "): " + e.Message }
 
 // Local is what the link calls for traffic from the cloud to local
 // clients; package edge implements it.
@@ -182,10 +208,15 @@ type Link struct {
 	refused map[string]bool // endpoints that could not be opened, logged once
 
 	readersMu sync.Mutex
-	// readersMu guards readers: every endpoint the link has read, by
-	// name, kept when no longer listed so that what is in flight from it
-	// can still be acked, and so that it is rewound on reconnect.
+	// readersMu guards readers and setAsideTo. readers: every endpoint
+	// the link has read, by name, kept when no longer listed so that what
+	// is in flight from it can still be acked, and so that it is rewound
+	// on reconnect.
 	readers map[string]*store.Reader
+	// setAsideTo is, per endpoint, the highest sequence reported set
+	// aside: one not yet acked in the store when the link dropped is
+	// refused again on the next connection, and is not counted twice.
+	setAsideTo map[string]uint64
 
 	mu sync.Mutex
 	// mu guards the following fields.
@@ -258,6 +289,7 @@ func New(cfg Config) (*Link, error) {
 		active:          []*store.Reader{r},
 		refused:         map[string]bool{},
 		readers:         map[string]*store.Reader{Endpoint: r},
+		setAsideTo:      map[string]uint64{},
 		ridBase:         message.NewID()[:8] + ".",
 		subsChanged:     make(chan struct{}, 1),
 		presenceChanged: make(chan struct{}, 1),
@@ -378,7 +410,7 @@ func (l *Link) session(ctx context.Context) (up bool, err error) {
 		addr:      l.addr,
 		tls:       l.tls,
 		clientID:  l.cfg.DeviceID,
-		username:  l.cfg.HubHostName + "/" + l.cfg.DeviceID + "/?api-version=" + APIVersion,
+		username:  mqttUsername(l.cfg.HubHostName, l.cfg.DeviceID),
 		password:  tok,
 		keepAlive: l.cfg.KeepAlive,
 		timeout:   min(max(2*l.cfg.KeepAlive, 5*time.Second), 30*time.Second),
@@ -440,6 +472,12 @@ func (l *Link) session(ctx context.Context) (up bool, err error) {
 		l.log.Warn("upstream link down", "addr", l.addr, "error", err, "up", lost.Sub(connectedAt).Round(time.Millisecond))
 	}
 	return true, err
+}
+
+// mqttUsername is the link's MQTT user name: IoT Hub's, plus the
+// capability to be told of refusals (edgeproto).
+func mqttUsername(hubHost, deviceID string) string {
+	return hubHost + "/" + deviceID + "/?api-version=" + APIVersion + "&" + edgeproto.CapParam + "=" + edgeproto.CapRefusals
 }
 
 // Kick tells the link there is new data in the store, or new queues to

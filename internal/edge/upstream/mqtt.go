@@ -66,7 +66,10 @@ type mconn struct {
 	spare   []byte
 	nextID  uint16
 	waiting map[uint16]chan<- error // PUBACK, SUBACK and UNSUBACK waiters
-	err     error                   // why the connection ended
+	// refused holds, by packet id, why the parent refused a publish for
+	// good; its PUBACK, which follows, resolves the waiter with it.
+	refused map[uint16]error
+	err     error // why the connection ended
 }
 
 // connectParams is what dialMQTT needs to open a connection.
@@ -150,6 +153,7 @@ func (c *mconn) fail(err error) {
 	c.err = err
 	waiting := c.waiting
 	c.waiting = nil
+	c.refused = nil
 	c.out = nil
 	c.space.Broadcast()
 	c.mu.Unlock()
@@ -218,10 +222,31 @@ func (c *mconn) resolve(id uint16, err error) {
 	c.mu.Lock()
 	ch := c.waiting[id]
 	delete(c.waiting, id)
+	if r, ok := c.refused[id]; ok {
+		delete(c.refused, id)
+		if err == nil {
+			err = r
+		}
+	}
 	c.mu.Unlock()
 	if ch != nil {
 		ch <- err
 	}
+}
+
+// markRefused records that the parent refused publish id for good, for
+// the PUBACK that follows the notice. Only the reader goroutine calls
+// it, so the mark is in place before that PUBACK is read.
+func (c *mconn) markRefused(id uint16, err error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.waiting[id] == nil {
+		return // nothing of ours awaits it
+	}
+	if c.refused == nil {
+		c.refused = map[uint16]error{}
+	}
+	c.refused[id] = err
 }
 
 func (c *mconn) flushLoop() {

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"net/http"
+	"strings"
 	"sync"
 	"sync/atomic"
 
@@ -97,6 +98,16 @@ func (s *session) inbound(p mqttwire.Packet) {
 			_ = s.c.puback(p.ID)
 		}
 	}()
+	if strings.HasPrefix(p.Topic, edgeproto.TopicRefusal) {
+		var r edgeproto.Refusal
+		if err := json.Unmarshal(p.Payload, &r); err != nil || r.PacketID == 0 || r.Reason == "" {
+			// Its PUBACK will read as a delivery: say so loudly.
+			s.l.log.Warn("unreadable refusal notice from the hub", "body", clip(string(p.Payload)), "error", err)
+			return
+		}
+		s.c.markRefused(r.PacketID, &PermanentRefusal{Reason: r.Reason, Message: r.Message})
+		return
+	}
 	if status, rid, ok, err := edgeproto.ParseResponse(p.Topic); ok {
 		if err != nil {
 			s.l.log.Debug("bad extension reply topic", "topic", clip(p.Topic), "error", err)
