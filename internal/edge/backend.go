@@ -60,6 +60,7 @@ func (b backend) Telemetry(ctx context.Context, via gateway.Identity, msgs []*me
 		case errors.Is(err, store.ErrTooLarge):
 			return gateway.ErrMessageTooLarge
 		case errors.Is(err, store.ErrDiskFull):
+			e.diskFullRefusals.Add(1)
 			e.log.Error("refusing telemetry: storage folder is out of disk space", "client", via.ClientID(), "error", err)
 			return fmt.Errorf("store: %v: %w", err, errDiskFull)
 		}
@@ -75,7 +76,11 @@ func (b backend) TwinGet(ctx context.Context, id gateway.Identity) ([]byte, erro
 }
 
 func (b backend) TwinReported(ctx context.Context, id gateway.Identity, patch []byte) (int64, error) {
-	return b.e.twinReported(ctx, id.DeviceID, id.ModuleID, patch)
+	v, err := b.e.twinReported(ctx, id.DeviceID, id.ModuleID, patch)
+	if errors.Is(err, store.ErrDiskFull) {
+		return 0, fmt.Errorf("%v: %w", err, errDiskFull)
+	}
+	return v, err
 }
 
 // Connected registers a local client: the hub is told to route its C2D,

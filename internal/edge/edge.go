@@ -32,6 +32,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/cockroachdb/pebble/v2/vfs"
+
 	"outpost/internal/certs"
 	"outpost/internal/edge/store"
 	"outpost/internal/gateway"
@@ -67,6 +69,14 @@ type Config struct {
 	StorageDir string
 	// MaxStorageBytes caps stored messages; 0 means no cap.
 	MaxStorageBytes int64
+	// MinFreeStorageBytes is the free space the storage folder's file
+	// system keeps: below it new messages are refused (store.Config's
+	// MinFreeBytes). 0 means the store's default (64 MiB); negative
+	// disables the check.
+	MinFreeStorageBytes int64
+	// StorageFS is the store's file system; nil means the disk. Tests
+	// inject faults (a full disk) with it.
+	StorageFS vfs.FS
 	// UpstreamAddr is the dial address of the hub's MQTT listener
 	// (default: HubHostName's host, port 8883); TLS still verifies
 	// HubHostName. For the Uplink.
@@ -139,6 +149,8 @@ type Edge struct {
 	linkUps       atomic.Uint64
 	quotaRefusals atomic.Uint64
 	setAside      setAsides
+	// diskFullRefusals counts telemetry refused on a full disk.
+	diskFullRefusals atomic.Uint64
 
 	ready   chan struct{}
 	linkCh  chan struct{} // poked on every link state change
@@ -256,10 +268,12 @@ func New(cfg Config) (*Edge, error) {
 		return nil, fmt.Errorf("edge: %w", err)
 	}
 	st, err := store.Open(store.Config{
-		Dir:      cfg.StorageDir,
-		MaxBytes: cfg.MaxStorageBytes,
-		Now:      cfg.Now,
-		Logger:   cfg.Logger.With("component", "store"),
+		Dir:          cfg.StorageDir,
+		FS:           cfg.StorageFS,
+		MinFreeBytes: cfg.MinFreeStorageBytes,
+		MaxBytes:     cfg.MaxStorageBytes,
+		Now:          cfg.Now,
+		Logger:       cfg.Logger.With("component", "store"),
 	})
 	if err != nil {
 		return nil, fmt.Errorf("edge: %w", err)

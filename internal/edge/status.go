@@ -23,11 +23,13 @@ type Status struct {
 	Routes           map[string]string      `json:"routes"`
 	// Expired counts messages dropped at TTL since start; NoRoute those
 	// no route took; QuotaRefusals the telemetry batches refused because
-	// the store was full.
-	Expired       uint64       `json:"expired"`
-	NoRoute       uint64       `json:"noRoute"`
-	QuotaRefusals uint64       `json:"quotaRefusals"`
-	Storage       StorageUsage `json:"storage"`
+	// the store was full; DiskFullRefusals those refused because the
+	// storage folder's disk was.
+	Expired          uint64       `json:"expired"`
+	NoRoute          uint64       `json:"noRoute"`
+	QuotaRefusals    uint64       `json:"quotaRefusals"`
+	DiskFullRefusals uint64       `json:"diskFullRefusals"`
+	Storage          StorageUsage `json:"storage"`
 	// SetAside counts the drained messages the hub refused for good,
 	// by reason, which the drain set aside to go on with the rest.
 	SetAside SetAsideStatus `json:"setAside"`
@@ -54,6 +56,9 @@ type QueueStatus struct {
 type StorageUsage struct {
 	Bytes    int64 `json:"bytes"`
 	MaxBytes int64 `json:"maxBytes,omitempty"`
+	// Reopens counts the times the store reopened its database after a
+	// write failed (a full disk) since start.
+	Reopens uint64 `json:"reopens"`
 }
 
 // Status reports the edge's state.
@@ -68,12 +73,13 @@ func (e *Edge) Status() Status {
 			LastError:      ls.LastError,
 			OfflinePeriods: ls.OfflinePeriods,
 		},
-		Queues:        map[string]QueueStatus{},
-		TTLSeconds:    int64(e.st.TTL() / time.Second),
-		Routes:        map[string]string{},
-		NoRoute:       e.noRoute.Load(),
-		QuotaRefusals: e.quotaRefusals.Load(),
-		SetAside:      e.setAside.status(),
+		Queues:           map[string]QueueStatus{},
+		TTLSeconds:       int64(e.st.TTL() / time.Second),
+		Routes:           map[string]string{},
+		NoRoute:          e.noRoute.Load(),
+		QuotaRefusals:    e.quotaRefusals.Load(),
+		DiskFullRefusals: e.diskFullRefusals.Load(),
+		SetAside:         e.setAside.status(),
 	}
 	if !ls.Since.IsZero() {
 		t := ls.Since
@@ -88,7 +94,7 @@ func (e *Edge) Status() Status {
 		st.Expired += s.Expired
 	}
 	u := e.st.Usage()
-	st.Storage = StorageUsage{Bytes: u.Bytes, MaxBytes: u.MaxBytes}
+	st.Storage = StorageUsage{Bytes: u.Bytes, MaxBytes: u.MaxBytes, Reopens: u.Reopens}
 	for _, r := range e.routeTable().Routes {
 		st.Routes[r.Name] = r.Text
 	}

@@ -81,7 +81,7 @@ func (s *Store) AppendAsync(recs []Record, done func(seqs []uint64, err error)) 
 		return ErrClosed
 	}
 	if s.failed != nil {
-		return fmt.Errorf("append: store failed, reopen it: %w", s.failed)
+		return fmt.Errorf("append: store is reopening its database after a failed write: %w", s.failed)
 	}
 	if s.cfg.MaxBytes > 0 && s.bytes+s.reserved+req.size > s.cfg.MaxBytes {
 		return s.errQuota
@@ -153,7 +153,10 @@ func (s *Store) commitLoop() {
 		s.pending = append(s.pending[:0], s.pending[n:]...)
 		s.mu.Unlock()
 
+		// closeMu keeps heal from swapping db under the commit.
+		s.closeMu.RLock()
 		err := s.commit(reqs, size)
+		s.closeMu.RUnlock()
 		if err != nil {
 			s.log.Error("store commit failed", "records", len(reqs), "err", err)
 		}
@@ -168,29 +171,30 @@ func (s *Store) commitLoop() {
 }
 
 func (s *Store) commit(reqs []*appendReq, size int64) error {
-	b := s.db.NewBatchWithSize(int(size) + 64)
 	var last uint64
 	for _, r := range reqs {
-		for _, p := range r.recs {
-			if err := b.Set(p.key, p.value, nil); err != nil {
-				_ = b.Close()
-				return s.commitDone(reqs, size, err)
-			}
-		}
 		last = r.seqs[len(r.seqs)-1]
 	}
-	// The high-water mark rides in every commit, so a sequence is never
-	// reused even after its queue was drained and deleted.
-	err := b.Set(metaSeqKey, binary.AppendUvarint(nil, last), nil)
-	if err == nil {
-		err = s.checkFree(size)
-	}
-	if err == nil {
-		err = s.apply(b)
-	}
-	if cerr := b.Close(); err == nil {
-		err = cerr
-	}
+	err := s.write(func(db *pebble.DB) error {
+		b := db.NewBatchWithSize(int(size) + 64)
+		defer b.Close()
+		for _, r := range reqs {
+			for _, p := range r.recs {
+				if err := b.Set(p.key, p.value, nil); err != nil {
+					return err
+				}
+			}
+		}
+		// The high-water mark rides in every commit, so a sequence is
+		// never reused even after its queue was drained and deleted.
+		if err := b.Set(metaSeqKey, binary.AppendUvarint(nil, last), nil); err != nil {
+			return err
+		}
+		if err := s.checkFree(size); err != nil {
+			return err
+		}
+		return b.Commit(pebble.Sync)
+	})
 	return s.commitDone(reqs, size, err)
 }
 
@@ -209,27 +213,6 @@ func (s *Store) checkFree(size int64) error {
 		return fmt.Errorf("%w: %d bytes free, %d kept in reserve", ErrDiskFull, u.AvailBytes, s.cfg.MinFreeBytes)
 	}
 	return nil
-}
-
-// apply commits b synced. Pebble treats a failed WAL write as fatal and
-// calls Fatalf; we recover that here, on the only goroutine that commits
-// queue batches, and refuse appends from then on.
-func (s *Store) apply(b *pebble.Batch) (err error) {
-	defer func() {
-		r := recover()
-		if r == nil {
-			return
-		}
-		f, ok := r.(*pebbleFatal)
-		if !ok {
-			panic(r)
-		}
-		err = f
-		s.mu.Lock()
-		s.failed = diskErr(f)
-		s.mu.Unlock()
-	}()
-	return b.Commit(pebble.Sync)
 }
 
 // commitDone accounts for a commit and wakes the readers of every endpoint

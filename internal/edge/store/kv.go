@@ -24,8 +24,8 @@ func (s *Store) Put(key, value []byte) error {
 		return err
 	}
 	defer s.leave()
-	if err := s.db.Set(kvKey(key), value, pebble.Sync); err != nil {
-		return fmt.Errorf("put: %w", diskErr(err))
+	if err := s.write(func(db *pebble.DB) error { return db.Set(kvKey(key), value, pebble.Sync) }); err != nil {
+		return fmt.Errorf("put: %w", err)
 	}
 	return nil
 }
@@ -75,8 +75,8 @@ func (s *Store) Delete(key []byte) error {
 		return err
 	}
 	defer s.leave()
-	if err := s.db.Delete(kvKey(key), pebble.Sync); err != nil {
-		return fmt.Errorf("delete: %w", diskErr(err))
+	if err := s.write(func(db *pebble.DB) error { return db.Delete(kvKey(key), pebble.Sync) }); err != nil {
+		return fmt.Errorf("delete: %w", err)
 	}
 	return nil
 }

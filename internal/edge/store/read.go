@@ -327,8 +327,8 @@ func (s *Store) deleteRange(ep *endpoint, d span, expired bool) error {
 		return nil
 	}
 	end := append(d.last[:len(d.last):len(d.last)], 0)
-	if err := s.db.DeleteRange(d.first, end, pebble.NoSync); err != nil {
-		return diskErr(err)
+	if err := s.write(func(db *pebble.DB) error { return db.DeleteRange(d.first, end, pebble.NoSync) }); err != nil {
+		return err
 	}
 	if _, seq, ok := parseQueueKey(d.last); ok && seq >= ep.low.Load() {
 		ep.low.Store(seq + 1)
@@ -366,8 +366,8 @@ func (s *Store) deleteKeys(ep *endpoint, keys [][]byte, expired bool) error {
 	if n == 0 {
 		return nil
 	}
-	if err := b.Commit(pebble.NoSync); err != nil {
-		return diskErr(err)
+	if err := s.write(func(*pebble.DB) error { return b.Commit(pebble.NoSync) }); err != nil {
+		return err
 	}
 	return s.deleted(ep, n, size, expired)
 }
@@ -531,7 +531,7 @@ func (s *Store) reclaim(ctx context.Context) error {
 		if bytes.Compare(lo, hi) >= 0 {
 			continue
 		}
-		if err := s.db.Compact(ctx, lo, hi, false); err != nil {
+		if err := s.write(func(db *pebble.DB) error { return db.Compact(ctx, lo, hi, false) }); err != nil {
 			return fmt.Errorf("reclaim %q: %w", ep.name, err)
 		}
 	}
@@ -550,10 +550,16 @@ func (s *Store) maintain(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-t.C:
+			if s.failedErr() != nil {
+				continue // healLoop reopens it first
+			}
 			if _, err := s.expire(); err != nil && !errors.Is(err, ErrClosed) {
 				s.log.Error("store expiry failed", "err", err)
 			}
 		case <-s.kick:
+			if s.failedErr() != nil {
+				continue
+			}
 		}
 		if err := s.reclaim(ctx); err != nil && ctx.Err() == nil && !errors.Is(err, ErrClosed) {
 			s.log.Error("store reclaim failed", "err", err)

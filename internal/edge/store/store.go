@@ -37,6 +37,11 @@
 // Acks and expiry deletions are committed without sync: losing one in a
 // power cut means a redelivery (delivery is at-least-once), never a loss.
 //
+// A failed write (a full disk) makes Pebble's commit pipeline unusable.
+// The store then refuses writes, and reopens its database by itself as
+// soon as the disk has room again (see heal.go), so intake resumes
+// without a restart.
+//
 // Lock order: closeMu, then endpoint.delMu, then metaMu, then mu.
 package store
 
@@ -125,10 +130,12 @@ type Config struct {
 	// still queued if that is more; 0 means 4 MiB.
 	ReclaimBytes int64
 	// MinFreeBytes is the free space the file system must keep: appends
-	// that would leave less are refused with ErrDiskFull, because Pebble
-	// cannot recover from a failed write-ahead-log write. 0 means 64 MiB;
-	// negative disables the check. File systems that cannot report free
-	// space (in-memory ones) are not checked.
+	// that would leave less are refused with ErrDiskFull, so that a full
+	// disk rarely reaches Pebble, which cannot go on after a failed
+	// write-ahead-log write (the store then reopens it, see heal.go). A
+	// failed store also waits for this much free space before reopening.
+	// 0 means 64 MiB; negative disables the check. File systems that
+	// cannot report free space (in-memory ones) are not checked.
 	MinFreeBytes int64
 }
 
@@ -173,6 +180,9 @@ type Usage struct {
 	Commits uint64
 	// Appended counts appended records since Open.
 	Appended uint64
+	// Reopens counts the times the store reopened its database after a
+	// failed write, since Open.
+	Reopens uint64
 }
 
 type endpoint struct {
@@ -207,7 +217,8 @@ type endpoint struct {
 // concurrent use.
 type Store struct {
 	cfg      Config
-	db       *pebble.DB
+	opts     *pebble.Options
+	db       *pebble.DB // nil while heal reopens it; guarded by closeMu
 	log      *slog.Logger
 	now      func() time.Time
 	errQuota error
@@ -217,12 +228,16 @@ type Store struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 	kick   chan struct{} // asks the maintenance loop to reclaim now
+	// healKick asks healLoop to reopen the database after a failed write.
+	healKick chan struct{}
 	// maintained is closed when the maintenance loop has returned, so a
 	// test that stops it can read kick without racing it.
 	maintained chan struct{}
 
-	// closeMu is held for reading by every call that uses db, and for
-	// writing by Close around db.Close.
+	// closeMu is held for reading by every call that uses db (the
+	// committer included), and for writing by Close around db.Close and by
+	// heal while it reopens db. No call holding it for reading takes it
+	// again: a waiting writer would deadlock them.
 	closeMu sync.RWMutex
 	closed  bool
 
@@ -244,10 +259,11 @@ type Store struct {
 	commits     uint64
 	appended    uint64
 	unreclaimed int64
-	// failed is set when a commit failed inside Pebble; Pebble's commit
-	// pipeline is unusable after that, so appends are refused until the
-	// store is reopened.
-	failed error
+	// failed is set when a write failed inside Pebble (see write);
+	// Pebble's commit pipeline is unusable after that, so writes are
+	// refused until heal has reopened the database.
+	failed  error
+	reopens uint64
 
 	closeOnce sync.Once
 	closeErr  error
@@ -291,18 +307,20 @@ func Open(cfg Config) (*Store, error) {
 		FormatMajorVersion: pebble.FormatNewest,
 		Logger:             pebbleLogger{cfg.Logger},
 	}
-	db, err := pebble.Open(cfg.Dir, opts)
+	db, err := openDB(cfg.Dir, opts)
 	if err != nil {
-		return nil, fmt.Errorf("open store: %w", diskErr(err))
+		return nil, fmt.Errorf("open store: %w", err)
 	}
 	s := &Store{
 		cfg:        cfg,
+		opts:       opts,
 		db:         db,
 		log:        cfg.Logger,
 		now:        cfg.Now,
 		errQuota:   &quotaError{max: cfg.MaxBytes},
 		done:       make(chan struct{}),
 		kick:       make(chan struct{}, 1),
+		healKick:   make(chan struct{}, 1),
 		maintained: make(chan struct{}),
 		endpoints:  make(map[string]*endpoint),
 		nextID:     1,
@@ -316,23 +334,18 @@ func Open(cfg Config) (*Store, error) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	s.cancel = cancel
-	s.wg.Add(2)
+	s.wg.Add(3)
 	go s.commitLoop()
 	go s.maintain(ctx)
+	go s.healLoop(ctx)
 	return s, nil
 }
 
 // recover loads settings and endpoints and rebuilds queue statistics by
 // scanning the queues once; it runs before any goroutine starts.
 func (s *Store) recover() error {
-	var hwm uint64
-	if v, err := s.get(metaSeqKey); err == nil {
-		d := decoder{b: v}
-		hwm = d.uvarint()
-		if d.err != nil {
-			return fmt.Errorf("read sequence: %w", d.err)
-		}
-	} else if !errors.Is(err, ErrNotFound) {
+	hwm, err := s.readHWM()
+	if err != nil {
 		return err
 	}
 	if err := s.recoverID(); err != nil {
@@ -350,7 +363,7 @@ func (s *Store) recover() error {
 	}
 
 	byID := make(map[uint32]*endpoint)
-	err := s.scan(metaEndpointPfx, func(k, v []byte) error {
+	err = s.scan(metaEndpointPfx, func(k, v []byte) error {
 		m, err := decodeEndpointMeta(v)
 		if err != nil {
 			return fmt.Errorf("read endpoint %q: %w", k[len(metaEndpointPfx):], err)
@@ -364,36 +377,89 @@ func (s *Store) recover() error {
 	if err != nil {
 		return err
 	}
+	q, err := s.scanQueues(byID)
+	if err != nil {
+		return err
+	}
+	q.apply(s)
+	s.nextSeq = max(hwm, q.maxSeq) + 1
+	return nil
+}
 
-	maxSeq := hwm
-	err = s.scan([]byte{prefixQueue}, func(k, v []byte) error {
+// readHWM reads the sequence high-water mark.
+func (s *Store) readHWM() (uint64, error) {
+	v, err := s.get(metaSeqKey)
+	if errors.Is(err, ErrNotFound) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, err
+	}
+	d := decoder{b: v}
+	hwm := d.uvarint()
+	if d.err != nil {
+		return 0, fmt.Errorf("read sequence: %w", d.err)
+	}
+	return hwm, nil
+}
+
+// queueState is what scanQueues found of one endpoint's queue.
+type queueState struct {
+	count, bytes int64
+	oldest       time.Time
+	low          uint64
+}
+
+// queueScan is what scanQueues found of every queue.
+type queueScan struct {
+	eps    map[*endpoint]*queueState
+	bytes  int64
+	maxSeq uint64
+}
+
+// scanQueues reads every queued entry once, to rebuild the queues'
+// statistics. byID must name every endpoint with entries.
+func (s *Store) scanQueues(byID map[uint32]*endpoint) (queueScan, error) {
+	q := queueScan{eps: make(map[*endpoint]*queueState, len(byID))}
+	err := s.scan([]byte{prefixQueue}, func(k, v []byte) error {
 		id, seq, ok := parseQueueKey(k)
 		if !ok {
 			return fmt.Errorf("queue key %x: %w", k, errCorrupt)
 		}
-		maxSeq = max(maxSeq, seq)
+		q.maxSeq = max(q.maxSeq, seq)
 		ep := byID[id]
 		if ep == nil {
 			return fmt.Errorf("queue key %x: unknown endpoint %d", k, id)
 		}
-		if ep.count == 0 {
+		st := q.eps[ep]
+		if st == nil {
 			h, err := decodeHeader(v)
 			if err != nil {
 				return fmt.Errorf("queue key %x: %w", k, err)
 			}
-			ep.oldest = h.storedAt
-			ep.low.Store(seq)
+			st = &queueState{oldest: h.storedAt, low: seq}
+			q.eps[ep] = st
 		}
-		ep.count++
-		ep.bytes += int64(len(k) + len(v))
-		s.bytes += int64(len(k) + len(v))
+		st.count++
+		st.bytes += int64(len(k) + len(v))
+		q.bytes += int64(len(k) + len(v))
 		return nil
 	})
-	if err != nil {
-		return err
+	return q, err
+}
+
+// apply sets the statistics of every endpoint of s from q. The caller
+// holds mu, or runs before any goroutine starts.
+func (q queueScan) apply(s *Store) {
+	for _, ep := range s.endpoints {
+		st := q.eps[ep]
+		if st == nil {
+			st = &queueState{low: ep.low.Load()}
+		}
+		ep.count, ep.bytes, ep.oldest = st.count, st.bytes, st.oldest
+		ep.low.Store(st.low)
 	}
-	s.nextSeq = maxSeq + 1
-	return nil
+	s.bytes = q.bytes
 }
 
 // recoverID reads the store's id, or makes one for a new store (or one
@@ -412,8 +478,8 @@ func (s *Store) recoverID() error {
 		return err
 	}
 	id := message.NewID()
-	if err := s.db.Set(metaStoreIDKey, []byte(id), pebble.Sync); err != nil {
-		return fmt.Errorf("write store id: %w", diskErr(err))
+	if err := s.write(func(db *pebble.DB) error { return db.Set(metaStoreIDKey, []byte(id), pebble.Sync) }); err != nil {
+		return fmt.Errorf("write store id: %w", err)
 	}
 	s.id = id
 	return nil
@@ -461,7 +527,10 @@ func (s *Store) close() error {
 	s.closeMu.Lock()
 	defer s.closeMu.Unlock()
 	s.closed = true
-	if err := s.db.Close(); err != nil {
+	if s.db == nil {
+		return nil // a heal closed it and could not open it again
+	}
+	if err := closeDB(s.db); err != nil {
 		return fmt.Errorf("close store: %w", err)
 	}
 	return nil
@@ -473,6 +542,10 @@ func (s *Store) enter() error {
 	if s.closed {
 		s.closeMu.RUnlock()
 		return ErrClosed
+	}
+	if s.db == nil {
+		s.closeMu.RUnlock()
+		return s.failedErr()
 	}
 	return nil
 }
@@ -498,8 +571,8 @@ func (s *Store) SetTTL(d time.Duration) error {
 	defer s.leave()
 	s.metaMu.Lock()
 	defer s.metaMu.Unlock()
-	if err := s.db.Set(metaTTLKey, binaryVarint(int64(d)), pebble.Sync); err != nil {
-		return fmt.Errorf("set ttl: %w", diskErr(err))
+	if err := s.write(func(db *pebble.DB) error { return db.Set(metaTTLKey, binaryVarint(int64(d)), pebble.Sync) }); err != nil {
+		return fmt.Errorf("set ttl: %w", err)
 	}
 	s.mu.Lock()
 	s.ttl = d
@@ -571,8 +644,10 @@ func (s *Store) endpointConfigured(name string, c *EndpointConfig) (*endpoint, e
 	if c != nil {
 		m.priority, m.ttl = c.Priority, c.TTL
 	}
-	if err := s.db.Set(endpointMetaKey(name), encodeEndpointMeta(m), pebble.Sync); err != nil {
-		return nil, diskErr(err)
+	if err := s.write(func(db *pebble.DB) error {
+		return db.Set(endpointMetaKey(name), encodeEndpointMeta(m), pebble.Sync)
+	}); err != nil {
+		return nil, err
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -634,7 +709,7 @@ func (s *Store) Usage() Usage {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return Usage{Bytes: s.bytes, MaxBytes: s.cfg.MaxBytes, DiskBytes: disk, Commits: s.commits, Appended: s.appended}
+	return Usage{Bytes: s.bytes, MaxBytes: s.cfg.MaxBytes, DiskBytes: disk, Commits: s.commits, Appended: s.appended, Reopens: s.reopens}
 }
 
 func (s *Store) ttlLocked(ep *endpoint) time.Duration {
@@ -724,8 +799,8 @@ func (p pebbleLogger) Fatalf(format string, args ...any) {
 	panic(f)
 }
 
-// pebbleFatal is the panic value of Pebble's Fatalf. The committer
-// recovers it: Pebble calls Fatalf when a WAL write fails (a full disk),
+// pebbleFatal is the panic value of Pebble's Fatalf. write recovers it:
+// Pebble calls Fatalf when a WAL or MANIFEST write fails (a full disk),
 // and the edge must report that, not crash.
 type pebbleFatal struct {
 	msg string

@@ -1,0 +1,36 @@
+// Package disktest gives tests a small real file system to fill: a tmpfs
+// the test mounts (it needs root, or CAP_SYS_ADMIN) and unmounts when it
+// ends. Where mounting is not possible the test is skipped with the
+// reason; tests that must always run inject ENOSPC instead.
+package disktest
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"syscall"
+	"testing"
+)
+
+// Fill writes a file in dir until its file system is full, and returns
+// its path: removing it frees the space again.
+func Fill(t testing.TB, dir string) string {
+	t.Helper()
+	path := filepath.Join(dir, "disktest-filler")
+	f, err := os.Create(path)
+	if err != nil {
+		t.Fatalf("fill %s: %v", dir, err)
+	}
+	defer f.Close()
+	buf := make([]byte, 4096)
+	for range 1 << 20 { // bounded: 4 GiB
+		if _, err := f.Write(buf); err != nil {
+			if errors.Is(err, syscall.ENOSPC) {
+				return path
+			}
+			t.Fatalf("fill %s: %v", dir, err)
+		}
+	}
+	t.Fatalf("fill %s: not full after 4 GiB", dir)
+	return ""
+}
