@@ -7,6 +7,7 @@ import (
 	"net/http"
 
 	"outpost/internal/edge/store"
+	"outpost/internal/edge/upstream"
 	"outpost/internal/gateway"
 	"outpost/internal/message"
 	"outpost/internal/route"
@@ -33,7 +34,7 @@ func (b backend) Telemetry(ctx context.Context, via gateway.Identity, msgs []*me
 	tbl := e.routeTable()
 	now := e.now()
 	var recs []store.Record
-	upstream := false
+	toUpstream := false
 	for _, m := range msgs {
 		if len(m.Body) > message.MaxSize {
 			return gateway.ErrMessageTooLarge
@@ -46,8 +47,16 @@ func (b backend) Telemetry(ctx context.Context, via gateway.Identity, msgs []*me
 			continue
 		}
 		for _, r := range routes {
+			if r.Sink.Kind == route.Upstream {
+				// Acknowledged, it would sit at the head of the upstream
+				// queue for good, and everything stored after it too.
+				if err := upstream.CheckForwardable(e.cfg.DeviceID, e.st.ID(), m); err != nil {
+					e.log.Warn("refusing telemetry: it cannot be forwarded upstream", "client", via.ClientID(), "error", err)
+					return fmt.Errorf("%v: %w", err, gateway.ErrMessageTooLarge)
+				}
+				toUpstream = true
+			}
 			recs = append(recs, store.Record{Endpoint: e.storeEndpoint(r), Msg: m, TTL: r.TTL})
-			upstream = upstream || r.Sink.Kind == route.Upstream
 		}
 	}
 	if len(recs) == 0 {
@@ -68,7 +77,7 @@ func (b backend) Telemetry(ctx context.Context, via gateway.Identity, msgs []*me
 		}
 		return fmt.Errorf("store telemetry: %w", err)
 	}
-	if upstream {
+	if toUpstream {
 		e.up.Kick()
 	}
 	return nil
