@@ -7,8 +7,10 @@ import (
 	"net/http"
 
 	"outpost/internal/edge/store"
+	"outpost/internal/edge/upstream"
 	"outpost/internal/gateway"
 	"outpost/internal/message"
+	"outpost/internal/route"
 )
 
 // backend is the edge's gateway.Backend. It is a type of its own so the
@@ -44,6 +46,14 @@ func (b backend) Telemetry(ctx context.Context, via gateway.Identity, msgs []*me
 			continue
 		}
 		for _, r := range routes {
+			if r.Sink.Kind == route.Upstream {
+				// Acknowledged, it would sit at the head of the upstream
+				// queue for good, and everything stored after it too.
+				if err := upstream.CheckForwardable(e.cfg.DeviceID, e.st.ID(), m); err != nil {
+					e.log.Warn("refusing telemetry: it cannot be forwarded upstream", "client", via.ClientID(), "error", err)
+					return fmt.Errorf("%v: %w", err, gateway.ErrMessageTooLarge)
+				}
+			}
 			recs = append(recs, store.Record{Endpoint: e.storeEndpoint(r), Msg: m, TTL: r.TTL})
 		}
 	}

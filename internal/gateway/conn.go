@@ -765,7 +765,7 @@ func deliverable(cl *mqtt.Client, topicName string) (byte, error) {
 	return qos, nil
 }
 
-var errBadTopicName = errors.New("not a valid topic name (empty, or has + # or NUL)")
+var errBadTopicName = errors.New("not a valid topic name (empty, too long, or has + # or NUL)")
 
 // grant records the filters of the SUBSCRIBE being processed, which
 // OnSubscribe allowed, and those it refused without dropping the client;

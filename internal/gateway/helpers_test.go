@@ -417,6 +417,16 @@ func (rc *rawClient) write(pk packets.Packet) {
 }
 
 func (rc *rawClient) tryWrite(pk packets.Packet) error {
+	b, err := encodePacket(pk)
+	if err != nil {
+		return err
+	}
+	_, err = rc.nc.Write(b)
+	return err
+}
+
+// encodePacket encodes pk as MQTT 3.1.1 with mochi's codec.
+func encodePacket(pk packets.Packet) ([]byte, error) {
 	pk.ProtocolVersion = 4
 	var buf bytes.Buffer
 	var err error
@@ -434,13 +444,9 @@ func (rc *rawClient) tryWrite(pk packets.Packet) error {
 	case packets.Disconnect:
 		err = pk.DisconnectEncode(&buf)
 	default:
-		return fmt.Errorf("rawClient cannot encode %v", pk.FixedHeader.Type)
+		return nil, fmt.Errorf("cannot encode packet type %v", pk.FixedHeader.Type)
 	}
-	if err != nil {
-		return err
-	}
-	_, err = rc.nc.Write(buf.Bytes())
-	return err
+	return buf.Bytes(), err
 }
 
 func (rc *rawClient) read(timeout time.Duration) (packets.Packet, error) {
@@ -485,10 +491,9 @@ func (rc *rawClient) connect(cid, user, password string, clean bool) byte {
 	return rc.connectWith(cid, user, password, clean, nil)
 }
 
-// connectWith is connect with CONNECT's fields adjusted by mod (a Will).
-func (rc *rawClient) connectWith(cid, user, password string, clean bool, mod func(*packets.ConnectParams)) byte {
-	rc.t.Helper()
-	p := packets.ConnectParams{
+// connectParams are those of a 3.1.1 CONNECT as the IoT SDKs send it.
+func connectParams(cid, user, password string, clean bool) packets.ConnectParams {
+	return packets.ConnectParams{
 		ProtocolName:     []byte("MQTT"),
 		ClientIdentifier: cid,
 		Username:         []byte(user),
@@ -498,6 +503,12 @@ func (rc *rawClient) connectWith(cid, user, password string, clean bool, mod fun
 		Keepalive:        60,
 		Clean:            clean,
 	}
+}
+
+// connectWith is connect with CONNECT's fields adjusted by mod (a Will).
+func (rc *rawClient) connectWith(cid, user, password string, clean bool, mod func(*packets.ConnectParams)) byte {
+	rc.t.Helper()
+	p := connectParams(cid, user, password, clean)
 	if mod != nil {
 		mod(&p)
 	}

@@ -135,7 +135,7 @@ func (h *hook) OnPacketRead(cl *mqtt.Client, pk packets.Packet) (packets.Packet,
 		// validation drops the client too; refusing here says why, and
 		// holds whatever mochi does.
 		if !topic.ValidTopicName(pk.TopicName) {
-			c.refuse("publish to an invalid topic name (empty, or has + # or NUL)", "topic", truncate(pk.TopicName))
+			c.refuse("publish to an invalid topic name (empty, too long, or has + # or NUL)", "topic", truncate(pk.TopicName))
 			return pk, packets.ErrRejectPacket
 		}
 		// mochi ignores $SYS publishes without a word; here they are

@@ -109,7 +109,9 @@ func (ss *session) SendInput(input string, msg *message.Message) <-chan error {
 }
 
 func (ss *session) push(t string, msg *message.Message) <-chan error {
-	if len(msg.Body) > ss.c.s.cfg.MaxMessageSize {
+	// The properties travel in the topic, which a packet bounds: a message
+	// with more is as undeliverable as one with too large a body.
+	if len(msg.Body) > ss.c.s.cfg.MaxMessageSize || len(t) > topic.MaxNameLen {
 		return failed(ErrMessageTooLarge)
 	}
 	ch, err := ss.c.send(t, msg.Body, 1)

@@ -472,3 +472,26 @@ func TestExtension(t *testing.T) {
 		}
 	})
 }
+
+// TestC2DTopicTooLong: a C2D message whose properties make its topic
+// longer than a packet can say is refused as too large, never written
+// with its length wrapped around, and the device's next message arrives
+// intact.
+func TestC2DTopicTooLong(t *testing.T) {
+	e := newEnv(t)
+	e.be.addDevice("dev1", device{})
+	c := e.mustConnect("dev1")
+	s := e.be.session(t, "dev1")
+	in := make(inbox, 2)
+	wait(t, c.Subscribe(topic.C2DFilter("dev1"), 1, in.handler))
+	big := &message.Message{Body: []byte("big"), Properties: map[string]string{"p": strings.Repeat("x", topic.MaxNameLen)}}
+	if err := <-s.SendC2D(big); !errors.Is(err, ErrMessageTooLarge) {
+		t.Fatalf("SendC2D with a %d-byte property: %v, want ErrMessageTooLarge", topic.MaxNameLen, err)
+	}
+	if err := <-s.SendC2D(&message.Message{Body: []byte("next")}); err != nil {
+		t.Fatalf("next C2D: %v", err)
+	}
+	if m := in.next(t); string(m.Payload()) != "next" {
+		t.Fatalf("received %.40q on %.40q, want the next message", m.Payload(), m.Topic())
+	}
+}

@@ -43,6 +43,31 @@ func malformed(format string, args ...any) error {
 	return fmt.Errorf("%w: "+format, append([]any{ErrMalformed}, args...)...)
 }
 
+// Limits of the encoding: a string's length is 16 bits [MQTT-1.5.3], the
+// remaining length at most four 7-bit digits [MQTT-2.2.3].
+const (
+	MaxString    = 65535
+	MaxRemaining = 268435455
+)
+
+// ErrTooLong marks what no packet can carry. The Append functions do not
+// check: given more, they write a length that has wrapped around and the
+// receiver reads the rest as further packets. Callers with input from
+// elsewhere check it first (CheckPublish).
+var ErrTooLong = errors.New("too long for an mqtt packet")
+
+// CheckPublish reports whether AppendPublish can encode topic and
+// payload (at QoS 1, the larger).
+func CheckPublish(topic string, payload []byte) error {
+	if len(topic) > MaxString {
+		return fmt.Errorf("%w: %d-byte topic, the limit is %d", ErrTooLong, len(topic), MaxString)
+	}
+	if n := 2 + len(topic) + 2 + len(payload); n > MaxRemaining {
+		return fmt.Errorf("%w: %d-byte PUBLISH, the limit is %d", ErrTooLong, n, MaxRemaining)
+	}
+	return nil
+}
+
 // AppendLength appends the "remaining length" encoding [MQTT-2.2.3].
 func AppendLength(b []byte, n int) []byte {
 	for {

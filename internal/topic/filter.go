@@ -119,13 +119,18 @@ func AllowedSubscription(filter, deviceID, moduleID string) bool {
 	return false
 }
 
+// MaxNameLen is the longest topic name, in bytes: a packet carries its
+// length in 16 bits [MQTT-4.7.3-3]. Encoders write a longer one's length
+// wrapped around, and the receiver reads its tail as further packets.
+const MaxNameLen = 65535
+
 // ValidTopicName reports whether name may be a topic name, what a
-// PUBLISH carries: not empty [MQTT-4.7.3-1], no NUL [MQTT-4.7.3-2], and no
-// wildcard [MQTT-4.7.1-1]. A string with '+' or '#' is a filter at most;
-// taken for a name, "$iothub/methods/POST/#" would pass for the filter
-// every device holds.
+// PUBLISH carries: not empty [MQTT-4.7.3-1], no NUL [MQTT-4.7.3-2], no
+// wildcard [MQTT-4.7.1-1] and at most MaxNameLen bytes. A string with '+'
+// or '#' is a filter at most; taken for a name, "$iothub/methods/POST/#"
+// would pass for the filter every device holds.
 func ValidTopicName(name string) bool {
-	return name != "" && !strings.ContainsAny(name, "+#\x00")
+	return name != "" && len(name) <= MaxNameLen && !strings.ContainsAny(name, "+#\x00")
 }
 
 // Match reports whether the MQTT topic filter matches the topic name:

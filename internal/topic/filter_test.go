@@ -183,3 +183,13 @@ func FuzzMatch(f *testing.F) {
 		}
 	})
 }
+
+func TestValidTopicNameLength(t *testing.T) {
+	longest := "devices/d/messages/events/" + strings.Repeat("x", MaxNameLen-len("devices/d/messages/events/"))
+	if !ValidTopicName(longest) || !Match("devices/d/messages/events/#", longest) {
+		t.Errorf("a %d-byte name refused", len(longest))
+	}
+	if ValidTopicName(longest+"x") || Match("devices/d/messages/events/#", longest+"x") {
+		t.Errorf("a %d-byte name accepted: its length does not fit a packet", len(longest)+1)
+	}
+}

@@ -84,16 +84,24 @@ func New(deviceID, moduleID string, now time.Time) *Twin {
 }
 
 // Decode parses a twin, stored or sent whole by a client (a PUT),
-// keeping numbers exact (json.Number).
+// keeping numbers exact (json.Number). It must be one JSON object: a PUT
+// of null, or of an object followed by more, would otherwise replace the
+// tags and desired properties with whatever the first value left.
 func Decode(data []byte) (*Twin, error) {
 	if err := CheckText("twin", data); err != nil {
 		return nil, err
 	}
 	dec := json.NewDecoder(bytes.NewReader(data))
 	dec.UseNumber()
-	var t Twin
+	var t *Twin
 	if err := dec.Decode(&t); err != nil {
 		return nil, errorf(CodeArgumentInvalid, "twin is not valid JSON: %v", err)
+	}
+	if t == nil {
+		return nil, errorf(CodeArgumentInvalid, "twin is null, not a JSON object")
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		return nil, errorf(CodeArgumentInvalid, "twin has data after its JSON object")
 	}
 	if t.Tags == nil {
 		t.Tags = map[string]any{}
@@ -104,7 +112,7 @@ func Decode(data []byte) (*Twin, error) {
 	if t.Properties.Reported == nil {
 		t.Properties.Reported = map[string]any{}
 	}
-	return &t, nil
+	return t, nil
 }
 
 // DecodeObject parses one JSON object (a twin document, a section or a

@@ -405,8 +405,10 @@ func TestDecode(t *testing.T) {
 			t.Errorf("patch after decode: %d %v version %d", v, err, tw.Version)
 		}
 	}
-	if _, err := Decode([]byte(`[`)); err == nil {
-		t.Error("Decode accepted bad JSON")
+	for _, bad := range []string{`[`, `null`, `{} {}`, `{"tags":{}} x`} {
+		if _, err := Decode([]byte(bad)); err == nil {
+			t.Errorf("Decode accepted %s", bad)
+		}
 	}
 }
 
@@ -664,6 +666,94 @@ func FuzzPatch(f *testing.F) {
 		}
 		if _, err := ParsePatch(DesiredPatchBody(p, v)); err == nil {
 			t.Fatal("a desired body with $version passed as a client patch")
+		}
+	})
+}
+
+// FuzzReplace feeds a service PUT body through Decode and Replace, as the
+// hub's API does, onto a twin a patch (base) has filled. A body is one
+// JSON object or refused; a refused replace leaves the twin as it was and
+// is explained by a validator; an accepted one gives exactly the body's
+// tags and desired properties, with versions, reported properties, the
+// JSON form and the devices' Diff all consistent.
+func FuzzReplace(f *testing.F) {
+	for _, s := range []string{
+		`{"deviceId":"d","tags":{"site":"b"},"properties":{"desired":{"b":{"d":3},"e":null,"$version":77},"reported":{"hacked":true}}}`,
+		`{"properties":{"desired":{"a":{"b":[1,{"c":null}]}}}}`,
+		`{"tags":{"$bad":1}}`,
+		`{"properties":{"desired":{"a.b":1}}}`,
+		`{"properties":{"desired":{"n":1e400}}}`,
+		`{"version":"x"}`,
+		`{}`, `null`, `[]`, `{} {}`, `{"tags":{}} x`,
+	} {
+		f.Add([]byte(`{"a":{"b":1},"z":"s"}`), []byte(s))
+	}
+	f.Fuzz(func(t *testing.T, base, body []byte) {
+		tw := New("d", "", t0)
+		if p, err := ParsePatch(base); err == nil {
+			_, _ = tw.Patch(p, p, t0)
+		}
+		n, err := Decode(body)
+		if err != nil {
+			var e *Error
+			if !errors.As(err, &e) || e.Status != 400 {
+				t.Fatalf("Decode error %v is not a 400 *Error", err)
+			}
+			return
+		}
+		if _, err := DecodeObject(body); err != nil {
+			t.Fatalf("Decode accepted %.80q, which is not one JSON object: %v", body, err)
+		}
+		before := tw.Clone()
+		tags, desired := map[string]any{}, map[string]any{}
+		Merge(tags, n.Tags)
+		Merge(desired, content(n.Properties.Desired))
+		valid := ValidatePatch(tags) == nil && ValidateDocument(n.Properties.Desired) == nil &&
+			Size(tags) <= MaxTagsSize && Size(desired) <= MaxSectionSize
+		v, err := tw.Replace(n, t1)
+		if err != nil {
+			var e *Error
+			if !errors.As(err, &e) || e.Status != 400 {
+				t.Fatalf("Replace error %v is not a 400 *Error", err)
+			}
+			if !reflect.DeepEqual(tw, before) {
+				t.Fatal("refused replace changed the twin")
+			}
+			if valid {
+				t.Fatalf("Replace refused what the validators pass: %v", err)
+			}
+			return
+		}
+		if !valid {
+			t.Fatal("Replace accepted what a validator refuses")
+		}
+		if v != before.DesiredVersion()+1 || tw.DesiredVersion() != v || tw.Version != before.Version+1 || tw.ETag != VersionETag(tw.Version) {
+			t.Fatalf("versions: returned %d, desired %d (was %d), twin %d (was %d), etag %q",
+				v, tw.DesiredVersion(), before.DesiredVersion(), tw.Version, before.Version, tw.ETag)
+		}
+		if !Equal(tw.Properties.Reported, before.Properties.Reported) {
+			t.Fatal("replace changed reported properties")
+		}
+		if !Equal(tw.Tags, tags) || !Equal(tw.Desired(), desired) {
+			t.Fatalf("after replace: tags %v desired %v; want %v %v", tw.Tags, tw.Desired(), tags, desired)
+		}
+		back := before.Desired()
+		Merge(back, Diff(before.Desired(), tw.Desired()))
+		if !Equal(back, tw.Desired()) {
+			t.Fatal("the Diff devices get does not lead to the new desired properties")
+		}
+		b, err := json.Marshal(tw)
+		if err != nil {
+			t.Fatalf("replaced twin does not encode: %v", err)
+		}
+		again, err := Decode(b)
+		if err != nil || again.Version != tw.Version || again.DesiredVersion() != v || !Equal(again.Tags, tw.Tags) ||
+			!Equal(again.Properties.Desired, tw.Properties.Desired) || !Equal(again.Properties.Reported, tw.Properties.Reported) {
+			t.Fatalf("stored form does not decode to the same twin: %v", err)
+		}
+		var sections struct{ Desired map[string]any }
+		if err := json.Unmarshal(tw.SectionsForDevice(), &sections); err != nil || SectionVersion(sections.Desired) != v {
+			t.Fatalf("SectionsForDevice: %v, desired $version %v", err, sections.Desired[keyVersion])
 		}
 	})
 }

@@ -5,12 +5,14 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"net/http"
 	"time"
 
 	"outpost/internal/edge/store"
 	"outpost/internal/edgeproto"
 	"outpost/internal/message"
+	"outpost/internal/mqttwire"
 	"outpost/internal/topic"
 )
 
@@ -338,18 +340,37 @@ func (s *session) flushStoreAck() {
 
 // telemetryTopic is the topic a stored message goes upstream on: its
 // device's or module's own telemetry topic, with the edge id and the
-// entry's replay key in the bag for the hub's de-duplication.
+// entry's replay key in the bag for the hub's de-duplication. It is not
+// ok for a message no PUBLISH can carry.
 func telemetryTopic(edgeID, storeID string, e store.Entry) (string, bool) {
-	m := e.Msg
+	t, err := replayTopic(edgeID, e.Msg, edgeproto.ReplayKey{StoreID: storeID, Seq: e.Seq, StoredAt: e.StoredAt.UnixNano()})
+	return t, err == nil
+}
+
+func replayTopic(edgeID string, m *message.Message, k edgeproto.ReplayKey) (string, error) {
 	if m == nil || !topic.ValidID(m.DeviceID) || (m.ModuleID != "" && !topic.ValidID(m.ModuleID)) {
-		return "", false
+		return "", errors.New("invalid identity")
 	}
 	bag := topic.FromMessage(m)
 	// The gateway stamps these from the identity in the topic.
 	delete(bag, message.KeyConnDeviceID)
 	delete(bag, message.KeyConnModuleID)
-	edgeproto.ReplayKey{StoreID: storeID, Seq: e.Seq, StoredAt: e.StoredAt.UnixNano()}.Put(bag, edgeID)
-	return topic.Telemetry(m.DeviceID, m.ModuleID, bag), true
+	k.Put(bag, edgeID)
+	t := topic.Telemetry(m.DeviceID, m.ModuleID, bag)
+	if err := mqttwire.CheckPublish(t, m.Body); err != nil {
+		return "", fmt.Errorf("properties too long to forward: %w", err)
+	}
+	return t, nil
+}
+
+// CheckForwardable reports whether m, stored by the edge edgeID in the
+// store storeID, can go upstream: its properties and the replay key the
+// drain adds must fit a PUBLISH's topic. The edge refuses at intake what
+// cannot, rather than acknowledge a message that would stop the drain.
+func CheckForwardable(edgeID, storeID string, m *message.Message) error {
+	// The longest replay key: the drain's is no longer.
+	_, err := replayTopic(edgeID, m, edgeproto.ReplayKey{StoreID: storeID, Seq: math.MaxUint64, StoredAt: math.MinInt64})
+	return err
 }
 
 // agreePosition tells the hub where the store's sequence stands and

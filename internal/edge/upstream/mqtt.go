@@ -341,6 +341,9 @@ func (c *mconn) allocLocked(ch chan<- error) (uint16, error) {
 // publish1 sends a QoS 1 PUBLISH; ch (buffered) receives nil on PUBACK or
 // the error that ended the connection, exactly once.
 func (c *mconn) publish1(topic string, payload []byte, ch chan<- error) error {
+	if err := mqttwire.CheckPublish(topic, payload); err != nil {
+		return err // written, it would break the stream for every later packet
+	}
 	c.mu.Lock()
 	if err := c.waitSpaceLocked(); err != nil {
 		c.mu.Unlock()
@@ -359,6 +362,9 @@ func (c *mconn) publish1(topic string, payload []byte, ch chan<- error) error {
 
 // publish0 sends a QoS 0 PUBLISH.
 func (c *mconn) publish0(topic string, payload []byte) error {
+	if err := mqttwire.CheckPublish(topic, payload); err != nil {
+		return err
+	}
 	return c.write(func(b []byte) []byte { return mqttwire.AppendPublish(b, topic, 0, 0, payload) })
 }
 

@@ -410,6 +410,9 @@ func TestTwins(t *testing.T) {
 		{"dollar key", "PATCH", map[string]any{"tags": map[string]any{"$bad": 1}}, nil, 400, "ArgumentInvalid"},
 		{"not json", "PATCH", "[1,2", nil, 400, "ArgumentInvalid"},
 		{"replace stale", "PUT", map[string]any{"tags": map[string]any{}}, []string{"If-Match", `"` + etag0 + `"`}, 412, "PreconditionFailed"},
+		// Either would have replaced tags and desired properties with nothing.
+		{"replace with null", "PUT", "null", nil, 400, "ArgumentInvalid"},
+		{"replace, data after the twin", "PUT", `{"tags":{}} {"tags":{"x":"v"}}`, nil, 400, "ArgumentInvalid"},
 		{"missing device", "GET", nil, nil, 404, "DeviceNotFound"},
 	}
 	for _, tc := range tests {
