@@ -61,10 +61,12 @@ func (s *session) publishLoop(inflight chan<- flight) {
 		}
 		for _, e := range entries {
 			f := flight{endpoint: e.Endpoint, seq: e.Seq, msg: e.Msg, stored: e.StoredAt}
-			t, ok := telemetryTopic(l.cfg.DeviceID, storeID, e)
+			t, err := telemetryTopic(l.cfg.DeviceID, storeID, e)
 			switch {
-			case !ok:
+			case errors.Is(err, errInvalidIdentity):
 				f.done = refusedNow(edgeproto.RefusedInvalid, "not a valid device or module id")
+			case err != nil:
+				f.done = refusedNow(edgeproto.RefusedTooLarge, err.Error())
 			case publishSize(t, e.Msg.Body) > maxPacket:
 				// The hub reads no further than the fixed header of a
 				// packet over its limit (the same as this link's) and
@@ -342,14 +344,17 @@ func (s *session) flushStoreAck() {
 // device's or module's own telemetry topic, with the edge id and the
 // entry's replay key in the bag for the hub's de-duplication. It is not
 // ok for a message no PUBLISH can carry.
-func telemetryTopic(edgeID, storeID string, e store.Entry) (string, bool) {
-	t, err := replayTopic(edgeID, e.Msg, edgeproto.ReplayKey{StoreID: storeID, Seq: e.Seq, StoredAt: e.StoredAt.UnixNano()})
-	return t, err == nil
+func telemetryTopic(edgeID, storeID string, e store.Entry) (string, error) {
+	return replayTopic(edgeID, e.Msg, edgeproto.ReplayKey{StoreID: storeID, Seq: e.Seq, StoredAt: e.StoredAt.UnixNano()})
 }
+
+// errInvalidIdentity is replayTopic's error for a message whose ids
+// cannot be in a topic; any other error is properties too long for one.
+var errInvalidIdentity = errors.New("invalid identity")
 
 func replayTopic(edgeID string, m *message.Message, k edgeproto.ReplayKey) (string, error) {
 	if m == nil || !topic.ValidID(m.DeviceID) || (m.ModuleID != "" && !topic.ValidID(m.ModuleID)) {
-		return "", errors.New("invalid identity")
+		return "", errInvalidIdentity
 	}
 	bag := topic.FromMessage(m)
 	// The gateway stamps these from the identity in the topic.
