@@ -40,18 +40,23 @@ func (s *Store) PutBatch(kvs ...KV) error {
 		return err
 	}
 	defer s.leave()
-	b := s.db.NewBatch()
-	defer b.Close()
 	for _, kv := range kvs {
 		if len(kv.Key) == 0 {
 			return errors.New("put: empty key")
 		}
-		if err := b.Set(kvKey(kv.Key), kv.Value, nil); err != nil {
-			return fmt.Errorf("put: %w", err)
-		}
 	}
-	if err := b.Commit(pebble.Sync); err != nil {
-		return fmt.Errorf("put: %w", diskErr(err))
+	err := s.write(func(db *pebble.DB) error {
+		b := db.NewBatch()
+		defer b.Close()
+		for _, kv := range kvs {
+			if err := b.Set(kvKey(kv.Key), kv.Value, nil); err != nil {
+				return err
+			}
+		}
+		return b.Commit(pebble.Sync)
+	})
+	if err != nil {
+		return fmt.Errorf("put: %w", err)
 	}
 	return nil
 }
