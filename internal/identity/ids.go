@@ -22,6 +22,11 @@ func validateID(kind, id string) error {
 	if len(id) > MaxIDLength {
 		return BadRequest(CodeArgumentInvalid, "%s id is %d characters: the limit is %d", kind, len(id), MaxIDLength)
 	}
+	// Made of allowed characters, but a URL path cannot name them: HTTP
+	// clients and servers take them for the current and parent segment.
+	if id == "." || id == ".." {
+		return BadRequest(CodeArgumentInvalid, "%s id %q is a relative path segment, which a URL cannot name", kind, id)
+	}
 	for i := 0; i < len(id); i++ {
 		if !idChar(id[i]) {
 			return BadRequest(CodeArgumentInvalid,
@@ -34,7 +39,7 @@ func validateID(kind, id string) error {
 
 // ValidateDeviceID checks a device id against Azure's rules: 1 to 128
 // characters, case-sensitive, ASCII letters, digits and
-// - . % _ * ? ! ( ) , : = @ $ '.
+// - . % _ * ? ! ( ) , : = @ $ ', and neither "." nor "..".
 func ValidateDeviceID(id string) error { return validateID("device", id) }
 
 // ValidateModuleID checks a module id: the device id rules, and a leading
