@@ -2,7 +2,7 @@
 // every transport it serves (MQTT over TLS, MQTT over WebSocket, HTTPS),
 // down to single MQTT packets, for the security suites of the device
 // endpoint, the hub and the edge. It imports no Outpost package but the
-// topic grammar, so the gateway's own tests can use it.
+// topic grammar and certs, so the gateway's own tests can use it.
 package transporttest
 
 import (
@@ -16,11 +16,13 @@ import (
 	"net/http"
 	"strings"
 	"sync"
+	"testing"
 	"time"
 
 	"github.com/gorilla/websocket"
 	"github.com/mochi-mqtt/server/v2/packets"
 
+	"outpost/internal/certs"
 	"outpost/internal/topic"
 )
 
@@ -476,5 +478,118 @@ func TopicAbuses(self, other string) []Abuse {
 		{"subscribe: every device's C2D", sub("devices/+/messages/devicebound/#")},
 		{"subscribe: $SYS", sub("$SYS/#")},
 		{"subscribe: one bad filter among good ones", sub(topic.FilterTwinResponses, topic.C2DFilter(other))},
+	}
+}
+
+// BadPatches are twin patches the twin rules refuse: not JSON, not an
+// object, a '$' key, '.' and space in keys, nested 12 deep, larger than
+// maxSection bytes, data after the object.
+func BadPatches(maxSection int) []string {
+	return []string{
+		`{nope`, `[1]`, `{"$version":3}`, `{"a.b":1}`, `{"a b":1}`,
+		strings.Repeat(`{"a":`, 12) + "1" + strings.Repeat("}", 12),
+		`{"big":"` + strings.Repeat("x", maxSection) + `"}`,
+		`{"a":1} {}`,
+	}
+}
+
+// TwinReported publishes a reported-properties patch at QoS 0 (the
+// client subscribed to twin responses) and returns the status and body
+// of the response to rid.
+func (rc *Raw) TwinReported(rid string, patch []byte) (status int, body []byte, err error) {
+	if err := rc.Publish(topic.TwinReported(rid), patch, 0, 0); err != nil {
+		return 0, nil, err
+	}
+	for {
+		pk, err := rc.Read()
+		if err != nil {
+			return 0, nil, fmt.Errorf("no response to %s: %w", rid, err)
+		}
+		if pk.FixedHeader.Type != packets.Publish {
+			continue
+		}
+		tp, err := topic.Parse(pk.TopicName)
+		if err != nil || tp.Kind != topic.KindTwinResponse || tp.RID != rid {
+			return 0, nil, fmt.Errorf("response %q to %s: %v", pk.TopicName, rid, err)
+		}
+		return tp.Status, pk.Payload, nil
+	}
+}
+
+// X509Attack holds the client certificates of the X.509 attacks on a
+// device registered for CA authentication as cn, under root.
+type X509Attack struct {
+	Good        *tls.Certificate // a leaf of root for cn: accepted
+	OtherCN     *tls.Certificate // a leaf of root for otherCN
+	CAAsLeaf    *tls.Certificate // an intermediate CA of root whose CN is cn, as a client certificate
+	UnknownRoot *tls.Certificate // a leaf for cn of a root nobody trusts
+}
+
+// NewX509Attack issues them, valid for an hour.
+func NewX509Attack(root *certs.CA, cn, otherCN string) (X509Attack, error) {
+	var a X509Attack
+	issue := func(ca *certs.CA, cn string) (*tls.Certificate, error) {
+		c, _, _, err := ca.IssueClient(cn, time.Hour)
+		return &c, err
+	}
+	var err error
+	if a.Good, err = issue(root, cn); err != nil {
+		return a, err
+	}
+	if a.OtherCN, err = issue(root, otherCN); err != nil {
+		return a, err
+	}
+	ca, err := root.NewIntermediate(cn, time.Hour)
+	if err != nil {
+		return a, err
+	}
+	a.CAAsLeaf = &tls.Certificate{Certificate: [][]byte{ca.Cert.Raw}, PrivateKey: ca.Key}
+	rogue, err := certs.NewRootCA("rogue root", time.Hour)
+	if err != nil {
+		return a, err
+	}
+	a.UnknownRoot, err = issue(rogue, cn)
+	return a, err
+}
+
+// Server is what Check reads of the gateway under test.
+type Server struct {
+	// Stored counts the messages the backend holds.
+	Stored func() int64
+	// Failures counts the gateway's authentication failures of a reason
+	// (gateway.Server.AuthFailures).
+	Failures func(reason string) uint64
+}
+
+// Check sends one message with c over transport and fails t unless the
+// outcome is the one expected: with reason "", acknowledged and stored;
+// else refused (401 over HTTPS), reason counted once, nothing stored.
+func (ep Endpoint) Check(t testing.TB, srv Server, transport string, c Creds, reason string) {
+	t.Helper()
+	stored, failures := srv.Stored(), srv.Failures(reason)
+	out, err := ep.Send(transport, c, []byte("attempt"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if reason == "" {
+		if !out.Acked {
+			t.Fatalf("%v %s: want acknowledged", out, out.Body)
+		}
+		if n := srv.Stored(); n != stored+1 {
+			t.Errorf("%d stored, want 1", n-stored)
+		}
+		return
+	}
+	if !out.Refused() {
+		t.Fatalf("%v: want refused as %s", out, reason)
+	}
+	if transport == HTTPS && out.Code != http.StatusUnauthorized {
+		t.Errorf("HTTP %d, want 401", out.Code)
+	}
+	if n := srv.Failures(reason); n != failures+1 {
+		t.Errorf("authentication failures %s went from %d to %d, want one more", reason, failures, n)
+	}
+	if n := srv.Stored(); n != stored {
+		t.Errorf("%d messages stored", n-stored)
 	}
 }
