@@ -28,8 +28,9 @@ var allowed = map[string][]string{
 	"certs":     {},
 	"client":    {"message", "sas", "topic", "certs", "edgeproto", "backoff"},
 	// hubserver is the hub's process wiring: the hub and its data plane
-	// and service API, the device endpoint, certificates.
-	"hubserver": {"hub", "gateway", "certs", "metrics", "message", "sas", "topic", "identity", "twin", "query", "route", "edgeproto", "mqttwire"},
+	// and service API, the device endpoint, certificates; manifest, with
+	// which the hub checks the deployments written to $edgeHub twins.
+	"hubserver": {"hub", "gateway", "certs", "metrics", "message", "sas", "topic", "identity", "twin", "query", "route", "edgeproto", "mqttwire", "manifest"},
 }
 
 // forbidden pairs: a package under the first never imports the second.

@@ -42,8 +42,9 @@ func VerifySAS(tok *sas.Token, keys []string, host, deviceID, moduleID string, n
 // (deviceId or deviceId/moduleId). The leaf is accepted when its SHA-1 or
 // SHA-256 thumbprint (hex, any case, as IoT Hub registers them) is one of
 // thumbprints, or, when caPool is not nil, when the chain verifies to
-// caPool for client authentication and the leaf's CN is clientID.
-// In both cases the leaf must be within its validity period at now.
+// caPool for client authentication, is no CA itself, and its CN is
+// clientID. In both cases the leaf must be within its validity period
+// at now.
 //
 // caPool must hold only the CAs that may sign devices (the hub's root).
 // Verifying for client authentication is what refuses a leaf chained
@@ -72,6 +73,12 @@ func VerifyX509(chain []*x509.Certificate, thumbprints []string, caPool *x509.Ce
 	}
 	if caPool == nil {
 		return AuthFailed(ReasonBadCert, errors.New("no thumbprint or CA to check the certificate against"))
+	}
+	// A CA certificate carries no extended key usage, which Verify takes
+	// for any usage: without this, a CA whose CN is a device id would
+	// pass for that device.
+	if leaf.IsCA {
+		return AuthFailed(ReasonBadCert, fmt.Errorf("certificate %q is a CA certificate, not a device's", leaf.Subject.CommonName))
 	}
 	inter := x509.NewCertPool()
 	for _, c := range chain[1:] {

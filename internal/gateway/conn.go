@@ -18,6 +18,7 @@ import (
 
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
+	"golang.org/x/time/rate"
 
 	"outpost/internal/edgeproto"
 	"outpost/internal/message"
@@ -34,6 +35,12 @@ const (
 	batchBytes = 4 << 20
 	// requestDepth bounds queued twin and extension requests.
 	requestDepth = 64
+	// pipelineBytes bounds the bodies on the pipeline, the batch the
+	// backend stores included: pipelineDepth messages of the largest
+	// size would be 64 MiB a connection. budgetUnit is its grain;
+	// smaller bodies are bounded by pipelineDepth alone.
+	pipelineBytes = 2 * batchBytes
+	budgetUnit    = 16 << 10
 )
 
 // authState is set once a connection authenticated.
@@ -48,11 +55,12 @@ type authState struct {
 // pubItem is one publish on the telemetry pipeline: a message to store
 // and acknowledge, or only an acknowledgement kept in PUBLISH order.
 type pubItem struct {
-	msg  *message.Message // nil: acknowledge only
-	size int
-	pid  uint16
-	ack  bool
-	at   time.Time // when the PUBLISH was read; set only for an Observer
+	msg   *message.Message // nil: acknowledge only
+	size  int
+	units int // of the byte budget, given back once the batch is done
+	pid   uint16
+	ack   bool
+	at    time.Time // when the PUBLISH was read; set only for an Observer
 	// refusal, when set, is told to the edge before this PUBACK: the
 	// publish was refused for good (msg is nil).
 	refusal *edgeproto.Refusal
@@ -85,9 +93,17 @@ type conn struct {
 	auth atomic.Pointer[authState]
 	up   atomic.Bool // session established: CONNACK sent
 
+	// pkts and bytes shape what the client sends (see shape); nil for
+	// an edge. Set at CONNECT, used by the read loop alone.
+	pkts, bytes *rate.Limiter
+
 	tq chan pubItem
-	rq chan func(context.Context)
-	wg sync.WaitGroup
+	// budget holds a token per budgetUnit of bodies on the pipeline; a
+	// read loop that cannot add its message's tokens stops reading, and
+	// TCP pushes back on the client.
+	budget chan struct{}
+	rq     chan func(context.Context)
+	wg     sync.WaitGroup
 
 	// mu guards the following fields.
 	mu          sync.Mutex
@@ -111,6 +127,7 @@ func newConn(s *Server, nc net.Conn, transport string, peer *tls.ConnectionState
 		peer:      peer,
 		log:       s.log.With("remote", nc.RemoteAddr().String(), "transport", transport),
 		tq:        make(chan pubItem, pipelineDepth),
+		budget:    make(chan struct{}, pipelineBytes/budgetUnit),
 		rq:        make(chan func(context.Context), requestDepth),
 		acks:      map[uint16]chan error{},
 		calls:     map[string]*call{},
@@ -191,6 +208,10 @@ func (c *conn) connect(cl *mqtt.Client, pk packets.Packet) (packets.Code, error)
 		return packets.ErrBadUsernameOrPassword, err
 	}
 
+	if !id.Edge {
+		c.pkts = newLimiter(s.cfg.ClientPackets, 1)
+		c.bytes = newLimiter(s.cfg.ClientBytes, s.cfg.MaxMessageSize+64*1024)
+	}
 	c.auth.Store(&authState{id: id, self: newSession(c, id, false),
 		refusals: id.Edge && hasCap(string(pk.Connect.Username), edgeproto.CapRefusals)})
 	c.wg.Add(2)
@@ -199,13 +220,32 @@ func (c *conn) connect(cl *mqtt.Client, pk packets.Packet) (packets.Code, error)
 	if !id.TokenExpiry.IsZero() {
 		// The SDK renews its token by reconnecting before expiry; a
 		// client that does not is dropped when the token runs out.
-		left := id.TokenExpiry.Add(s.skew).Sub(s.cfg.Now())
 		c.mu.Lock()
-		c.expiry = time.AfterFunc(left, func() { c.kill("sas token expired") })
+		c.armExpiryLocked(id.TokenExpiry.Add(s.skew))
 		c.mu.Unlock()
 	}
 	c.log.Info("client connected", "auth", id.AuthMethod, "edge", id.Edge)
 	return packets.CodeSuccess, nil
+}
+
+// armExpiryLocked ends the connection once the gateway's clock
+// (Config.Now) reaches end. That clock may jump either way, which a
+// timer, on the monotonic clock, does not see: the timer looks again at
+// least every tokenRecheck.
+func (c *conn) armExpiryLocked(end time.Time) {
+	if c.acks == nil {
+		return // finished
+	}
+	left := end.Sub(c.s.cfg.Now())
+	c.expiry = time.AfterFunc(max(min(left, c.s.cfg.tokenRecheck), 0), func() {
+		if !c.s.cfg.Now().Before(end) {
+			c.kill("sas token expired")
+			return
+		}
+		c.mu.Lock()
+		c.armExpiryLocked(end)
+		c.mu.Unlock()
+	})
 }
 
 func (c *conn) refuseAuth(reason AuthReason, err error, code packets.Code) (packets.Code, error) {
@@ -377,7 +417,10 @@ func (c *conn) finish(err error) {
 
 	a := c.auth.Load()
 	if a == nil {
-		return // refused at CONNECT, already logged
+		if errors.Is(err, errConnectTooLarge) {
+			c.log.Warn("refusing connection", "error", err)
+		}
+		return // else refused at CONNECT, already logged
 	}
 	if c.up.Load() {
 		s.mu.Lock()
@@ -497,6 +540,14 @@ func (c *conn) refuseForGood(pk packets.Packet, reason, msg string) {
 }
 
 func (c *conn) enqueue(it pubItem) {
+	it.units = it.size / budgetUnit
+	for range it.units {
+		select {
+		case c.budget <- struct{}{}:
+		case <-c.ctx.Done():
+			return
+		}
+	}
 	select {
 	case c.tq <- it:
 	case <-c.ctx.Done():
@@ -561,6 +612,11 @@ func (c *conn) runTelemetry(cl *mqtt.Client, via Identity) {
 		}
 		if err := writePubacks(cl, batch, &acks); err != nil {
 			return // the connection is gone; finish cleans up
+		}
+		for _, it := range batch {
+			for range it.units {
+				<-c.budget
+			}
 		}
 		if o := c.s.cfg.Observer; o != nil {
 			o.ObserveAccepted(len(msgs))

@@ -129,6 +129,7 @@ func (h *hook) OnPacketRead(cl *mqtt.Client, pk packets.Packet) (packets.Packet,
 	if c == nil {
 		return pk, nil
 	}
+	c.shape(pk)
 	switch pk.FixedHeader.Type {
 	case packets.Publish:
 		// A name with wildcards is no topic [MQTT-3.3.2-2]. mochi's own

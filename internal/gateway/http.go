@@ -62,7 +62,12 @@ var errUnauthorized = &StatusError{Status: http.StatusUnauthorized, Code: "IotHu
 func (s *Server) httpAuth(r *http.Request, deviceID, moduleID string) (Identity, bool) {
 	cid := message.ClientID(deviceID, moduleID)
 	log := s.log.With("client", cid, "remote", r.RemoteAddr, "transport", "https")
-	if _, _, err := parseClientID(cid); err != nil {
+	// Each id is checked on its own: an escaped '/' in the path's device
+	// id ("d%2Fm") would otherwise pass as the client id of a module.
+	if d, m, err := parseClientID(cid); err != nil || d != deviceID || m != moduleID {
+		if err == nil {
+			err = fmt.Errorf("device id %q holds a '/'", truncate(deviceID))
+		}
 		s.countAuthFailure(ReasonBadClientID)
 		log.Warn("authentication failed", "reason", ReasonBadClientID, "error", err)
 		return Identity{}, false

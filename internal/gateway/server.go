@@ -12,6 +12,7 @@ import (
 	"time"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
+	"golang.org/x/time/rate"
 
 	"outpost/internal/message"
 )
@@ -31,6 +32,10 @@ const (
 	DefaultBackendTimeout = 30 * time.Second
 	// DefaultConnectTimeout bounds the TLS handshake plus CONNECT.
 	DefaultConnectTimeout = 30 * time.Second
+	// defaultTokenRecheck is how often a SAS connection's expiry is held
+	// against Now: a clock that jumps (an edge without a battery-backed
+	// clock, set right after days offline) ends it within this.
+	defaultTokenRecheck = time.Minute
 )
 
 // ErrServerClosed is returned by ServeMQTT after Shutdown.
@@ -47,7 +52,8 @@ type Config struct {
 	// TLS holds the server certificate for ListenMQTTTLS. Client
 	// certificates are requested but not verified by TLS (X.509 devices
 	// may be self-signed and are checked by the backend, see VerifyX509):
-	// ClientAuth NoClientCert is raised to RequestClientCert.
+	// ClientAuth NoClientCert is raised to RequestClientCert, and a
+	// MinVersion below TLS 1.2 to TLS 1.2.
 	TLS *tls.Config
 	// AllowPlainTCP lets ServeMQTT accept connections that are not TLS.
 	// Only for local tests: tokens would cross the network in clear.
@@ -71,6 +77,26 @@ type Config struct {
 	// Observer, when set, is told of PUBACKs and of accepted and refused
 	// telemetry, for metrics.
 	Observer Observer
+	// ClientPackets and ClientBytes bound what one device or module
+	// connection sends, per second, with a tenth of a second's worth of
+	// burst (and at least one message of the largest size): the
+	// gateway stops reading from a connection over them and TCP slows the
+	// client down; nothing is refused or lost. Edges, which carry the
+	// traffic of their whole scope, are not bound. Zero selects
+	// DefaultClientPackets and DefaultClientBytes; negative means none.
+	ClientPackets float64
+	ClientBytes   float64
+	// ConnectRate bounds how many connections a second the endpoint
+	// starts (TLS handshake and CONNECT), MQTT and WebSocket together,
+	// with a tenth of a second's worth of burst; more wait to be
+	// accepted. Zero
+	// selects DefaultConnectRate; negative means none.
+	ConnectRate float64
+
+	// tokenRecheck is how often a SAS connection's expiry is checked
+	// against Now, which may jump; zero selects defaultTokenRecheck.
+	// Tests shorten it.
+	tokenRecheck time.Duration
 }
 
 // Server is the device endpoint. Create it with New, serve with ServeMQTT,
@@ -80,6 +106,9 @@ type Server struct {
 	log   *slog.Logger
 	skew  time.Duration
 	mochi *mqtt.Server
+
+	// accepts holds back connections over Config.ConnectRate; nil: none.
+	accepts *rate.Limiter
 
 	// ctx is cancelled by Shutdown; every connection derives from it.
 	ctx    context.Context
@@ -133,10 +162,27 @@ func New(cfg Config) (*Server, error) {
 	if cfg.ConnectTimeout <= 0 {
 		cfg.ConnectTimeout = DefaultConnectTimeout
 	}
+	if cfg.ClientPackets == 0 {
+		cfg.ClientPackets = DefaultClientPackets
+	}
+	if cfg.ClientBytes == 0 {
+		cfg.ClientBytes = DefaultClientBytes
+	}
+	if cfg.ConnectRate == 0 {
+		cfg.ConnectRate = DefaultConnectRate
+	}
+	if cfg.tokenRecheck <= 0 {
+		cfg.tokenRecheck = defaultTokenRecheck
+	}
 	if cfg.TLS != nil {
 		cfg.TLS = cfg.TLS.Clone()
 		if cfg.TLS.ClientAuth == tls.NoClientCert {
 			cfg.TLS.ClientAuth = tls.RequestClientCert
+		}
+		// IoT Hub serves TLS 1.2 and later only; so does every listener
+		// of this endpoint, whatever the caller's config allows.
+		if cfg.TLS.MinVersion < tls.VersionTLS12 {
+			cfg.TLS.MinVersion = tls.VersionTLS12
 		}
 	}
 	s := &Server{
@@ -148,6 +194,7 @@ func New(cfg Config) (*Server, error) {
 		direct:       map[string]*conn{},
 		viaEdge:      map[string]*session{},
 		authFailures: map[AuthReason]uint64{},
+		accepts:      newLimiter(cfg.ConnectRate, 1),
 	}
 	switch {
 	case s.skew == 0:
@@ -253,7 +300,9 @@ func (s *Server) ServeMQTT(l net.Listener) error {
 			nc.Close()
 			continue
 		}
-		if !s.startConn() {
+		// Past the rate, the next connection waits in the kernel's
+		// accept queue: a handshake flood cannot take every CPU.
+		if take(s.ctx, s.accepts, 1) != nil || !s.startConn() {
 			nc.Close()
 			return ErrServerClosed
 		}
@@ -279,25 +328,70 @@ func (s *Server) startConn() bool {
 // certificates when the transport (WebSocket) terminated TLS itself.
 func (s *Server) serveConn(nc net.Conn, transport string, peer *tls.ConnectionState) {
 	c := newConn(s, nc, transport, peer)
+	g := &connectGuard{Conn: nc} // what mochi reads and hooks name (cl.Net.Conn)
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
 		nc.Close()
 		return
 	}
-	s.conns[nc] = c
+	s.conns[g] = c
 	s.mu.Unlock()
 
 	// mochi sets no deadline before CONNECT; bound the handshake here so
 	// a silent socket cannot hold a goroutine. mochi replaces it with the
 	// keepalive deadline once the client is authenticated.
 	_ = nc.SetDeadline(time.Now().Add(s.cfg.ConnectTimeout))
-	err := s.mochi.EstablishConnection(transport, nc)
+	err := s.mochi.EstablishConnection(transport, g)
 	c.finish(err)
 
 	s.mu.Lock()
-	delete(s.conns, nc)
+	delete(s.conns, g)
 	s.mu.Unlock()
+}
+
+// maxConnectSize bounds the CONNECT packet. The largest an IoT Hub
+// device sends (client id, username with model id, SAS token) is about
+// 2 KiB; mochi allocates whatever the fixed header announces, up to the
+// MaximumPacketSize meant for messages, before it reads a byte of it.
+const maxConnectSize = 16 << 10
+
+var errConnectTooLarge = fmt.Errorf("CONNECT announces more than %d bytes", maxConnectSize)
+
+// connectGuard reads the fixed header of the first packet, the CONNECT,
+// as mochi's reads pass through, and ends the connection when it
+// announces more than maxConnectSize: an unauthenticated client cannot
+// make the server allocate a message's worth for five bytes sent.
+type connectGuard struct {
+	net.Conn
+	n      int // bytes of the fixed header seen
+	length int
+	mult   int
+	done   bool
+}
+
+func (g *connectGuard) Read(p []byte) (int, error) {
+	n, err := g.Conn.Read(p)
+	if g.done {
+		return n, err
+	}
+	for _, b := range p[:n] {
+		g.n++
+		if g.n == 1 {
+			g.mult = 1
+			continue // type and flags
+		}
+		g.length += int(b&0x7f) * g.mult
+		g.mult *= 128
+		if g.length > maxConnectSize {
+			return 0, errConnectTooLarge
+		}
+		if b&0x80 == 0 || g.n == 5 {
+			g.done = true // mochi refuses a malformed length itself
+			break
+		}
+	}
+	return n, err
 }
 
 // Shutdown stops accepting, drops every connection and waits for all

@@ -29,6 +29,9 @@ func (s *Server) WebSocketHandler() http.Handler {
 		CheckOrigin: func(*http.Request) bool { return true },
 	}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if take(r.Context(), s.accepts, 1) != nil {
+			return // the client went away while held back
+		}
 		if !s.startConn() {
 			http.Error(w, "server shutting down", http.StatusServiceUnavailable)
 			return

@@ -10,6 +10,7 @@ import (
 	"strings"
 
 	"outpost/internal/identity"
+	"outpost/internal/manifest"
 	"outpost/internal/twin"
 )
 
@@ -194,8 +195,24 @@ func (h *Hub) PatchTwin(ctx context.Context, deviceID, moduleID string, p TwinPa
 		if err != nil || p.Desired == nil {
 			return nil, 0, err
 		}
+		if err := checkDeployment(moduleID, t); err != nil {
+			return nil, 0, err
+		}
 		return p.Desired, v, nil
 	})
+}
+
+// checkDeployment refuses $edgeHub desired properties the edge would
+// refuse to apply (routes, store-and-forward TTL): the operator learns it
+// from the 400, instead of from the edge's log, with the twin unchanged.
+func checkDeployment(moduleID string, t *twin.Twin) error {
+	if moduleID != identity.EdgeHub {
+		return nil
+	}
+	if _, _, err := manifest.EdgeHubSettings("properties.desired", t.Desired()); err != nil {
+		return badTwin(err.Error())
+	}
+	return nil
 }
 
 // ReplaceTwin replaces a twin's tags and desired properties (PUT);
@@ -205,6 +222,9 @@ func (h *Hub) ReplaceTwin(ctx context.Context, deviceID, moduleID string, n *twi
 		old := t.Desired()
 		v, err := t.Replace(n, h.now())
 		if err != nil {
+			return nil, 0, err
+		}
+		if err := checkDeployment(moduleID, t); err != nil {
 			return nil, 0, err
 		}
 		return twin.Diff(old, t.Desired()), v, nil

@@ -146,33 +146,42 @@ func (m *Manifest) parseEdgeHub(f string, des map[string]any) error {
 		return err
 	}
 	m.SchemaVersion = sv
+	m.Routes, m.TTL, err = EdgeHubSettings(f, des)
+	return err
+}
+
+// EdgeHubSettings reads what an edge applies of $edgeHub's desired
+// properties des: its routes (the default route when there are none) and
+// storeAndForwardConfiguration.timeToLiveSecs (0 when unset). Errors name
+// the field at fault below f. The hub checks every change of the $edgeHub
+// twin with it, so that a deployment the edge would refuse is refused
+// when it is written.
+func EdgeHubSettings(f string, des map[string]any) (route.Table, time.Duration, error) {
 	var routes map[string]any
 	if v, ok := des["routes"]; ok && v != nil {
 		r, ok := v.(map[string]any)
 		if !ok {
-			return fieldErr(f+".routes", "want an object, got %s", jsonType(v))
+			return route.Table{}, 0, fieldErr(f+".routes", "want an object, got %s", jsonType(v))
 		}
 		routes = r
 	}
 	tbl, err := route.ParseRoutes(routes)
 	if err != nil {
-		return &Error{Field: f + ".routes", Err: err}
+		return route.Table{}, 0, &Error{Field: f + ".routes", Err: err}
 	}
-	m.Routes = tbl
+	var ttl time.Duration
 	if v, ok := des["storeAndForwardConfiguration"]; ok && v != nil {
 		saf, ok := v.(map[string]any)
 		if !ok {
-			return fieldErr(f+".storeAndForwardConfiguration", "want an object, got %s", jsonType(v))
+			return route.Table{}, 0, fieldErr(f+".storeAndForwardConfiguration", "want an object, got %s", jsonType(v))
 		}
 		if t, ok := saf["timeToLiveSecs"]; ok {
-			ttl, err := ParseTTL(t)
-			if err != nil {
-				return &Error{Field: f + ".storeAndForwardConfiguration.timeToLiveSecs", Err: err}
+			if ttl, err = ParseTTL(t); err != nil {
+				return route.Table{}, 0, &Error{Field: f + ".storeAndForwardConfiguration.timeToLiveSecs", Err: err}
 			}
-			m.TTL = ttl
 		}
 	}
-	return nil
+	return tbl, ttl, nil
 }
 
 func (m *Manifest) parseEdgeAgent(f string, des map[string]any) error {

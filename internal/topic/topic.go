@@ -89,9 +89,10 @@ var ErrUnknown = errors.New("unknown topic")
 const maxIDLen = 128
 
 // ValidID reports whether s is a device or module id Azure accepts: 1 to
-// 128 ASCII letters, digits and - . % _ * ? ! ( ) , : = @ $ '.
+// 128 ASCII letters, digits and - . % _ * ? ! ( ) , : = @ $ ', and
+// neither "." nor ".." (see identity.ValidateDeviceID).
 func ValidID(s string) bool {
-	if s == "" || len(s) > maxIDLen {
+	if s == "" || len(s) > maxIDLen || s == "." || s == ".." {
 		return false
 	}
 	for i := 0; i < len(s); i++ {

@@ -77,8 +77,12 @@ func (p *Plane) Authenticate(ctx context.Context, c gateway.Credentials) (gatewa
 
 // InScope reports whether edge may act for deviceID/moduleID: a module of
 // the edge itself, or a child device whose parentScopes hold the edge's
-// scope, or a module of such a child. Disabled identities are out of
-// scope, so an edge cannot carry what could not connect by itself.
+// scope, or a module of such a child. A disabled child stays in scope:
+// the edge refuses it from its next identity sync on (the hub drops the
+// edge's connection to make it sync), and until then, offline perhaps
+// for days, it acknowledged messages and twin patches of a child it knew
+// as enabled, which must still reach the hub. Refusing them here would
+// drop the edge's link on every replay and hold up its whole backlog.
 func (p *Plane) InScope(ctx context.Context, edge gateway.Identity, deviceID, moduleID string) (bool, error) {
 	e, err := p.h.GetDevice(edge.DeviceID)
 	if err != nil || !e.IsEdge() || !e.Enabled() || edge.ModuleID != "" {
@@ -86,7 +90,7 @@ func (p *Plane) InScope(ctx context.Context, edge gateway.Identity, deviceID, mo
 	}
 	if deviceID != e.DeviceID {
 		child, err := p.h.GetDevice(deviceID)
-		if err != nil || !child.Enabled() || e.DeviceScope == "" || !slices.Contains(child.ParentScopes, e.DeviceScope) {
+		if err != nil || e.DeviceScope == "" || !slices.Contains(child.ParentScopes, e.DeviceScope) {
 			return false, nil
 		}
 	}

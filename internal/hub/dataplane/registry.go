@@ -12,10 +12,11 @@ import (
 )
 
 // followRegistry drops the connections of identities that are deleted or
-// disabled. When an identity leaves an edge's scope (deleted, disabled,
-// re-parented) the edge's connection is dropped too: the gateway caches
-// scope answers for the life of a connection, and the edge reconnects
-// within a second and re-syncs its identities.
+// disabled. When an identity leaves an edge's scope (deleted,
+// re-parented) or is disabled, the edge's connection is dropped too: the
+// gateway caches scope answers for the life of a connection, and the
+// edge reconnects within a second and re-syncs its identities, after
+// which it refuses a disabled child itself.
 func (p *Plane) followRegistry(changes <-chan hub.IdentityChange) {
 	for c := range changes {
 		p.identityChanged(c)
