@@ -222,7 +222,7 @@ func (s *Store) commitDone(reqs []*appendReq, size int64, err error) error {
 	defer s.mu.Unlock()
 	s.reserved -= size
 	if err != nil {
-		return fmt.Errorf("commit: %w", diskErr(err))
+		return fmt.Errorf("commit: %w", pebbleErr(err))
 	}
 	s.bytes += size
 	s.commits++

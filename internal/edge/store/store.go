@@ -93,6 +93,10 @@ var (
 	ErrDiskFull = errors.New("storage folder is out of disk space")
 	// ErrNotFound is returned by Get for a missing key.
 	ErrNotFound = errors.New("key not found")
+	// ErrCorrupt is returned (wrapped) when the store's files are
+	// damaged: a checksum mismatch, a damaged log or table, a value that
+	// does not decode. Retrying cannot help; the error names the file.
+	ErrCorrupt = errors.New("edge store is corrupt")
 )
 
 // quotaError names the quota, and matches ErrQuotaExceeded.
@@ -306,6 +310,15 @@ func Open(cfg Config) (*Store, error) {
 		FS:                 cfg.FS,
 		FormatMajorVersion: pebble.FormatNewest,
 		Logger:             pebbleLogger{cfg.Logger},
+		EventListener: &pebble.EventListener{
+			// Pebble's default calls Fatalf, on whatever goroutine read
+			// the damaged block (a reader, a compaction): a bit flip on
+			// disk would take the edge down. The read returns the
+			// corruption error anyway, so log it and let it.
+			DataCorruption: func(info pebble.DataCorruptionInfo) {
+				cfg.Logger.Error("store: on-disk corruption", "component", "pebble", "path", info.Path, "err", info.Details)
+			},
+		},
 	}
 	db, err := openDB(cfg.Dir, opts)
 	if err != nil {
@@ -329,8 +342,8 @@ func Open(cfg Config) (*Store, error) {
 	}
 	s.commitCond = sync.NewCond(&s.mu)
 	if err := s.recover(); err != nil {
-		_ = db.Close()
-		return nil, fmt.Errorf("open store: %w", err)
+		_ = closeDB(db)
+		return nil, fmt.Errorf("open store: %w", pebbleErr(err))
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	s.cancel = cancel
@@ -726,7 +739,7 @@ func (s *Store) get(key []byte) ([]byte, error) {
 		return nil, ErrNotFound
 	}
 	if err != nil {
-		return nil, err
+		return nil, pebbleErr(err)
 	}
 	out := append([]byte(nil), v...)
 	return out, closer.Close()
@@ -737,20 +750,20 @@ func (s *Store) get(key []byte) ([]byte, error) {
 func (s *Store) scan(prefix []byte, fn func(k, v []byte) error) error {
 	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: prefix, UpperBound: prefixEnd(prefix)})
 	if err != nil {
-		return err
+		return pebbleErr(err)
 	}
 	for it.First(); it.Valid(); it.Next() {
 		v, err := it.ValueAndErr()
 		if err != nil {
 			_ = it.Close()
-			return err
+			return pebbleErr(err)
 		}
 		if err := fn(it.Key(), v); err != nil {
 			_ = it.Close()
 			return err
 		}
 	}
-	return it.Close()
+	return pebbleErr(it.Close())
 }
 
 // prefixEnd returns the smallest key greater than every key with prefix,
@@ -768,10 +781,17 @@ func prefixEnd(prefix []byte) []byte {
 
 func binaryVarint(x int64) []byte { return binary.AppendVarint(nil, x) }
 
-// diskErr makes an out-of-space error recognisable as ErrDiskFull.
-func diskErr(err error) error {
-	if err != nil && vfs.IsNoSpaceError(err) {
+// pebbleErr makes Pebble's out-of-space errors recognisable as
+// ErrDiskFull, and its corruption errors (checksum mismatch, a damaged
+// log or table), whose marks errors.Is does not see, as ErrCorrupt.
+func pebbleErr(err error) error {
+	switch {
+	case err == nil || errors.Is(err, ErrDiskFull) || errors.Is(err, ErrCorrupt):
+		return err
+	case vfs.IsNoSpaceError(err):
 		return fmt.Errorf("%w: %w", ErrDiskFull, err)
+	case pebble.IsCorruptionError(err):
+		return fmt.Errorf("%w: %w", ErrCorrupt, err)
 	}
 	return err
 }
