@@ -190,6 +190,10 @@ func (s *Store) commit(reqs []*appendReq, size int64) error {
 		if err := b.Set(metaSeqKey, binary.AppendUvarint(nil, last), nil); err != nil {
 			return err
 		}
+		// So does the clock, so a restart keeps it from running back.
+		if err := b.Set(metaNowKey, binary.AppendVarint(nil, s.seenNanos()), nil); err != nil {
+			return err
+		}
 		if err := s.checkFree(size); err != nil {
 			return err
 		}

@@ -29,6 +29,7 @@ var (
 	metaSeqKey      = []byte{prefixMeta, 0, 's', 'e', 'q'}
 	metaTTLKey      = []byte{prefixMeta, 0, 't', 't', 'l'}
 	metaStoreIDKey  = []byte{prefixMeta, 0, 's', 'i', 'd'}
+	metaNowKey      = []byte{prefixMeta, 0, 'n', 'o', 'w'}
 	metaEndpointPfx = []byte{prefixMeta, 1}
 )
 

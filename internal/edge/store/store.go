@@ -11,6 +11,7 @@
 //
 //	'q' endpoint-id:4 seq:8   a queued message
 //	'm' 0 "seq" | 0 "ttl"     sequence high-water mark, store TTL
+//	'm' 0 "now"               the latest time the store's clock showed
 //	'm' 0 "sid"               the store's id
 //	'm' 1 endpoint-name       endpoint id, priority and TTL
 //	'k' key                   the KV API (identity, twin and settings caches)
@@ -33,6 +34,13 @@
 // TTL change from the $edgeHub twin applies to messages already stored, as
 // the operator expects. Expired entries are never returned; readers delete
 // those they pass and a background loop deletes expired heads of queues.
+//
+// The store's clock (Config.Now) never runs back: a clock set back (a
+// device that boots with a stale time, then syncs it) leaves the store
+// at the latest time it showed, recorded in every commit, until the clock
+// passes it again. So an entry once expired stays expired, and entries
+// stored while the clock was behind are stamped no earlier than those
+// before them, and do not expire early once the clock is corrected.
 //
 // Acks and expiry deletions are committed without sync: losing one in a
 // power cut means a redelivery (delivery is at-least-once), never a loss.
@@ -224,7 +232,6 @@ type Store struct {
 	opts     *pebble.Options
 	db       *pebble.DB // nil while heal reopens it; guarded by closeMu
 	log      *slog.Logger
-	now      func() time.Time
 	errQuota error
 	id       string // set by recover, then immutable
 
@@ -247,6 +254,11 @@ type Store struct {
 
 	// metaMu serializes writes of endpoint metadata and settings.
 	metaMu sync.Mutex
+
+	// clockMu guards seen, the latest time now returned; it is taken
+	// last, with nothing else taken under it.
+	clockMu sync.Mutex
+	seen    time.Time
 
 	mu         sync.Mutex
 	commitCond *sync.Cond
@@ -329,7 +341,6 @@ func Open(cfg Config) (*Store, error) {
 		opts:       opts,
 		db:         db,
 		log:        cfg.Logger,
-		now:        cfg.Now,
 		errQuota:   &quotaError{max: cfg.MaxBytes},
 		done:       make(chan struct{}),
 		kick:       make(chan struct{}, 1),
@@ -362,6 +373,16 @@ func (s *Store) recover() error {
 		return err
 	}
 	if err := s.recoverID(); err != nil {
+		return err
+	}
+	if v, err := s.get(metaNowKey); err == nil {
+		d := decoder{b: v}
+		at := d.varint()
+		if d.err != nil {
+			return fmt.Errorf("read clock: %w", errCorrupt)
+		}
+		s.seen = time.Unix(0, at)
+	} else if !errors.Is(err, ErrNotFound) {
 		return err
 	}
 	if v, err := s.get(metaTTLKey); err == nil {
@@ -496,6 +517,26 @@ func (s *Store) recoverID() error {
 	}
 	s.id = id
 	return nil
+}
+
+// now is the store's clock: Config.Now, but never earlier than a time it
+// showed before (see the package comment).
+func (s *Store) now() time.Time {
+	t := s.cfg.Now().Round(0) // the wall clock: a set-back is what counts
+	s.clockMu.Lock()
+	defer s.clockMu.Unlock()
+	if t.Before(s.seen) {
+		return s.seen
+	}
+	s.seen = t
+	return t
+}
+
+// seenNanos is the latest time now showed, for the commit to record.
+func (s *Store) seenNanos() int64 {
+	s.clockMu.Lock()
+	defer s.clockMu.Unlock()
+	return s.seen.UnixNano()
 }
 
 // ID is the store's id: 32 hex digits, made when the store was created
