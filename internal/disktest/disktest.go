@@ -1,7 +1,8 @@
-// Package disktest gives tests a small real file system to fill: a tmpfs
-// the test mounts (it needs root, or CAP_SYS_ADMIN) and unmounts when it
-// ends. Where mounting is not possible the test is skipped with the
-// reason; tests that must always run inject ENOSPC instead.
+// Package disktest gives tests a disk to fill: a small real tmpfs the
+// test mounts (it needs root, or CAP_SYS_ADMIN) and unmounts when it
+// ends, skipped with the reason where mounting is not possible; and an
+// in-memory Pebble file system that injects ENOSPC, which runs
+// everywhere.
 package disktest
 
 import (

@@ -10,13 +10,10 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/cockroachdb/pebble/v2/vfs"
-	"github.com/cockroachdb/pebble/v2/vfs/errorfs"
 
 	"outpost/internal/disktest"
 	"outpost/internal/edge"
@@ -81,31 +78,13 @@ func tmpfsEdgeDisk(t *testing.T) edgeDisk {
 }
 
 func injectedEdgeDisk(t *testing.T) edgeDisk {
-	var full atomic.Bool
-	mem := vfs.NewMem()
-	roomy := vfs.DiskUsage{AvailBytes: 1 << 30, TotalBytes: 2 << 30}
-	mem.TestingSetDiskUsage(roomy)
-	fs := errorfs.Wrap(mem, errorfs.InjectorFunc(func(op errorfs.Op) error {
-		switch op.Kind {
-		case errorfs.OpCreate, errorfs.OpFileWrite, errorfs.OpFileWriteAt, errorfs.OpFilePreallocate:
-			if full.Load() {
-				return syscall.ENOSPC
-			}
-		}
-		return nil
-	}))
+	d := disktest.NewInjected()
 	return edgeDisk{
 		dir:      "edge",
-		fs:       fs,
+		fs:       d.FS,
 		injected: true,
-		fill: func(t *testing.T) {
-			mem.TestingSetDiskUsage(vfs.DiskUsage{AvailBytes: 4096, TotalBytes: 2 << 30})
-			full.Store(true)
-		},
-		free: func(t *testing.T) {
-			full.Store(false)
-			mem.TestingSetDiskUsage(roomy)
-		},
+		fill:     func(*testing.T) { d.Fill() },
+		free:     func(*testing.T) { d.Free() },
 	}
 }
 

@@ -190,6 +190,10 @@ func (s *Store) commit(reqs []*appendReq, size int64) error {
 		if err := b.Set(metaSeqKey, binary.AppendUvarint(nil, last), nil); err != nil {
 			return err
 		}
+		// So does the clock, so a restart keeps it from running back.
+		if err := b.Set(metaNowKey, binary.AppendVarint(nil, s.seenNanos()), nil); err != nil {
+			return err
+		}
 		if err := s.checkFree(size); err != nil {
 			return err
 		}
@@ -222,7 +226,7 @@ func (s *Store) commitDone(reqs []*appendReq, size int64, err error) error {
 	defer s.mu.Unlock()
 	s.reserved -= size
 	if err != nil {
-		return fmt.Errorf("commit: %w", diskErr(err))
+		return fmt.Errorf("commit: %w", pebbleErr(err))
 	}
 	s.bytes += size
 	s.commits++

@@ -2,7 +2,7 @@ package store
 
 import (
 	"encoding/binary"
-	"errors"
+	"fmt"
 	"sort"
 	"time"
 
@@ -29,6 +29,7 @@ var (
 	metaSeqKey      = []byte{prefixMeta, 0, 's', 'e', 'q'}
 	metaTTLKey      = []byte{prefixMeta, 0, 't', 't', 'l'}
 	metaStoreIDKey  = []byte{prefixMeta, 0, 's', 'i', 'd'}
+	metaNowKey      = []byte{prefixMeta, 0, 'n', 'o', 'w'}
 	metaEndpointPfx = []byte{prefixMeta, 1}
 )
 
@@ -80,7 +81,7 @@ func decodeEndpointMeta(b []byte) (endpointMeta, error) {
 	return endpointMeta{id: uint32(id), priority: int(prio), ttl: time.Duration(ttl)}, nil
 }
 
-var errCorrupt = errors.New("corrupt stored value")
+var errCorrupt = fmt.Errorf("%w: a stored value does not decode", ErrCorrupt)
 
 // valueVersion is the first byte of every queued value, so the encoding
 // can change without a migration: old values keep decoding by version.

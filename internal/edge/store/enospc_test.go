@@ -104,30 +104,12 @@ func tmpfsDisk(t *testing.T) fullDisk {
 // injectedDisk reports little free space and fails writes with ENOSPC
 // while full; it runs everywhere.
 func injectedDisk(t *testing.T) fullDisk {
-	var full atomic.Bool
-	mem := vfs.NewMem()
-	roomy := vfs.DiskUsage{AvailBytes: 1 << 30, TotalBytes: 2 << 30}
-	mem.TestingSetDiskUsage(roomy)
-	fs := errorfs.Wrap(mem, errorfs.InjectorFunc(func(op errorfs.Op) error {
-		switch op.Kind {
-		case errorfs.OpCreate, errorfs.OpFileWrite, errorfs.OpFileWriteAt, errorfs.OpFilePreallocate:
-			if full.Load() {
-				return syscall.ENOSPC
-			}
-		}
-		return nil
-	}))
+	d := disktest.NewInjected()
 	return fullDisk{
-		fs:  fs,
-		dir: "edge",
-		fill: func(t *testing.T) {
-			mem.TestingSetDiskUsage(vfs.DiskUsage{AvailBytes: 4096, TotalBytes: 2 << 30})
-			full.Store(true)
-		},
-		free: func(t *testing.T) {
-			full.Store(false)
-			mem.TestingSetDiskUsage(roomy)
-		},
+		fs:   d.FS,
+		dir:  "edge",
+		fill: func(*testing.T) { d.Fill() },
+		free: func(*testing.T) { d.Free() },
 	}
 }
 

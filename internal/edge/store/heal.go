@@ -3,6 +3,7 @@ package store
 import (
 	"context"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/cockroachdb/pebble/v2"
@@ -40,7 +41,7 @@ func (s *Store) write(fn func(db *pebble.DB) error) error {
 		s.fail(f)
 		return s.failedErr()
 	}
-	return diskErr(err)
+	return pebbleErr(err)
 }
 
 // fatalError is Pebble's Fatalf as an error, from guard.
@@ -74,17 +75,22 @@ func openDB(dir string, opts *pebble.Options) (*pebble.DB, error) {
 		db, err = pebble.Open(dir, opts)
 		return err
 	})
-	return db, diskErr(err)
+	// Pebble's check of its tables' sizes against the MANIFEST (a
+	// truncated table) returns an unmarked error: only its text tells.
+	if err != nil && !pebble.IsCorruptionError(err) && strings.Contains(err.Error(), "object size mismatch") {
+		err = fmt.Errorf("%w: %w", ErrCorrupt, err)
+	}
+	return db, pebbleErr(err)
 }
 
 // closeDB closes Pebble, which may call Fatalf after a failed write.
 func closeDB(db *pebble.DB) error {
-	return diskErr(guard(db.Close))
+	return pebbleErr(guard(db.Close))
 }
 
 // fail marks the store failed by err and asks healLoop to reopen it.
 func (s *Store) fail(err error) {
-	err = diskErr(err)
+	err = pebbleErr(err)
 	s.mu.Lock()
 	if s.failed == nil {
 		s.failed = err

@@ -122,7 +122,7 @@ func (r *Reader) read(max int) (entries []Entry, more bool, err error) {
 	}
 	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: lo, UpperBound: hi})
 	if err != nil {
-		return nil, false, fmt.Errorf("next: %w", err)
+		return nil, false, fmt.Errorf("next: %w", pebbleErr(err))
 	}
 	var expired [][]byte
 	for ok := it.First(); ok && len(entries) < max; ok = it.Next() {
@@ -134,7 +134,7 @@ func (r *Reader) read(max int) (entries []Entry, more bool, err error) {
 		v, err := it.ValueAndErr()
 		if err != nil {
 			_ = it.Close()
-			return nil, false, fmt.Errorf("next: %w", err)
+			return nil, false, fmt.Errorf("next: %w", pebbleErr(err))
 		}
 		h, err := decodeHeader(v)
 		if err != nil {
@@ -163,7 +163,7 @@ func (r *Reader) read(max int) (entries []Entry, more bool, err error) {
 		})
 	}
 	if err := it.Close(); err != nil {
-		return nil, false, fmt.Errorf("next: %w", err)
+		return nil, false, fmt.Errorf("next: %w", pebbleErr(err))
 	}
 	if len(expired) > 0 {
 		if err := s.deleteKeys(r.ep, expired, true); err != nil {
@@ -300,13 +300,13 @@ func (s *Store) measure(lo, hi []byte, stop func(v []byte) bool) (span, error) {
 	var d span
 	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: lo, UpperBound: hi})
 	if err != nil {
-		return d, err
+		return d, pebbleErr(err)
 	}
 	for ok := it.First(); ok; ok = it.Next() {
 		v, err := it.ValueAndErr()
 		if err != nil {
 			_ = it.Close()
-			return d, err
+			return d, pebbleErr(err)
 		}
 		if stop != nil && stop(v) {
 			break
@@ -318,7 +318,7 @@ func (s *Store) measure(lo, hi []byte, stop func(v []byte) bool) (span, error) {
 		d.n++
 		d.bytes += int64(len(it.Key()) + len(v))
 	}
-	return d, it.Close()
+	return d, pebbleErr(it.Close())
 }
 
 // deleteRange deletes a measured span; the caller holds ep.delMu.
@@ -354,7 +354,7 @@ func (s *Store) deleteKeys(ep *endpoint, keys [][]byte, expired bool) error {
 			continue
 		}
 		if err != nil {
-			return err
+			return pebbleErr(err)
 		}
 		size += int64(len(k) + len(v))
 		n++
@@ -432,7 +432,7 @@ func (s *Store) head(ep *endpoint) (key, value []byte, err error) {
 	lo, hi := ep.liveBounds()
 	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: lo, UpperBound: hi})
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, pebbleErr(err)
 	}
 	if it.First() {
 		key = append([]byte(nil), it.Key()...)
@@ -442,7 +442,7 @@ func (s *Store) head(ep *endpoint) (key, value []byte, err error) {
 	if cerr := it.Close(); err == nil {
 		err = cerr
 	}
-	return key, value, err
+	return key, value, pebbleErr(err)
 }
 
 // expire deletes the expired head of every queue and returns how many

@@ -11,6 +11,7 @@
 //
 //	'q' endpoint-id:4 seq:8   a queued message
 //	'm' 0 "seq" | 0 "ttl"     sequence high-water mark, store TTL
+//	'm' 0 "now"               the latest time the store's clock showed
 //	'm' 0 "sid"               the store's id
 //	'm' 1 endpoint-name       endpoint id, priority and TTL
 //	'k' key                   the KV API (identity, twin and settings caches)
@@ -33,6 +34,13 @@
 // TTL change from the $edgeHub twin applies to messages already stored, as
 // the operator expects. Expired entries are never returned; readers delete
 // those they pass and a background loop deletes expired heads of queues.
+//
+// The store's clock (Config.Now) never runs back: a clock set back (a
+// device that boots with a stale time, then syncs it) leaves the store
+// at the latest time it showed, recorded in every commit, until the clock
+// passes it again. So an entry once expired stays expired, and entries
+// stored while the clock was behind are stamped no earlier than those
+// before them, and do not expire early once the clock is corrected.
 //
 // Acks and expiry deletions are committed without sync: losing one in a
 // power cut means a redelivery (delivery is at-least-once), never a loss.
@@ -93,6 +101,10 @@ var (
 	ErrDiskFull = errors.New("storage folder is out of disk space")
 	// ErrNotFound is returned by Get for a missing key.
 	ErrNotFound = errors.New("key not found")
+	// ErrCorrupt is returned (wrapped) when the store's files are
+	// damaged: a checksum mismatch, a damaged log or table, a value that
+	// does not decode. Retrying cannot help; the error names the file.
+	ErrCorrupt = errors.New("edge store is corrupt")
 )
 
 // quotaError names the quota, and matches ErrQuotaExceeded.
@@ -220,7 +232,6 @@ type Store struct {
 	opts     *pebble.Options
 	db       *pebble.DB // nil while heal reopens it; guarded by closeMu
 	log      *slog.Logger
-	now      func() time.Time
 	errQuota error
 	id       string // set by recover, then immutable
 
@@ -243,6 +254,11 @@ type Store struct {
 
 	// metaMu serializes writes of endpoint metadata and settings.
 	metaMu sync.Mutex
+
+	// clockMu guards seen, the latest time now returned; it is taken
+	// last, with nothing else taken under it.
+	clockMu sync.Mutex
+	seen    time.Time
 
 	mu         sync.Mutex
 	commitCond *sync.Cond
@@ -306,6 +322,15 @@ func Open(cfg Config) (*Store, error) {
 		FS:                 cfg.FS,
 		FormatMajorVersion: pebble.FormatNewest,
 		Logger:             pebbleLogger{cfg.Logger},
+		EventListener: &pebble.EventListener{
+			// Pebble's default calls Fatalf, on whatever goroutine read
+			// the damaged block (a reader, a compaction): a bit flip on
+			// disk would take the edge down. The read returns the
+			// corruption error anyway, so log it and let it.
+			DataCorruption: func(info pebble.DataCorruptionInfo) {
+				cfg.Logger.Error("store: on-disk corruption", "component", "pebble", "path", info.Path, "err", info.Details)
+			},
+		},
 	}
 	db, err := openDB(cfg.Dir, opts)
 	if err != nil {
@@ -316,7 +341,6 @@ func Open(cfg Config) (*Store, error) {
 		opts:       opts,
 		db:         db,
 		log:        cfg.Logger,
-		now:        cfg.Now,
 		errQuota:   &quotaError{max: cfg.MaxBytes},
 		done:       make(chan struct{}),
 		kick:       make(chan struct{}, 1),
@@ -329,8 +353,8 @@ func Open(cfg Config) (*Store, error) {
 	}
 	s.commitCond = sync.NewCond(&s.mu)
 	if err := s.recover(); err != nil {
-		_ = db.Close()
-		return nil, fmt.Errorf("open store: %w", err)
+		_ = closeDB(db)
+		return nil, fmt.Errorf("open store: %w", pebbleErr(err))
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	s.cancel = cancel
@@ -349,6 +373,16 @@ func (s *Store) recover() error {
 		return err
 	}
 	if err := s.recoverID(); err != nil {
+		return err
+	}
+	if v, err := s.get(metaNowKey); err == nil {
+		d := decoder{b: v}
+		at := d.varint()
+		if d.err != nil {
+			return fmt.Errorf("read clock: %w", errCorrupt)
+		}
+		s.seen = time.Unix(0, at)
+	} else if !errors.Is(err, ErrNotFound) {
 		return err
 	}
 	if v, err := s.get(metaTTLKey); err == nil {
@@ -483,6 +517,26 @@ func (s *Store) recoverID() error {
 	}
 	s.id = id
 	return nil
+}
+
+// now is the store's clock: Config.Now, but never earlier than a time it
+// showed before (see the package comment).
+func (s *Store) now() time.Time {
+	t := s.cfg.Now().Round(0) // the wall clock: a set-back is what counts
+	s.clockMu.Lock()
+	defer s.clockMu.Unlock()
+	if t.Before(s.seen) {
+		return s.seen
+	}
+	s.seen = t
+	return t
+}
+
+// seenNanos is the latest time now showed, for the commit to record.
+func (s *Store) seenNanos() int64 {
+	s.clockMu.Lock()
+	defer s.clockMu.Unlock()
+	return s.seen.UnixNano()
 }
 
 // ID is the store's id: 32 hex digits, made when the store was created
@@ -726,7 +780,7 @@ func (s *Store) get(key []byte) ([]byte, error) {
 		return nil, ErrNotFound
 	}
 	if err != nil {
-		return nil, err
+		return nil, pebbleErr(err)
 	}
 	out := append([]byte(nil), v...)
 	return out, closer.Close()
@@ -737,20 +791,20 @@ func (s *Store) get(key []byte) ([]byte, error) {
 func (s *Store) scan(prefix []byte, fn func(k, v []byte) error) error {
 	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: prefix, UpperBound: prefixEnd(prefix)})
 	if err != nil {
-		return err
+		return pebbleErr(err)
 	}
 	for it.First(); it.Valid(); it.Next() {
 		v, err := it.ValueAndErr()
 		if err != nil {
 			_ = it.Close()
-			return err
+			return pebbleErr(err)
 		}
 		if err := fn(it.Key(), v); err != nil {
 			_ = it.Close()
 			return err
 		}
 	}
-	return it.Close()
+	return pebbleErr(it.Close())
 }
 
 // prefixEnd returns the smallest key greater than every key with prefix,
@@ -768,10 +822,17 @@ func prefixEnd(prefix []byte) []byte {
 
 func binaryVarint(x int64) []byte { return binary.AppendVarint(nil, x) }
 
-// diskErr makes an out-of-space error recognisable as ErrDiskFull.
-func diskErr(err error) error {
-	if err != nil && vfs.IsNoSpaceError(err) {
+// pebbleErr makes Pebble's out-of-space errors recognisable as
+// ErrDiskFull, and its corruption errors (checksum mismatch, a damaged
+// log or table), whose marks errors.Is does not see, as ErrCorrupt.
+func pebbleErr(err error) error {
+	switch {
+	case err == nil || errors.Is(err, ErrDiskFull) || errors.Is(err, ErrCorrupt):
+		return err
+	case vfs.IsNoSpaceError(err):
 		return fmt.Errorf("%w: %w", ErrDiskFull, err)
+	case pebble.IsCorruptionError(err):
+		return fmt.Errorf("%w: %w", ErrCorrupt, err)
 	}
 	return err
 }
