@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"bytes"
 	"context"
 	"encoding/base64"
 	"encoding/json"
@@ -234,10 +235,47 @@ func FuzzDecodeBatch(f *testing.F) {
 	f.Add(`[{"body":"hi","base64Encoded":false}]`)
 	f.Add(`[]`)
 	f.Add(`{}`)
+	f.Add(`[{"body":"eA==","properties":{"IOTHUB-APP-k":"v","iothub-connection-device-id":"victim","dt-subject":"s"}}]`)
 	f.Fuzz(func(t *testing.T, s string) {
 		msgs, err := decodeBatch([]byte(s))
-		if err == nil && len(msgs) == 0 {
-			t.Fatal("no error and no messages")
+		if err != nil {
+			return
+		}
+		var items []struct {
+			Body          string            `json:"body"`
+			Base64Encoded *bool             `json:"base64Encoded"`
+			Properties    map[string]string `json:"properties"`
+		}
+		if err := json.Unmarshal([]byte(s), &items); err != nil || len(items) == 0 || len(msgs) != len(items) {
+			t.Fatalf("%d messages from %d items (%v)", len(msgs), len(items), err)
+		}
+		for i, m := range msgs {
+			// The identity comes from authentication, never the body.
+			if m.DeviceID != "" || m.ModuleID != "" || m.System.ConnDeviceID != "" || m.System.ConnModuleID != "" {
+				t.Fatalf("message %d carries identity %+v", i, m)
+			}
+			body := []byte(items[i].Body)
+			if items[i].Base64Encoded == nil || *items[i].Base64Encoded {
+				body, _ = base64.StdEncoding.DecodeString(items[i].Body)
+			}
+			if !bytes.Equal(m.Body, body) {
+				t.Fatalf("message %d: body %q, sent %q", i, m.Body, items[i].Body)
+			}
+			for k, v := range m.Properties {
+				if !anyCase(items[i].Properties, "iothub-app-"+k, v) && !(k == "dt-subject" && anyCase(items[i].Properties, k, v)) {
+					t.Fatalf("message %d: property %q=%q was not sent as iothub-app-%s", i, k, v, k)
+				}
+			}
 		}
 	})
+}
+
+// anyCase reports whether props holds k=v with k's case ignored.
+func anyCase(props map[string]string, k, v string) bool {
+	for pk, pv := range props {
+		if strings.EqualFold(pk, k) && pv == v {
+			return true
+		}
+	}
+	return false
 }

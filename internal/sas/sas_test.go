@@ -357,9 +357,74 @@ func FuzzParseToken(f *testing.F) {
 			again.Signature != tok.Signature || !again.Expiry.Equal(tok.Expiry) {
 			t.Fatalf("re-parse differs: %+v vs %+v", again, tok)
 		}
-		_ = tok.Verify(key1, key2)
-		_ = MatchesDevice(tok, "hub.local", "d", "m")
-		_ = MatchesHost(tok, "hub.local")
+		// Only the seed signed with key1 verifies: the signature covers sr
+		// and se exactly as sent, so a mutation of either is a forgery.
+		if tok.Verify(key1, key2) {
+			g, _ := ParseToken(good)
+			if tok.RawResource != g.RawResource || tok.rawExpiry != g.rawExpiry {
+				t.Fatalf("forged token verifies: sr %q se %q", tok.RawResource, tok.rawExpiry)
+			}
+		}
+		// A device token is for the device alone, a module token for its module.
+		if MatchesDevice(tok, "hub.local", "d", "m") && MatchesDevice(tok, "hub.local", "d", "") {
+			t.Fatalf("resource %q matches a device and its module", tok.Resource)
+		}
+		// Nor is it a service token, or another device's.
+		if MatchesDevice(tok, "hub.local", "d", "") && (MatchesHost(tok, "hub.local") || MatchesDevice(tok, "hub.local", "d2", "")) {
+			t.Fatalf("resource %q matches device d and the hub or device d2", tok.Resource)
+		}
+		if err := Validate(tok, tok.Expiry, 0); err != nil {
+			t.Fatalf("token refused at its own expiry: %v", err)
+		}
+		if err := Validate(tok, tok.Expiry.Add(time.Second), 0); !errors.Is(err, ErrExpired) {
+			t.Fatalf("token accepted after its expiry: %v", err)
+		}
+	})
+}
+
+// FuzzSign: whatever Sign makes parses back to what was signed and
+// verifies with its key alone; a byte changed in sr or se, which the
+// signature covers, makes it fail.
+func FuzzSign(f *testing.F) {
+	f.Add("hub.local/devices/d", "", int64(1800000000), uint(3), byte(1))
+	f.Add("hub.local/devices/d/modules/$edgeHub", "", int64(0), uint(40), byte(0x20))
+	f.Add("localhost:18443", "iothubowner", int64(1<<40), uint(7), byte(0x80))
+	f.Add("h/devices/a b&c=d%", "k&n", int64(5), uint(0), byte(0xff))
+	f.Fuzz(func(t *testing.T, resource, keyName string, se int64, pos uint, flip byte) {
+		if se < 0 {
+			se = -se
+		}
+		s, err := Sign(resource, key1, keyName, time.Unix(se, 0))
+		if err != nil {
+			if resource != "" {
+				t.Fatalf("Sign(%q): %v", resource, err)
+			}
+			return
+		}
+		tok, err := ParseToken(s)
+		if err != nil {
+			t.Fatalf("ParseToken(Sign(%q, %q)) = %v", resource, keyName, err)
+		}
+		if tok.Resource != resource || tok.KeyName != keyName || tok.Expiry.Unix() != se {
+			t.Fatalf("signed %q %q %d, parsed %q %q %d", resource, keyName, se, tok.Resource, tok.KeyName, tok.Expiry.Unix())
+		}
+		if !tok.Verify(key1) || tok.Verify(key2) || !tok.Verify(key2, key1) {
+			t.Fatal("token does not verify with exactly its key")
+		}
+		if flip == 0 {
+			flip = 1
+		}
+		// Change one byte of sr or se as sent.
+		sr, rse := []byte(tok.RawResource), []byte(tok.rawExpiry)
+		if i := pos % uint(len(sr)+len(rse)); i < uint(len(sr)) {
+			sr[i] ^= flip
+		} else {
+			rse[i-uint(len(sr))] ^= flip
+		}
+		forged := tokenPrefix + " sr=" + string(sr) + "&sig=" + tok.rawSig + "&se=" + string(rse)
+		if ft, err := ParseToken(forged); err == nil && ft.Verify(key1, key2) {
+			t.Fatalf("%q verifies after a change to sr or se", forged)
+		}
 	})
 }
 

@@ -411,8 +411,20 @@ func FuzzParseLock(f *testing.F) {
 	f.Add(".... 1")
 	f.Fuzz(func(t *testing.T, s string) {
 		a, ok := parseLock(s)
-		if reply, _, _ := strings.Cut(s, " "); ok && a.reply != reply {
+		if !ok {
+			return
+		}
+		if reply, _, _ := strings.Cut(s, " "); a.reply != reply {
 			t.Errorf("reply %q; want %q", a.reply, reply)
+		}
+		// What a token held is what it makes again.
+		b, ok := parseLock(a.reply + " " + strconv.FormatInt(a.locked.UnixNano(), 10))
+		if !ok || b != a {
+			t.Errorf("%q read as %+v, which reads back as %+v, %v", s, a, b, ok)
+		}
+		// The subject names the stream and consumer it acknowledges on.
+		if !strings.Contains(a.reply, "."+a.stream+"."+a.consumer+".") {
+			t.Errorf("reply %q does not hold stream %q and consumer %q", a.reply, a.stream, a.consumer)
 		}
 	})
 }
