@@ -48,6 +48,7 @@ func TestDrainThroughLinkFaults(t *testing.T) {
 		name   string
 		faults netfault.Faults
 	}{
+		{"clean link (baseline)", netfault.Faults{}},
 		{"latency 50 ms + jitter 25 ms", netfault.Faults{Latency: 50 * time.Millisecond, Jitter: 25 * time.Millisecond}},
 		{"bandwidth 128 KiB/s", netfault.Faults{Bandwidth: 128 << 10}},
 		{"sliced packets of 1-64 bytes", netfault.Faults{SliceMax: 64}},
