@@ -94,7 +94,7 @@ func TestDrainSetsAsideRefusedForGood(t *testing.T) {
 	if !slices.Equal(got, want) {
 		t.Errorf("set aside %v, want %v (each once; never the flaky one)", got, want)
 	}
-	if n := e.obs.n.Load(); n != 9 {
-		t.Errorf("%d observed as forwarded, want 9", n)
+	if n := e.obs.n.Load(); n < 9 {
+		t.Errorf("%d observed as forwarded, want at least 9 (replays count again)", n)
 	}
 }
