@@ -169,6 +169,20 @@ func writeEdgeStatus(w io.Writer, st *edge.Status, now time.Time) error {
 		setAside = fmt.Sprintf("%d refused for good by the hub (%s)", sa.Total, strings.Join(parts, ", "))
 	}
 	line("Set aside:", setAside)
+	if c := st.Certificates; c.EdgeCANotAfter != nil {
+		ca := fmt.Sprintf("expires %s (%s), from the %s", stamp(*c.EdgeCANotAfter), until(now, *c.EdgeCANotAfter), c.EdgeCASource)
+		if c.EdgeCAExpiresSoon && c.EdgeCANotAfter.After(now) {
+			ca += "; EXPIRES SOON"
+		}
+		line("Edge CA:", ca)
+	}
+	if c := st.Certificates; c.ServerCertNotAfter != nil {
+		srv := fmt.Sprintf("expires %s (%s)", stamp(*c.ServerCertNotAfter), until(now, *c.ServerCertNotAfter))
+		if c.ServerCertRenewAt != nil && c.ServerCertRenewAt.Before(*c.ServerCertNotAfter) {
+			srv += ", renewed from " + stamp(*c.ServerCertRenewAt)
+		}
+		line("Server cert:", srv)
+	}
 	line("Connected clients:", fmt.Sprint(len(st.ConnectedClients)))
 	if err := tw.Flush(); err != nil {
 		return err
@@ -254,6 +268,15 @@ func ago(now, t time.Time) string {
 		return "in the future: check the clocks"
 	}
 	return d.String() + " ago"
+}
+
+// until says how long after now t is, to the minute.
+func until(now, t time.Time) string {
+	d := t.Sub(now).Round(time.Minute)
+	if d <= 0 {
+		return "EXPIRED"
+	}
+	return "in " + d.String()
 }
 
 func seconds(s int64) string {

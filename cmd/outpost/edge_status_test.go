@@ -295,6 +295,8 @@ func TestEdgeStatusCommand(t *testing.T) {
 func TestWriteEdgeStatus(t *testing.T) {
 	now := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
 	since := now.Add(-90 * time.Second)
+	caExpiry := now.Add(10 * 24 * time.Hour)
+	renewAt := time.Date(2026, 3, 8, 0, 0, 0, 0, time.UTC)
 	tests := []struct {
 		name string
 		st   edge.Status
@@ -384,6 +386,66 @@ Connected clients:  0
 Set aside (latest):
   AT                    IDENTITY  MESSAGE ID  REASON        DETAIL
   2026-03-01T11:58:30Z  gone      m1          not_in_scope  gone: identity not in this edge's scope
+
+Queues:
+  none
+
+Connected clients:
+  none
+
+Routes:
+  none
+`,
+		},
+		{
+			name: "edge CA expires soon",
+			st: edge.Status{
+				DeviceID: "e", Synced: true, TTLSeconds: 60,
+				Certificates: edge.CertStatus{
+					EdgeCANotAfter: &caExpiry, EdgeCAExpiresSoon: true, EdgeCASource: "hub",
+					ServerCertNotAfter: &caExpiry, ServerCertRenewAt: &renewAt,
+				},
+			},
+			want: `Edge:               e
+Synced:             yes
+Link:               down
+Offline periods:    0
+Last sync:          never
+TTL:                60s (1m0s)
+Storage:            0 bytes
+Dropped:            0 expired (TTL), 0 with no route; 0 batches refused (quota)
+Set aside:          none
+Edge CA:            expires 2026-03-11T12:00:00Z (in 240h0m0s), from the hub; EXPIRES SOON
+Server cert:        expires 2026-03-11T12:00:00Z (in 240h0m0s), renewed from 2026-03-08T00:00:00Z
+Connected clients:  0
+
+Queues:
+  none
+
+Connected clients:
+  none
+
+Routes:
+  none
+`,
+		},
+		{
+			name: "edge CA expired",
+			st: edge.Status{
+				DeviceID: "e", Synced: true, TTLSeconds: 60,
+				Certificates: edge.CertStatus{EdgeCANotAfter: &since, EdgeCAExpiresSoon: true, EdgeCASource: "operator"},
+			},
+			want: `Edge:               e
+Synced:             yes
+Link:               down
+Offline periods:    0
+Last sync:          never
+TTL:                60s (1m0s)
+Storage:            0 bytes
+Dropped:            0 expired (TTL), 0 with no route; 0 batches refused (quota)
+Set aside:          none
+Edge CA:            expires 2026-03-01T11:58:30Z (EXPIRED), from the operator
+Connected clients:  0
 
 Queues:
   none

@@ -101,11 +101,14 @@ func NewRootCA(commonName string, validity time.Duration) (*CA, error) {
 // template is what every certificate here has: a fresh serial, the
 // subject's CN, validity from a little before now, basic constraints.
 func template(commonName string, validity time.Duration) (*x509.Certificate, error) {
+	return templateAt(time.Now(), commonName, validity)
+}
+
+func templateAt(now time.Time, commonName string, validity time.Duration) (*x509.Certificate, error) {
 	sn, err := serial()
 	if err != nil {
 		return nil, err
 	}
-	now := time.Now()
 	return &x509.Certificate{
 		SerialNumber:          sn,
 		Subject:               pkix.Name{CommonName: commonName},
@@ -218,7 +221,11 @@ func assemble(chain [][]byte, key crypto.Signer) (tls.Certificate, []byte, []byt
 }
 
 func leafTemplate(commonName string, validity time.Duration, usage x509.ExtKeyUsage) (*x509.Certificate, error) {
-	tmpl, err := template(commonName, orDefault(validity, DefaultLeafValidity))
+	return leafTemplateAt(time.Now(), commonName, validity, usage)
+}
+
+func leafTemplateAt(now time.Time, commonName string, validity time.Duration, usage x509.ExtKeyUsage) (*x509.Certificate, error) {
+	tmpl, err := templateAt(now, commonName, orDefault(validity, DefaultLeafValidity))
 	if err != nil {
 		return nil, err
 	}
@@ -232,11 +239,19 @@ func leafTemplate(commonName string, validity time.Duration, usage x509.ExtKeyUs
 // The tls.Certificate carries leaf, CA and the CA's chain; certPEM holds
 // the same chain, leaf first.
 func (ca *CA) IssueServer(hosts []string, validity time.Duration) (cert tls.Certificate, certPEM, keyPEM []byte, err error) {
+	return ca.IssueServerAt(time.Now(), hosts, validity)
+}
+
+// IssueServerAt is IssueServer by the clock reading now: the certificate
+// is valid from a little before now, for validity (never past the CA's
+// own expiry). An edge issues by its own clock, the one that decides
+// when to renew.
+func (ca *CA) IssueServerAt(now time.Time, hosts []string, validity time.Duration) (cert tls.Certificate, certPEM, keyPEM []byte, err error) {
 	hosts = normalizeHosts(hosts)
 	if len(hosts) == 0 {
 		return tls.Certificate{}, nil, nil, errors.New("issue server certificate: no host names")
 	}
-	tmpl, err := leafTemplate(hosts[0], validity, x509.ExtKeyUsageServerAuth)
+	tmpl, err := leafTemplateAt(now, hosts[0], validity, x509.ExtKeyUsageServerAuth)
 	if err != nil {
 		return tls.Certificate{}, nil, nil, err
 	}

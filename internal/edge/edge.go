@@ -13,7 +13,7 @@
 // (docs/edge-local.md); twins are served from a cache while offline and
 // reconciled on reconnect.
 //
-// Lock order: cfgMu, then mu; twinMu, syncMu and limMu are never held
+// Lock order: cfgMu, then mu; twinMu, syncMu, limMu and srvMu are never held
 // together with another. No lock is held while calling the Uplink or a
 // gateway Session, except syncMu around SyncIdentities.
 package edge
@@ -142,6 +142,10 @@ type Edge struct {
 	ids atomic.Pointer[idCache]
 	ca  atomic.Pointer[certs.CA]
 	gw  atomic.Pointer[gateway.Server]
+
+	srvCert  atomic.Pointer[issuedCert] // the served certificate; see serverCert
+	srvMu    sync.Mutex                 // serializes issuing; guards caWarned
+	caWarned time.Time                  // the last warning of an edge CA about to expire
 
 	metrics *metrics.Metrics // set once in New
 
@@ -559,6 +563,7 @@ func (e *Edge) maintain(ctx context.Context, justSynced bool) {
 	wasUp := e.up.State().Connected
 	ups := e.linkUps.Load()
 	e.logStatus("start")
+	e.checkCertificates()
 	switch {
 	case wasUp && justSynced:
 		e.fetchEdgeAgent(ctx)
@@ -574,9 +579,11 @@ func (e *Edge) maintain(ctx context.Context, justSynced bool) {
 				if err := e.syncIdentities(ctx, "periodic refresh"); err != nil {
 					e.log.Warn("periodic identity refresh failed", "error", err)
 				}
+				e.renewEdgeCA(ctx)
 			}
 		case <-status.C:
 			e.logStatus("periodic")
+			e.checkCertificates()
 		case <-e.replayCh:
 			// A patch was held although the link looked up: try again
 			// with the short twin timeout, so that a hanging link
@@ -607,6 +614,7 @@ func (e *Edge) online(ctx context.Context, why string) {
 	if err := e.syncIdentities(ctx, why); err != nil {
 		e.log.Warn("identity sync after reconnect failed", "error", err)
 	}
+	e.renewEdgeCA(ctx)
 	if !e.replayReported(ctx, replayTimeout) {
 		return
 	}
@@ -633,7 +641,7 @@ func (s *servers) shutdown(ctx context.Context) error {
 
 // listen starts the MQTT/TLS and HTTPS listeners.
 func (e *Edge) listen() (*servers, error) {
-	tlsCfg, err := e.serverTLS(e.ca.Load())
+	tlsCfg, err := e.serverTLS()
 	if err != nil {
 		return nil, err
 	}

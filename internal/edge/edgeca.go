@@ -2,7 +2,6 @@ package edge
 
 import (
 	"context"
-	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -69,26 +68,36 @@ func (e *Edge) loadEdgeCA() (*certs.CA, error) {
 // its host names, certs.EdgeHosts) and keeps it, sealed, in the store.
 // The hub constrains the CA to those names, or refuses.
 func (e *Edge) obtainEdgeCA(ctx context.Context) (*certs.CA, error) {
-	csr, key, err := certs.NewCSR(e.cfg.DeviceID, certs.EdgeHosts(e.cfg.Hostname)...)
+	ca, root, err := e.requestEdgeCA(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("edge CA: %w", err)
-	}
-	chain, root, err := e.up.SignEdgeCA(ctx, csr)
-	if err != nil {
-		return nil, fmt.Errorf("edge CA: hub signing: %w", err)
-	}
-	ca, err := certs.CAFromPEM(chain, key)
-	if err != nil {
-		return nil, fmt.Errorf("edge CA from hub: %w", err)
-	}
-	if !ca.Permits(e.cfg.Hostname) {
-		return nil, fmt.Errorf("edge CA from hub: it does not permit the edge's host name %q", e.cfg.Hostname)
+		return nil, err
 	}
 	if err := e.storeCA(ca, root); err != nil {
 		return nil, err
 	}
 	e.log.Info("edge CA obtained from the hub", "subject", ca.Cert.Subject.CommonName, "notAfter", ca.Cert.NotAfter)
 	return ca, nil
+}
+
+// requestEdgeCA has the hub sign a new edge CA, with a new key; it
+// returns it with the hub's root, not yet kept.
+func (e *Edge) requestEdgeCA(ctx context.Context) (*certs.CA, []byte, error) {
+	csr, key, err := certs.NewCSR(e.cfg.DeviceID, certs.EdgeHosts(e.cfg.Hostname)...)
+	if err != nil {
+		return nil, nil, fmt.Errorf("edge CA: %w", err)
+	}
+	chain, root, err := e.up.SignEdgeCA(ctx, csr)
+	if err != nil {
+		return nil, nil, fmt.Errorf("edge CA: hub signing: %w", err)
+	}
+	ca, err := certs.CAFromPEM(chain, key)
+	if err != nil {
+		return nil, nil, fmt.Errorf("edge CA from hub: %w", err)
+	}
+	if !ca.Permits(e.cfg.Hostname) {
+		return nil, nil, fmt.Errorf("edge CA from hub: it does not permit the edge's host name %q", e.cfg.Hostname)
+	}
+	return ca, root, nil
 }
 
 // storeCA keeps ca, with the hub's root, sealed in the store.
@@ -105,31 +114,4 @@ func (e *Edge) storeCA(ca *certs.CA, rootPEM []byte) error {
 		return fmt.Errorf("edge CA: %w", err)
 	}
 	return nil
-}
-
-// serverTLS issues the edge's server certificate from its CA, for its
-// host name and, where the CA permits them, localhost and 127.0.0.1 (a
-// verifier refuses a certificate with any name its CA does not permit);
-// children verify it up to the hub's root.
-func (e *Edge) serverTLS(ca *certs.CA) (*tls.Config, error) {
-	if !ca.Permits(e.cfg.Hostname) {
-		return nil, fmt.Errorf("server certificate: the edge CA does not permit the host name %q", e.cfg.Hostname)
-	}
-	hosts := []string{e.cfg.Hostname}
-	for _, h := range []string{"localhost", "127.0.0.1"} {
-		if ca.Permits(h) {
-			hosts = append(hosts, h)
-		}
-	}
-	cert, _, _, err := ca.IssueServer(hosts, 0)
-	if err != nil {
-		return nil, fmt.Errorf("server certificate: %w", err)
-	}
-	return &tls.Config{
-		Certificates: []tls.Certificate{cert},
-		MinVersion:   tls.VersionTLS12,
-		// X.509 children are verified by the backend (thumbprint or hub
-		// root), so certificates are requested, not verified by TLS.
-		ClientAuth: tls.RequestClientCert,
-	}, nil
 }

@@ -116,7 +116,10 @@ func (f *fakeUplink) SignEdgeCA(ctx context.Context, csr []byte) ([]byte, []byte
 	if err != nil {
 		return nil, nil, err
 	}
-	chain, err := f.hub.root.SignEdgeCA(csr, certs.CSRHosts(req), 0)
+	f.hub.mu.Lock()
+	validity := f.hub.edgeCAValidity
+	f.hub.mu.Unlock()
+	chain, err := f.hub.root.SignEdgeCA(csr, certs.CSRHosts(req), validity)
 	return chain, f.hub.root.CertPEM, err
 }
 
@@ -189,10 +192,13 @@ type fakeHub struct {
 	root *certs.CA
 	pem  []byte
 
-	mu      sync.Mutex
-	edge    identity.Device
-	devices map[string]identity.Device
-	modules map[string]identity.Module
+	mu sync.Mutex
+	// edgeCAValidity is how long the edge CAs it signs live; 0 the
+	// default (5 years).
+	edgeCAValidity time.Duration
+	edge           identity.Device
+	devices        map[string]identity.Device
+	modules        map[string]identity.Module
 }
 
 func newFakeHub(t testing.TB) *fakeHub {

@@ -25,6 +25,7 @@ func newMetrics(e *Edge) (*metrics.Metrics, error) {
 		Auth:    gateway.MetricsSource(e.gw.Load),
 		Storage: src,
 		Drops:   src,
+		Certs:   src,
 		Now:     e.now,
 	})
 }
@@ -83,4 +84,15 @@ func (s metricsSource) Dropped() map[string]uint64 {
 	d := map[string]uint64{metrics.ReasonNoRoute: s.e.noRoute.Load()}
 	s.e.setAside.dropped(d)
 	return d
+}
+
+func (s metricsSource) Certificates() metrics.Certificates {
+	var c metrics.Certificates
+	if ca := s.e.ca.Load(); ca != nil {
+		c.EdgeCANotAfter = ca.Cert.NotAfter
+	}
+	if sc := s.e.srvCert.Load(); sc != nil {
+		c.ServerNotAfter = sc.cert.Leaf.NotAfter
+	}
+	return c
 }

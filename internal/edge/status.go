@@ -33,6 +33,9 @@ type Status struct {
 	// SetAside counts the drained messages the hub refused for good,
 	// by reason, which the drain set aside to go on with the rest.
 	SetAside SetAsideStatus `json:"setAside"`
+	// Certificates: when the edge CA and the served server certificate
+	// expire; the edge renews the latter itself.
+	Certificates CertStatus `json:"certificates"`
 }
 
 // LinkStatus is the upstream link's state.
@@ -80,6 +83,7 @@ func (e *Edge) Status() Status {
 		QuotaRefusals:    e.quotaRefusals.Load(),
 		DiskFullRefusals: e.diskFullRefusals.Load(),
 		SetAside:         e.setAside.status(),
+		Certificates:     e.certStatus(),
 	}
 	if !ls.Since.IsZero() {
 		t := ls.Since

@@ -52,6 +52,9 @@ const (
 	NameStorageMaxBytes  = Namespace + "_storage_max_bytes"
 	NameStorageDiskBytes = Namespace + "_storage_disk_bytes"
 
+	NameEdgeCAExpiry         = Namespace + "_edge_ca_expiry_timestamp_seconds"
+	NameEdgeServerCertExpiry = Namespace + "_edge_server_cert_expiry_timestamp_seconds"
+
 	NameEdgeDuplicates   = Namespace + "_hub_edge_duplicates_total"
 	NameEdgeStoreRewinds = Namespace + "_hub_edge_store_rewinds_total"
 
@@ -141,6 +144,12 @@ type Storage struct {
 	DiskBytes uint64
 }
 
+// Certificates are an edge's TLS identity; a zero time is left out.
+type Certificates struct {
+	EdgeCANotAfter time.Time
+	ServerNotAfter time.Time
+}
+
 // Sources read at scrape time. Each is one method, called without locks
 // held by this package; they must be quick and safe for concurrent use.
 type (
@@ -155,6 +164,8 @@ type (
 	DropSource interface{ Dropped() map[string]uint64 }
 	// EdgeSource reports the hub's counts per edge id.
 	EdgeSource interface{ Edges() map[string]Edge }
+	// CertSource reports an edge's certificate expiries.
+	CertSource interface{ Certificates() Certificates }
 )
 
 // Config says what a process has to report. A nil source leaves its
@@ -167,6 +178,7 @@ type Config struct {
 	Storage StorageSource
 	Drops   DropSource
 	Edges   EdgeSource
+	Certs   CertSource
 	// Now is the clock for ages and the drain rate. Default time.Now.
 	Now func() time.Time
 	// NoProcessMetrics leaves out the Go runtime and process collectors
@@ -212,6 +224,7 @@ type descs struct {
 	clients, authFailures                 *prometheus.Desc
 	storageBytes, storageMax, storageDisk *prometheus.Desc
 	edgeDuplicates, edgeStoreRewinds      *prometheus.Desc
+	edgeCAExpiry, serverCertExpiry        *prometheus.Desc
 }
 
 func newDescs() descs {
@@ -240,6 +253,9 @@ func newDescs() descs {
 
 		edgeDuplicates:   prometheus.NewDesc(NameEdgeDuplicates, "Messages an edge sent again that the hub had stored already, dropped as duplicates.", []string{LabelEdge}, nil),
 		edgeStoreRewinds: prometheus.NewDesc(NameEdgeStoreRewinds, "Connects of an edge whose store was behind what the hub had stored from it (restored from a backup, or copied).", []string{LabelEdge}, nil),
+
+		edgeCAExpiry:     prometheus.NewDesc(NameEdgeCAExpiry, "When the edge CA expires, as a Unix time; the edge cannot renew its server certificate past it.", nil, nil),
+		serverCertExpiry: prometheus.NewDesc(NameEdgeServerCertExpiry, "When the edge's current server certificate expires, as a Unix time; the edge issues the next one after two thirds of its life.", nil, nil),
 	}
 }
 
@@ -369,7 +385,7 @@ func (c collector) Describe(ch chan<- *prometheus.Desc) {
 		d.queueLength, d.queueBytes, d.queueOldest, d.stored, d.forwarded, d.dropped, d.received,
 		d.linkConnected, d.linkSince, d.linkPeriods, d.linkOfflineNow, d.drainRate,
 		d.clients, d.authFailures, d.storageBytes, d.storageMax, d.storageDisk,
-		d.edgeDuplicates, d.edgeStoreRewinds,
+		d.edgeDuplicates, d.edgeStoreRewinds, d.edgeCAExpiry, d.serverCertExpiry,
 	} {
 		ch <- x
 	}
@@ -457,6 +473,15 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 		for id, e := range cfg.Edges.Edges() {
 			counter(d.edgeDuplicates, float64(e.Duplicates), id)
 			counter(d.edgeStoreRewinds, float64(e.StoreRewinds), id)
+		}
+	}
+	if cfg.Certs != nil {
+		c := cfg.Certs.Certificates()
+		if !c.EdgeCANotAfter.IsZero() {
+			gauge(d.edgeCAExpiry, float64(c.EdgeCANotAfter.Unix()))
+		}
+		if !c.ServerNotAfter.IsZero() {
+			gauge(d.serverCertExpiry, float64(c.ServerNotAfter.Unix()))
 		}
 	}
 }
