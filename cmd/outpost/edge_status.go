@@ -178,8 +178,10 @@ func writeEdgeStatus(w io.Writer, st *edge.Status, now time.Time) error {
 	}
 	if c := st.Certificates; c.ServerCertNotAfter != nil {
 		srv := fmt.Sprintf("expires %s (%s)", stamp(*c.ServerCertNotAfter), until(now, *c.ServerCertNotAfter))
-		if c.ServerCertRenewAt != nil && c.ServerCertRenewAt.Before(*c.ServerCertNotAfter) {
+		if c.ServerCertRenewAt != nil {
 			srv += ", renewed from " + stamp(*c.ServerCertRenewAt)
+		} else {
+			srv += ", ends with the edge CA"
 		}
 		line("Server cert:", srv)
 	}

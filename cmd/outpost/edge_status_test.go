@@ -297,6 +297,7 @@ func TestWriteEdgeStatus(t *testing.T) {
 	since := now.Add(-90 * time.Second)
 	caExpiry := now.Add(10 * 24 * time.Hour)
 	renewAt := time.Date(2026, 3, 8, 0, 0, 0, 0, time.UTC)
+	caFar := now.Add(365 * 24 * time.Hour)
 	tests := []struct {
 		name string
 		st   edge.Status
@@ -403,7 +404,7 @@ Routes:
 				DeviceID: "e", Synced: true, TTLSeconds: 60,
 				Certificates: edge.CertStatus{
 					EdgeCANotAfter: &caExpiry, EdgeCAExpiresSoon: true, EdgeCASource: "hub",
-					ServerCertNotAfter: &caExpiry, ServerCertRenewAt: &renewAt,
+					ServerCertNotAfter: &caExpiry,
 				},
 			},
 			want: `Edge:               e
@@ -416,6 +417,38 @@ Storage:            0 bytes
 Dropped:            0 expired (TTL), 0 with no route; 0 batches refused (quota)
 Set aside:          none
 Edge CA:            expires 2026-03-11T12:00:00Z (in 240h0m0s), from the hub; EXPIRES SOON
+Server cert:        expires 2026-03-11T12:00:00Z (in 240h0m0s), ends with the edge CA
+Connected clients:  0
+
+Queues:
+  none
+
+Connected clients:
+  none
+
+Routes:
+  none
+`,
+		},
+		{
+			name: "server certificate renewed before the edge CA expires",
+			st: edge.Status{
+				DeviceID: "e", Synced: true, TTLSeconds: 60,
+				Certificates: edge.CertStatus{
+					EdgeCANotAfter: &caFar, EdgeCASource: "hub",
+					ServerCertNotAfter: &caExpiry, ServerCertRenewAt: &renewAt,
+				},
+			},
+			want: `Edge:               e
+Synced:             yes
+Link:               down
+Offline periods:    0
+Last sync:          never
+TTL:                60s (1m0s)
+Storage:            0 bytes
+Dropped:            0 expired (TTL), 0 with no route; 0 batches refused (quota)
+Set aside:          none
+Edge CA:            expires 2027-03-01T12:00:00Z (in 8760h0m0s), from the hub
 Server cert:        expires 2026-03-11T12:00:00Z (in 240h0m0s), renewed from 2026-03-08T00:00:00Z
 Connected clients:  0
 

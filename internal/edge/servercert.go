@@ -42,10 +42,12 @@ func (c *issuedCert) renewAt() time.Time {
 }
 
 // due reports whether c must be issued again at now: the edge CA
-// changed, or c is past renewAt and a new one would outlive it (one
-// capped at the CA's expiry gains nothing).
+// changed; the clock is before c's start (c was issued while the clock
+// was ahead, and children with a right clock refuse it); or c is past
+// renewAt and a new one would outlive it (one capped at the CA's expiry
+// gains nothing).
 func (c *issuedCert) due(ca *certs.CA, now time.Time) bool {
-	if c.ca != ca {
+	if c.ca != ca || now.Before(c.cert.Leaf.NotBefore) {
 		return true
 	}
 	if now.Before(c.renewAt()) {
@@ -211,7 +213,8 @@ type CertStatus struct {
 	EdgeCASource       string     `json:"edgeCASource,omitempty"`
 	ServerCertNotAfter *time.Time `json:"serverCertNotAfter,omitempty"`
 	// ServerCertRenewAt is when the edge issues its next server
-	// certificate.
+	// certificate; absent when the edge CA's expiry caps it (the next
+	// comes with a new edge CA).
 	ServerCertRenewAt *time.Time `json:"serverCertRenewAt,omitempty"`
 }
 
@@ -227,8 +230,12 @@ func (e *Edge) certStatus() CertStatus {
 		}
 	}
 	if c := e.srvCert.Load(); c != nil {
-		t, r := c.cert.Leaf.NotAfter, c.renewAt()
-		s.ServerCertNotAfter, s.ServerCertRenewAt = &t, &r
+		t := c.cert.Leaf.NotAfter
+		s.ServerCertNotAfter = &t
+		if t.Before(c.ca.Cert.NotAfter) {
+			r := c.renewAt()
+			s.ServerCertRenewAt = &r
+		}
 	}
 	return s
 }

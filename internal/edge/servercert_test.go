@@ -170,10 +170,38 @@ func TestServerCertCappedAtCA(t *testing.T) {
 	if !first.NotAfter.Equal(ca.Cert.NotAfter) {
 		t.Fatalf("server certificate valid until %v, its CA until %v", first.NotAfter, ca.Cert.NotAfter)
 	}
+	if st := te.e.Status().Certificates; st.ServerCertRenewAt != nil {
+		t.Errorf("status: renewed at %v, but the CA caps it", *st.ServerCertRenewAt)
+	}
 	clock.Advance(80 * 24 * time.Hour)
 	if got := served(t, te, clock.Now)[0]; !got.Equal(first) {
 		t.Fatalf("issued again although capped at the CA's expiry: %v to %v", got.NotBefore, got.NotAfter)
 	}
+}
+
+// TestServerCertAfterClockSetBack: a certificate renewed while the
+// edge's clock was far ahead starts in the future for children with a
+// right clock; once the clock is set right the edge issues another at
+// the next handshake instead of serving it until its start comes.
+func TestServerCertAfterClockSetBack(t *testing.T) {
+	clock := clocktest.Real()
+	hub := newFakeHub(t)
+	key := hub.addDevice("child1")
+	te := startEdge(t, hub, t.TempDir(), true, func(c *Config) { c.Now = clock.Now })
+	te.awaitReady()
+	te.up.setConnected(false)
+	first := served(t, te, clock.Now)[0]
+	ahead := 300 * 24 * time.Hour // past two thirds of its life
+	clock.Advance(ahead)
+	if got := served(t, te, clock.Now)[0]; got.Equal(first) || got.NotBefore.Before(first.NotAfter.Add(-100*24*time.Hour)) {
+		t.Fatalf("clock %v ahead: served one valid from %v", ahead, got.NotBefore)
+	}
+	clock.Advance(-ahead)
+	got := served(t, te, clock.Now)[0] // verified at the right time
+	if got.NotBefore.After(clock.Now()) {
+		t.Fatalf("clock set right: served one valid from %v", got.NotBefore)
+	}
+	childSends(t, te, key, clock.Now)
 }
 
 // TestEdgeCAExpirySoon: an edge CA within CAExpiryWarning of its expiry

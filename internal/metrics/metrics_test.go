@@ -267,7 +267,7 @@ func TestHubScrapeLeavesOutEdgeMetrics(t *testing.T) {
 	if got := s.get(t, `outpost_connected_clients{via="edge"}`); got != 3 {
 		t.Errorf("clients via edge = %v, want 3", got)
 	}
-	for _, name := range []string{NameStored, NameForwarded, NameLinkConnected, NameDrainRate, NameForwardLatency, NameLinkOfflineHist, NameStorageBytes} {
+	for _, name := range []string{NameStored, NameForwarded, NameLinkConnected, NameDrainRate, NameForwardLatency, NameLinkOfflineHist, NameStorageBytes, NameEdgeCAExpiry, NameEdgeServerCertExpiry} {
 		if s.hasFamily(name) {
 			t.Errorf("hub serves %s", name)
 		}
@@ -435,5 +435,42 @@ func TestConcurrentObserveAndScrape(t *testing.T) {
 	}
 	if got := s.get(t, NamePubackLatency+"_count"); got != 2000 {
 		t.Errorf("puback count = %v, want 2000", got)
+	}
+}
+
+type certSource Certificates
+
+func (c certSource) Certificates() Certificates { return Certificates(c) }
+
+// TestCertificateExpiry: the edge's certificate expiries are gauges of
+// Unix time; one not known yet (no server certificate before the edge
+// listens) is left out, not reported as 1970.
+func TestCertificateExpiry(t *testing.T) {
+	ca := time.Date(2031, 12, 7, 0, 0, 0, 0, time.UTC)
+	srv := time.Date(2027, 12, 7, 0, 0, 0, 0, time.UTC)
+	for _, tt := range []struct {
+		name string
+		c    Certificates
+	}{{"both", Certificates{EdgeCANotAfter: ca, ServerNotAfter: srv}}, {"no server certificate yet", Certificates{EdgeCANotAfter: ca}}} {
+		t.Run(tt.name, func(t *testing.T) {
+			m, err := New(Config{Certs: certSource(tt.c), NoProcessMetrics: true})
+			if err != nil {
+				t.Fatal(err)
+			}
+			s := get(t, m.Handler())
+			if got := s.get(t, NameEdgeCAExpiry); got != float64(ca.Unix()) {
+				t.Errorf("%s = %v, want %d", NameEdgeCAExpiry, got, ca.Unix())
+			}
+			if s.types[NameEdgeCAExpiry] != "gauge" {
+				t.Errorf("%s is a %q", NameEdgeCAExpiry, s.types[NameEdgeCAExpiry])
+			}
+			if tt.c.ServerNotAfter.IsZero() {
+				if s.has(NameEdgeServerCertExpiry) {
+					t.Errorf("%s served with no server certificate", NameEdgeServerCertExpiry)
+				}
+			} else if got := s.get(t, NameEdgeServerCertExpiry); got != float64(srv.Unix()) {
+				t.Errorf("%s = %v, want %d", NameEdgeServerCertExpiry, got, srv.Unix())
+			}
+		})
 	}
 }
