@@ -27,6 +27,8 @@ const (
 	CAExpiryWarning = 30 * 24 * time.Hour
 	// caWarnEvery spaces the warnings of an edge CA about to expire.
 	caWarnEvery = 24 * time.Hour
+	// caRenewTimeout bounds the hub's signing of a renewed edge CA.
+	caRenewTimeout = 30 * time.Second
 )
 
 // issuedCert is a server certificate and the edge CA it came from.
@@ -181,6 +183,10 @@ func (e *Edge) renewEdgeCA(ctx context.Context) {
 	if e.cfg.EdgeCACert != "" || !caExpiresSoon(old, e.now()) || !e.up.State().Connected {
 		return
 	}
+	// Bounded, so that a link that died unnoticed holds the reconnect
+	// work behind it no longer than this.
+	ctx, cancel := context.WithTimeout(ctx, caRenewTimeout)
+	defer cancel()
 	ca, root, err := e.requestEdgeCA(ctx)
 	if err != nil {
 		e.log.Warn("edge CA renewal failed; tried again at the next reconnect or identity refresh", "error", err, "notAfter", old.Cert.NotAfter)
