@@ -32,12 +32,18 @@ type liveSession struct {
 
 // stop ends the method subscription and the C2D delivery. Only the first
 // call does anything; it reports a failed unsubscribe.
+//
+// The subscription is drained, not dropped: a request NATS already routed
+// to it (in the client's queue, or on its way before the server saw the
+// unsubscribe) still runs serveMethod, which answers notConnected now that
+// ctx is done. Dropped, it went unanswered and its caller waited the
+// response timeout and the hop's slack for nothing.
 func (l *liveSession) stop() error {
 	var err error
 	l.once.Do(func() {
 		l.cancel()
 		if l.sub != nil {
-			if uerr := l.sub.Unsubscribe(); uerr != nil && !errors.Is(uerr, nats.ErrConnectionClosed) && !errors.Is(uerr, nats.ErrBadSubscription) {
+			if uerr := l.sub.Drain(); uerr != nil && !errors.Is(uerr, nats.ErrConnectionClosed) && !errors.Is(uerr, nats.ErrBadSubscription) && !errors.Is(uerr, nats.ErrConnectionDraining) {
 				err = fmt.Errorf("unsubscribe %s: %w", l.s.Identity().ClientID(), uerr)
 			}
 		}
