@@ -22,15 +22,18 @@ var allowed = map[string][]string{
 	// mqttwire is the MQTT 3.1.1 codec of the edge's link and the load
 	// generator: a leaf on the standard library alone.
 	"mqttwire": {},
+	// wsconn is MQTT over WebSocket as a net.Conn, for the gateway and
+	// the device SDK: the standard library and the WebSocket library.
+	"wsconn": {},
 	// edgeproto is the hub↔edge contract, imported by both ends.
 	"edgeproto": {"topic", "message"},
-	"gateway":   {"message", "sas", "topic", "identity", "twin", "query", "route", "certs", "metrics", "edgeproto", "mqttwire"},
+	"gateway":   {"message", "sas", "topic", "identity", "twin", "query", "route", "certs", "metrics", "edgeproto", "mqttwire", "wsconn"},
 	"certs":     {},
-	"client":    {"message", "sas", "topic", "certs", "edgeproto", "backoff"},
+	"client":    {"message", "sas", "topic", "certs", "edgeproto", "backoff", "wsconn"},
 	// hubserver is the hub's process wiring: the hub and its data plane
 	// and service API, the device endpoint, certificates; manifest, with
 	// which the hub checks the deployments written to $edgeHub twins.
-	"hubserver": {"hub", "gateway", "certs", "metrics", "message", "sas", "topic", "identity", "twin", "query", "route", "edgeproto", "mqttwire", "manifest"},
+	"hubserver": {"hub", "gateway", "certs", "metrics", "message", "sas", "topic", "identity", "twin", "query", "route", "edgeproto", "mqttwire", "manifest", "wsconn"},
 }
 
 // forbidden pairs: a package under the first never imports the second.

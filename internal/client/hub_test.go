@@ -30,6 +30,7 @@ import (
 	"outpost/internal/poll"
 	"outpost/internal/sas"
 	"outpost/internal/topic"
+	"outpost/internal/wsconn"
 )
 
 // This file is the test's IoT Hub: a mochi-mqtt broker behind TLS (and
@@ -475,7 +476,7 @@ func (l *wsListener) Serve(establish listeners.EstablishFn) {
 		if err != nil {
 			return
 		}
-		establish(l.id, &wsConn{ws: ws})
+		establish(l.id, wsconn.New(ws))
 	})
 	l.srv.Serve(l.ln)
 }

@@ -1,14 +1,11 @@
 package gateway
 
 import (
-	"errors"
-	"io"
-	"net"
 	"net/http"
-	"sync"
-	"time"
 
 	"github.com/gorilla/websocket"
+
+	"outpost/internal/wsconn"
 )
 
 // WebSocketPath is where the IoT SDKs open MQTT over WebSocket
@@ -42,69 +39,6 @@ func (s *Server) WebSocketHandler() http.Handler {
 			return // Upgrade has answered the client
 		}
 		ws.SetReadLimit(int64(s.cfg.MaxMessageSize) + 128*1024)
-		s.serveConn(&wsConn{ws: ws}, "mqtt-ws", r.TLS)
+		s.serveConn(wsconn.New(ws), "mqtt-ws", r.TLS)
 	})
-}
-
-// wsConn is a WebSocket carrying an MQTT byte stream, as a net.Conn.
-// MQTT packets may span WebSocket messages and the reverse, so reads
-// continue across message boundaries.
-type wsConn struct {
-	ws *websocket.Conn
-	r  io.Reader // current message; nil between messages
-
-	wmu sync.Mutex // gorilla allows one concurrent writer; guards writes and the write deadline
-}
-
-var errTextFrame = errors.New("websocket: text frame on an MQTT connection")
-
-func (c *wsConn) Read(p []byte) (int, error) {
-	for {
-		if c.r == nil {
-			typ, r, err := c.ws.NextReader()
-			if err != nil {
-				return 0, err
-			}
-			if typ != websocket.BinaryMessage {
-				return 0, errTextFrame
-			}
-			c.r = r
-		}
-		n, err := c.r.Read(p)
-		if errors.Is(err, io.EOF) {
-			c.r = nil
-			if n == 0 {
-				continue
-			}
-			err = nil
-		}
-		return n, err
-	}
-}
-
-func (c *wsConn) Write(p []byte) (int, error) {
-	c.wmu.Lock()
-	defer c.wmu.Unlock()
-	if err := c.ws.WriteMessage(websocket.BinaryMessage, p); err != nil {
-		return 0, err
-	}
-	return len(p), nil
-}
-
-func (c *wsConn) Close() error                      { return c.ws.NetConn().Close() }
-func (c *wsConn) LocalAddr() net.Addr               { return c.ws.LocalAddr() }
-func (c *wsConn) RemoteAddr() net.Addr              { return c.ws.RemoteAddr() }
-func (c *wsConn) SetReadDeadline(t time.Time) error { return c.ws.SetReadDeadline(t) }
-
-// SetWriteDeadline takes the write lock: gorilla's deadline is a plain
-// field its writer reads, and mochi refreshes deadlines from the read
-// loop while PUBACKs are written from the pipeline.
-func (c *wsConn) SetWriteDeadline(t time.Time) error {
-	c.wmu.Lock()
-	defer c.wmu.Unlock()
-	return c.ws.SetWriteDeadline(t)
-}
-
-func (c *wsConn) SetDeadline(t time.Time) error {
-	return errors.Join(c.SetReadDeadline(t), c.SetWriteDeadline(t))
 }

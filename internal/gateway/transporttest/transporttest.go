@@ -8,6 +8,7 @@ package transporttest
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"crypto/tls"
 	"errors"
 	"fmt"
@@ -15,15 +16,14 @@ import (
 	"net"
 	"net/http"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
-	"github.com/gorilla/websocket"
 	"github.com/mochi-mqtt/server/v2/packets"
 
 	"outpost/internal/certs"
 	"outpost/internal/topic"
+	"outpost/internal/wsconn"
 )
 
 // The transports a device reaches a gateway by, named as the gateway's
@@ -225,69 +225,13 @@ func (ep Endpoint) Dial(transport string, cert *tls.Certificate) (net.Conn, erro
 		}
 		return nc, nil
 	case WebSocket:
-		wd := websocket.Dialer{
-			NetDialContext:   d.DialContext,
-			TLSClientConfig:  tc,
-			Subprotocols:     []string{"mqtt"},
-			HandshakeTimeout: attemptTimeout,
-		}
-		ws, resp, err := wd.Dial("wss://"+ep.HTTPSAddr+webSocketPath, nil)
-		if resp != nil && resp.Body != nil {
-			resp.Body.Close()
-		}
+		c, err := wsconn.Dial(context.Background(), "wss://"+ep.HTTPSAddr+webSocketPath, tc, attemptTimeout, d.DialContext)
 		if err != nil {
 			return nil, fmt.Errorf("dial websocket: %w", err)
 		}
-		return &wsStream{ws: ws}, nil
+		return c, nil
 	}
 	return nil, fmt.Errorf("transport %q carries no MQTT", transport)
-}
-
-// wsStream is a client WebSocket carrying an MQTT byte stream.
-type wsStream struct {
-	ws *websocket.Conn
-	r  io.Reader
-
-	wmu sync.Mutex
-}
-
-func (c *wsStream) Read(p []byte) (int, error) {
-	for {
-		if c.r == nil {
-			_, r, err := c.ws.NextReader()
-			if err != nil {
-				return 0, err
-			}
-			c.r = r
-		}
-		n, err := c.r.Read(p)
-		if errors.Is(err, io.EOF) {
-			c.r = nil
-			if n == 0 {
-				continue
-			}
-			err = nil
-		}
-		return n, err
-	}
-}
-
-func (c *wsStream) Write(p []byte) (int, error) {
-	c.wmu.Lock()
-	defer c.wmu.Unlock()
-	if err := c.ws.WriteMessage(websocket.BinaryMessage, p); err != nil {
-		return 0, err
-	}
-	return len(p), nil
-}
-
-func (c *wsStream) Close() error                       { return c.ws.NetConn().Close() }
-func (c *wsStream) LocalAddr() net.Addr                { return c.ws.LocalAddr() }
-func (c *wsStream) RemoteAddr() net.Addr               { return c.ws.RemoteAddr() }
-func (c *wsStream) SetReadDeadline(t time.Time) error  { return c.ws.SetReadDeadline(t) }
-func (c *wsStream) SetWriteDeadline(t time.Time) error { return c.ws.SetWriteDeadline(t) }
-func (c *wsStream) SetDeadline(t time.Time) error {
-	return errors.Join(c.ws.SetReadDeadline(t), c.ws.SetWriteDeadline(t))
 }
 
 // Raw speaks MQTT 3.1.1 packet by packet over any stream, for what SDKs
