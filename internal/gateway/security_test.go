@@ -595,21 +595,28 @@ func TestSecuritySilentConnections(t *testing.T) {
 }
 
 // TestSecurityKeepAlive: an authenticated connection that goes silent
-// is dropped after one and a half keepalives [MQTT-3.1.2-24].
+// is dropped after one and a half keepalives [MQTT-3.1.2-24]. The
+// keepalive is 2 s, since mochi computes the half in whole seconds: with
+// 1 s it drops after one keepalive, as a client pinging on time sees it.
 func TestSecurityKeepAlive(t *testing.T) {
 	e := newSecurityEnv(t)
+	const keepAlive = 2 * time.Second
 	for _, tr := range []string{transporttest.MQTT, transporttest.WebSocket} {
 		t.Run(tr, func(t *testing.T) {
 			rc := transporttest.NewRaw(mustDial(t, e, tr))
-			if code, err := rc.ConnectKeepAlive("dev1", username("dev1"), e.token("dev1", time.Hour), 1); err != nil || code != 0 {
+			if code, err := rc.ConnectKeepAlive("dev1", username("dev1"), e.token("dev1", time.Hour), uint16(keepAlive/time.Second)); err != nil || code != 0 {
 				t.Fatalf("CONNACK %d, %v", code, err)
 			}
 			start := time.Now()
 			if err := rc.AwaitClosed(); err != nil {
 				t.Fatal(err)
 			}
-			if d := time.Since(start); d < time.Second {
-				t.Errorf("dropped after %v, before one keepalive", d)
+			d := time.Since(start)
+			if d < keepAlive {
+				t.Errorf("dropped after %v, before one keepalive (%v)", d, keepAlive)
+			}
+			if d > keepAlive*3/2+time.Second {
+				t.Errorf("dropped after %v, well past one and a half keepalives (%v)", d, keepAlive)
 			}
 		})
 	}
