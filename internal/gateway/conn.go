@@ -540,7 +540,9 @@ func (c *conn) refuseForGood(pk packets.Packet, reason, msg string) {
 }
 
 func (c *conn) enqueue(it pubItem) {
-	it.units = it.size / budgetUnit
+	// Capped at the whole budget: a body larger than it (a MaxMessageSize
+	// set above pipelineBytes) waits for an empty pipeline, not forever.
+	it.units = min(it.size/budgetUnit, cap(c.budget))
 	for range it.units {
 		select {
 		case c.budget <- struct{}{}:

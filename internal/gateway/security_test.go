@@ -1112,3 +1112,29 @@ func median(ds []time.Duration) time.Duration {
 	slices.Sort(s)
 	return s[len(s)/2]
 }
+
+// TestMessageOverTheByteBudget: a body larger than a connection's whole
+// byte budget (MaxMessageSize set above it) is stored and acknowledged
+// once the pipeline is empty; it never waits for more of the budget than
+// there is.
+func TestMessageOverTheByteBudget(t *testing.T) {
+	size := pipelineBytes + budgetUnit
+	e := newSecurityEnv(t, func(c *Config) { c.MaxMessageSize = size })
+	rc := transporttest.NewRaw(mustDial(t, e, transporttest.MQTT))
+	if code, err := rc.Connect("dev1", username("dev1"), e.token("dev1", time.Hour)); err != nil || code != 0 {
+		t.Fatalf("CONNACK %d, %v", code, err)
+	}
+	if err := rc.Publish("devices/dev1/messages/events/", make([]byte, size), 1, 1); err != nil {
+		t.Fatal(err)
+	}
+	pk, err := rc.ReadTimeout(20 * time.Second)
+	if err != nil {
+		t.Fatalf("no PUBACK for a %d-byte message: %v", size, err)
+	}
+	if pk.FixedHeader.Type != packets.Puback || pk.PacketID != 1 {
+		t.Fatalf("got packet type %d id %d, want PUBACK 1", pk.FixedHeader.Type, pk.PacketID)
+	}
+	if got := e.be.storedMessages(); len(got) != 1 || len(got[0].Body) != size {
+		t.Fatalf("stored %d messages, want the one of %d bytes", len(got), size)
+	}
+}
