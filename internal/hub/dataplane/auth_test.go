@@ -255,8 +255,21 @@ func TestEdgeExtensions(t *testing.T) {
 	})
 	t.Run("not an edge", func(t *testing.T) {
 		pc, pr := connect(plain)
-		if r := call(pc, pr, edgeproto.ReqSyncIdentities, []byte("{}")); !strings.HasPrefix(r.topic, "$outpost/res/403/") {
-			t.Errorf("sync by a plain device answered %s", r.topic)
+		// Every request of the contract, each with a body its handler
+		// would take from an edge: the refusal comes before the handler.
+		csr, _, _ := certs.NewCSR("not-edge", "not-edge.example")
+		for _, rq := range []struct {
+			name string
+			body []byte
+		}{
+			{edgeproto.ReqSyncIdentities, []byte("{}")},
+			{edgeproto.ReqSignEdgeCA, csr},
+			{edgeproto.ReqPresence, []byte(`{"connected":["x"]}`)},
+			{edgeproto.ReqStorePosition, []byte(`{"storeId":"0123456789abcdef0123456789abcdef","next":1}`)},
+		} {
+			if r := call(pc, pr, rq.name, rq.body); !strings.HasPrefix(r.topic, "$outpost/res/403/") {
+				t.Errorf("%s by a plain device answered %s", rq.name, r.topic)
+			}
 		}
 	})
 	t.Run("scope", func(t *testing.T) {
