@@ -12,6 +12,7 @@ import (
 
 	"github.com/mochi-mqtt/server/v2/packets"
 
+	"outpost/internal/gateway/transporttest"
 	"outpost/internal/message"
 	"outpost/internal/mqttwire"
 	"outpost/internal/poll"
@@ -72,7 +73,7 @@ func newFuzzGateway(f *testing.F) *fuzzGateway {
 		openBadKey:  connectParams("fuzzer", username("fuzzer"), forged, false),
 		openUnknown: connectParams("nobody", username("nobody"), forged, true),
 	} {
-		if g.open[open], err = encodePacket(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Connect}, Connect: p}); err != nil {
+		if g.open[open], err = transporttest.Encode(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Connect}, Connect: p}); err != nil {
 			f.Fatal(err)
 		}
 	}
@@ -84,7 +85,7 @@ func newFuzzGateway(f *testing.F) *fuzzGateway {
 		f.Fatal(err)
 	}
 	f.Cleanup(func() { nc.Close() })
-	g.victim = &rawClient{t: f, nc: nc, r: bufio.NewReader(nc)}
+	g.victim = newRawClient(f, nc)
 	v := victims()[0]
 	if code := g.victim.connectWith(v.cid, username(v.cid), g.tokens[v.cid], true,
 		func(p *packets.ConnectParams) { p.Keepalive = 0 }); code != 0 {
@@ -104,7 +105,7 @@ func (g *fuzzGateway) willConnect(willTopic string, bits byte) []byte {
 	p := connectParams("fuzzer", username("fuzzer"), g.tokens["fuzzer"], false)
 	p.WillFlag, p.WillTopic, p.WillPayload = true, willTopic, []byte(`{"forged":true}`)
 	p.WillQos, p.WillRetain = bits>>3&3, bits&0x20 != 0
-	b, err := encodePacket(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Connect}, Connect: p})
+	b, err := transporttest.Encode(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Connect}, Connect: p})
 	if err != nil {
 		return nil // mochi will not encode it; nor would a client
 	}
@@ -307,7 +308,7 @@ func (g *fuzzGateway) probe(t *testing.T) {
 		t.Fatalf("server down: %v", err)
 	}
 	defer nc.Close()
-	rc := &rawClient{t: t, nc: nc, r: bufio.NewReader(nc)}
+	rc := newRawClient(t, nc)
 	if code := rc.connect("probe", username("probe"), g.tokens["probe"], true); code != 0 {
 		t.Fatalf("probe: CONNACK %d", code)
 	}

@@ -1,8 +1,6 @@
 package gateway
 
 import (
-	"bufio"
-	"bytes"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -23,6 +21,7 @@ import (
 	"github.com/mochi-mqtt/server/v2/packets"
 
 	"outpost/internal/certs"
+	"outpost/internal/gateway/transporttest"
 	"outpost/internal/message"
 	"outpost/internal/poll"
 	"outpost/internal/sas"
@@ -392,11 +391,12 @@ func wait(t testing.TB, tok paho.Token) {
 }
 
 // rawClient speaks MQTT packet by packet, for what paho hides: exact
-// CONNACK codes, PUBACK order, garbage.
+// CONNACK codes, PUBACK order, garbage. It is transporttest.Raw that
+// fails the test on an error.
 type rawClient struct {
-	t  testing.TB
+	t testing.TB
+	*transporttest.Raw
 	nc net.Conn
-	r  *bufio.Reader
 }
 
 func (e *testEnv) dialRaw(t testing.TB) *rawClient {
@@ -406,7 +406,11 @@ func (e *testEnv) dialRaw(t testing.TB) *rawClient {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { nc.Close() })
-	return &rawClient{t: t, nc: nc, r: bufio.NewReader(nc)}
+	return newRawClient(t, nc)
+}
+
+func newRawClient(t testing.TB, nc net.Conn) *rawClient {
+	return &rawClient{t: t, Raw: transporttest.NewRaw(nc), nc: nc}
 }
 
 func (rc *rawClient) write(pk packets.Packet) {
@@ -416,73 +420,10 @@ func (rc *rawClient) write(pk packets.Packet) {
 	}
 }
 
-func (rc *rawClient) tryWrite(pk packets.Packet) error {
-	b, err := encodePacket(pk)
-	if err != nil {
-		return err
-	}
-	_, err = rc.nc.Write(b)
-	return err
-}
-
-// encodePacket encodes pk as MQTT 3.1.1 with mochi's codec.
-func encodePacket(pk packets.Packet) ([]byte, error) {
-	pk.ProtocolVersion = 4
-	var buf bytes.Buffer
-	var err error
-	switch pk.FixedHeader.Type {
-	case packets.Connect:
-		err = pk.ConnectEncode(&buf)
-	case packets.Publish:
-		err = pk.PublishEncode(&buf)
-	case packets.Puback:
-		err = pk.PubackEncode(&buf)
-	case packets.Subscribe:
-		err = pk.SubscribeEncode(&buf)
-	case packets.Pingreq:
-		err = pk.PingreqEncode(&buf)
-	case packets.Disconnect:
-		err = pk.DisconnectEncode(&buf)
-	default:
-		return nil, fmt.Errorf("cannot encode packet type %v", pk.FixedHeader.Type)
-	}
-	return buf.Bytes(), err
-}
+func (rc *rawClient) tryWrite(pk packets.Packet) error { return rc.Raw.Write(pk) }
 
 func (rc *rawClient) read(timeout time.Duration) (packets.Packet, error) {
-	_ = rc.nc.SetReadDeadline(time.Now().Add(timeout))
-	b, err := rc.r.ReadByte()
-	if err != nil {
-		return packets.Packet{}, err
-	}
-	var fh packets.FixedHeader
-	if err := fh.Decode(b); err != nil {
-		return packets.Packet{}, err
-	}
-	n, _, err := packets.DecodeLength(rc.r)
-	if err != nil {
-		return packets.Packet{}, err
-	}
-	fh.Remaining = n
-	buf := make([]byte, n)
-	if _, err := io.ReadFull(rc.r, buf); err != nil {
-		return packets.Packet{}, err
-	}
-	pk := packets.Packet{FixedHeader: fh, ProtocolVersion: 4}
-	switch fh.Type {
-	case packets.Connack:
-		err = pk.ConnackDecode(buf)
-	case packets.Puback:
-		err = pk.PubackDecode(buf)
-	case packets.Publish:
-		err = pk.PublishDecode(buf)
-	case packets.Suback:
-		err = pk.SubackDecode(buf)
-	case packets.Pingresp, packets.Disconnect:
-	default:
-		err = fmt.Errorf("unexpected packet type %d", fh.Type)
-	}
-	return pk, err
+	return rc.ReadTimeout(timeout)
 }
 
 // connect sends CONNECT and returns the CONNACK code.
@@ -553,21 +494,9 @@ func (rc *rawClient) subscribe(pid uint16, filters ...string) {
 // any PUBACK (nothing refused may be acknowledged).
 func (rc *rawClient) expectClosed() {
 	rc.t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for time.Now().Before(deadline) {
-		pk, err := rc.read(10 * time.Second)
-		if err != nil {
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				rc.t.Fatal("connection still open")
-			}
-			return
-		}
-		if pk.FixedHeader.Type == packets.Puback {
-			rc.t.Fatalf("got PUBACK %d on a refused connection", pk.PacketID)
-		}
+	if err := rc.AwaitClosed(); err != nil {
+		rc.t.Fatal(err)
 	}
-	rc.t.Fatal("connection still open")
 }
 
 // httpClient returns a client trusting the test CA, with optional

@@ -1,7 +1,6 @@
 package gateway
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"errors"
@@ -330,7 +329,7 @@ func TestTLSRequired(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer nc.Close()
-	rc := &rawClient{t: t, nc: nc, r: bufio.NewReader(nc)}
+	rc := newRawClient(t, nc)
 	rc.write(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Pingreq}})
 	rc.expectClosed()
 }

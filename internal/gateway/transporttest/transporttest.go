@@ -274,6 +274,8 @@ func Encode(pk packets.Packet) ([]byte, error) {
 		err = pk.SubscribeEncode(&buf)
 	case packets.Pingreq:
 		err = pk.PingreqEncode(&buf)
+	case packets.Disconnect:
+		err = pk.DisconnectEncode(&buf)
 	default:
 		return nil, fmt.Errorf("cannot encode packet type %d", pk.FixedHeader.Type)
 	}
@@ -358,7 +360,7 @@ func (rc *Raw) ReadTimeout(d time.Duration) (packets.Packet, error) {
 		err = pk.PublishDecode(buf)
 	case packets.Suback:
 		err = pk.SubackDecode(buf)
-	case packets.Pingresp:
+	case packets.Pingresp, packets.Disconnect:
 	default:
 		err = fmt.Errorf("unexpected packet type %d", fh.Type)
 	}
