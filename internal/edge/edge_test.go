@@ -2,18 +2,17 @@ package edge
 
 import (
 	"context"
-	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"outpost/internal/gateway"
+	"outpost/internal/gateway/gatewaytest"
 	"outpost/internal/message"
 	"outpost/internal/route"
 )
@@ -378,22 +377,7 @@ func TestHTTPSTimeouts(t *testing.T) {
 		"GET /status HTTP/1.1\r\nHost: localhost\r\nX-Half",
 		"GET /status HTTP/1.1\r\nHost: localhost\r\n\r\n",
 	} {
-		c, err := tls.Dial("tcp", te.e.HTTPSAddr().String(), &tls.Config{RootCAs: te.hub.pool(t), ServerName: "localhost"})
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer c.Close()
-		if _, err := io.WriteString(c, send); err != nil {
-			t.Fatal(err)
-		}
-		// Far above the timeouts: reaching it means nothing closes the
-		// connection.
-		c.SetReadDeadline(time.Now().Add(5 * time.Second))
-		_, err = io.Copy(io.Discard, c)
-		var ne net.Error
-		if errors.As(err, &ne) && ne.Timeout() {
-			t.Fatalf("the edge left the connection open after %q", send)
-		}
+		gatewaytest.ClosedByServer(t, te.e.HTTPSAddr().String(), te.hub.pool(t), send)
 	}
 }
 

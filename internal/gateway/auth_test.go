@@ -157,17 +157,6 @@ func TestVerifyX509CA(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	chain := func(c tls.Certificate) []*x509.Certificate {
-		var out []*x509.Certificate
-		for _, der := range c.Certificate {
-			x, err := x509.ParseCertificate(der)
-			if err != nil {
-				t.Fatal(err)
-			}
-			out = append(out, x)
-		}
-		return out
-	}
 	tests := []struct {
 		name   string
 		chain  []*x509.Certificate
@@ -179,9 +168,9 @@ func TestVerifyX509CA(t *testing.T) {
 		{"signed by CA, CN matches", []*x509.Certificate{leaf.Leaf}, nil, p.pool, "cadev", ""},
 		{"signed by CA, CN differs", []*x509.Certificate{leaf.Leaf}, nil, p.pool, "other", ReasonBadCert},
 		{"self-signed against CA", []*x509.Certificate{self.Leaf}, nil, p.pool, "cadev", ReasonBadCert},
-		{"minted by an edge CA", chain(byEdge), nil, p.pool, "cadev", ReasonBadCert},
-		{"minted by a sub-CA of an edge CA", chain(bySub), nil, p.pool, "cadev", ReasonBadCert},
-		{"through an operator's intermediate", chain(byInter), nil, p.pool, "cadev", ""},
+		{"minted by an edge CA", chainOf(t, byEdge), nil, p.pool, "cadev", ReasonBadCert},
+		{"minted by a sub-CA of an edge CA", chainOf(t, bySub), nil, p.pool, "cadev", ReasonBadCert},
+		{"through an operator's intermediate", chainOf(t, byInter), nil, p.pool, "cadev", ""},
 		{"thumbprint lower case", []*x509.Certificate{self.Leaf}, []string{strings.ToLower(thumbprint(self))}, nil, "cadev", ""},
 		{"no chain", nil, nil, p.pool, "cadev", ReasonNoCredentials},
 		{"nothing to check against", []*x509.Certificate{self.Leaf}, nil, nil, "cadev", ReasonBadCert},

@@ -506,3 +506,17 @@ func (e *testEnv) httpClient(certs ...tls.Certificate) *http.Client {
 	cfg.Certificates = certs
 	return &http.Client{Transport: &http.Transport{TLSClientConfig: cfg}, Timeout: 10 * time.Second}
 }
+
+// chainOf parses the chain of c, leaf first, as VerifyX509 takes it.
+func chainOf(t testing.TB, c tls.Certificate) []*x509.Certificate {
+	t.Helper()
+	var out []*x509.Certificate
+	for _, der := range c.Certificate {
+		x, err := x509.ParseCertificate(der)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, x)
+	}
+	return out
+}

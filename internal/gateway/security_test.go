@@ -386,17 +386,6 @@ func TestSecurityX509(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	chainOf := func(c tls.Certificate) []*x509.Certificate {
-		var out []*x509.Certificate
-		for _, der := range c.Certificate {
-			x, err := x509.ParseCertificate(der)
-			if err != nil {
-				t.Fatal(err)
-			}
-			out = append(out, x)
-		}
-		return out
-	}
 	good := issue(p.ca, "cadev")
 	self := p.client(t, "cadev", false)
 	now := time.Now()
@@ -408,21 +397,21 @@ func TestSecurityX509(t *testing.T) {
 		at     time.Time
 		reason AuthReason
 	}{
-		{"leaf of the trusted root", "cadev", chainOf(good), nil, now, ""},
-		{"leaf of an intermediate, chain sent", "cadev", chainOf(issue(inter, "cadev")), nil, now, ""},
-		{"CN is another id", "cadev", chainOf(issue(p.ca, "cadev2")), nil, now, ReasonBadCert},
-		{"CN differs in case", "cadev", chainOf(issue(p.ca, "CADEV")), nil, now, ReasonBadCert},
-		{"CN is the device of the module", "cadev/m", chainOf(issue(p.ca, "cadev")), nil, now, ReasonBadCert},
+		{"leaf of the trusted root", "cadev", chainOf(t, good), nil, now, ""},
+		{"leaf of an intermediate, chain sent", "cadev", chainOf(t, issue(inter, "cadev")), nil, now, ""},
+		{"CN is another id", "cadev", chainOf(t, issue(p.ca, "cadev2")), nil, now, ReasonBadCert},
+		{"CN differs in case", "cadev", chainOf(t, issue(p.ca, "CADEV")), nil, now, ReasonBadCert},
+		{"CN is the device of the module", "cadev/m", chainOf(t, issue(p.ca, "cadev")), nil, now, ReasonBadCert},
 		{"a CA certificate as the leaf", "cadev", []*x509.Certificate{caLeaf.Cert}, nil, now, ReasonBadCert},
-		{"expired", "cadev", chainOf(good), nil, now.Add(2 * time.Hour), ReasonBadCert},
-		{"not yet valid", "cadev", chainOf(good), nil, now.Add(-time.Hour), ReasonBadCert},
-		{"intermediate missing from the chain", "cadev", chainOf(issue(inter, "cadev"))[:1], nil, now, ReasonBadCert},
-		{"unknown root", "cadev", chainOf(issue(rogue, "cadev")), nil, now, ReasonBadCert},
-		{"unknown root, its root sent along", "cadev", append(chainOf(issue(rogue, "cadev")), rogue.Cert), nil, now, ReasonBadCert},
-		{"self-signed", "cadev", chainOf(self), nil, now, ReasonBadCert},
-		{"self-signed, thumbprint registered", "cadev", chainOf(self), []string{thumbprint(self)}, now, ""},
-		{"self-signed, thumbprint registered, expired", "cadev", chainOf(self), []string{thumbprint(self)}, now.AddDate(2, 0, 0), ReasonBadCert},
-		{"another certificate's thumbprint", "cadev", chainOf(good), []string{thumbprint(self)}, now, ""}, // falls back to the CA
+		{"expired", "cadev", chainOf(t, good), nil, now.Add(2 * time.Hour), ReasonBadCert},
+		{"not yet valid", "cadev", chainOf(t, good), nil, now.Add(-time.Hour), ReasonBadCert},
+		{"intermediate missing from the chain", "cadev", chainOf(t, issue(inter, "cadev"))[:1], nil, now, ReasonBadCert},
+		{"unknown root", "cadev", chainOf(t, issue(rogue, "cadev")), nil, now, ReasonBadCert},
+		{"unknown root, its root sent along", "cadev", append(chainOf(t, issue(rogue, "cadev")), rogue.Cert), nil, now, ReasonBadCert},
+		{"self-signed", "cadev", chainOf(t, self), nil, now, ReasonBadCert},
+		{"self-signed, thumbprint registered", "cadev", chainOf(t, self), []string{thumbprint(self)}, now, ""},
+		{"self-signed, thumbprint registered, expired", "cadev", chainOf(t, self), []string{thumbprint(self)}, now.AddDate(2, 0, 0), ReasonBadCert},
+		{"another certificate's thumbprint", "cadev", chainOf(t, good), []string{thumbprint(self)}, now, ""}, // falls back to the CA
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -430,7 +419,7 @@ func TestSecurityX509(t *testing.T) {
 		})
 	}
 	t.Run("thumbprint only, no CA", func(t *testing.T) {
-		checkReason(t, VerifyX509(chainOf(good), []string{thumbprint(self)}, nil, "cadev", now), ReasonBadCert)
+		checkReason(t, VerifyX509(chainOf(t, good), []string{thumbprint(self)}, nil, "cadev", now), ReasonBadCert)
 	})
 }
 

@@ -3,7 +3,6 @@ package hubserver
 import (
 	"context"
 	"crypto/tls"
-	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -19,6 +18,7 @@ import (
 
 	"outpost/internal/client"
 	"outpost/internal/gateway"
+	"outpost/internal/gateway/gatewaytest"
 	"outpost/internal/hub"
 	"outpost/internal/hub/dataplane"
 	"outpost/internal/identity"
@@ -361,8 +361,8 @@ func TestHTTPSTimeouts(t *testing.T) {
 		t.Fatalf("direct method: %v", err)
 	}
 
-	closedByServer(t, addr, s.RootCAs(), "GET /nothing HTTP/1.1\r\nHost: localhost\r\nX-Half")
-	closedByServer(t, addr, s.RootCAs(), "GET /nothing HTTP/1.1\r\nHost: localhost\r\n\r\n")
+	gatewaytest.ClosedByServer(t, addr, s.RootCAs(), "GET /nothing HTTP/1.1\r\nHost: localhost\r\nX-Half")
+	gatewaytest.ClosedByServer(t, addr, s.RootCAs(), "GET /nothing HTTP/1.1\r\nHost: localhost\r\n\r\n")
 
 	free()
 	if err := <-method; err != nil {
@@ -377,26 +377,5 @@ func TestHTTPSTimeouts(t *testing.T) {
 	}
 	if string(ev.Body) != "after" {
 		t.Fatalf("event %q", ev.Body)
-	}
-}
-
-// closedByServer writes send on a new TLS connection to addr and waits,
-// within a bound far above the timeouts under test, for the server to
-// close it.
-func closedByServer(t *testing.T, addr string, roots *x509.CertPool, send string) {
-	t.Helper()
-	c, err := tls.Dial("tcp", addr, &tls.Config{RootCAs: roots, ServerName: "localhost"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	if _, err := io.WriteString(c, send); err != nil {
-		t.Fatal(err)
-	}
-	c.SetReadDeadline(time.Now().Add(5 * time.Second))
-	_, err = io.Copy(io.Discard, c)
-	var ne net.Error
-	if errors.As(err, &ne) && ne.Timeout() {
-		t.Fatalf("the server left the connection open after %q", send)
 	}
 }

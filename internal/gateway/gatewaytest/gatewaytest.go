@@ -6,9 +6,11 @@ package gatewaytest
 import (
 	"bytes"
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"strings"
 	"testing"
 	"time"
@@ -99,5 +101,26 @@ func ReceivesNothingElse(t testing.TB, c paho.Client, got <-chan paho.Message) {
 		case <-timeout.C:
 			t.Fatal("no twin response")
 		}
+	}
+}
+
+// ClosedByServer writes send on a new TLS connection to addr and waits,
+// within a bound far above the timeouts under test, for the server to
+// close it.
+func ClosedByServer(t testing.TB, addr string, roots *x509.CertPool, send string) {
+	t.Helper()
+	c, err := tls.Dial("tcp", addr, &tls.Config{RootCAs: roots, ServerName: "localhost"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := io.WriteString(c, send); err != nil {
+		t.Fatal(err)
+	}
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	_, err = io.Copy(io.Discard, c)
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		t.Fatalf("the server left the connection open after %q", send)
 	}
 }
