@@ -162,7 +162,9 @@ func (pr *pair) read(src net.Conn, out chan<- chunk) {
 			}
 		}
 		if err != nil {
-			pr.end(false)
+			// Not end: what was read before the close is still on its way
+			// (write ends the pair once it has written it), as TCP
+			// delivers the data before the FIN.
 			return
 		}
 	}
@@ -207,6 +209,7 @@ func (pr *pair) write(dst net.Conn, in <-chan chunk) {
 			}
 		}
 	}
+	pr.end(false)
 }
 
 // sleepUntil waits until t, and reports false if the pair ended first.

@@ -272,3 +272,27 @@ func TestBlackHole(t *testing.T) {
 		t.Fatalf("after the second restore: %q, %v", got, err)
 	}
 }
+
+// TestDataBeforeClose: what a server writes just before it closes reaches
+// the client, then EOF, as over TCP, with and without latency. The proxy
+// used to end the pair on the server's FIN, dropping the last bytes still
+// on their way (an edge saw EOF where the hub had sent a refusing CONNACK).
+func TestDataBeforeClose(t *testing.T) {
+	want := bytes.Repeat([]byte("last words "), 1000)
+	addr, _ := server(t, func(c net.Conn) { _, _ = c.Write(want) })
+	for _, f := range []Faults{{}, {Latency: 50 * time.Millisecond}, {SliceMax: 100, SliceDelay: time.Millisecond}} {
+		t.Run(fmt.Sprintf("%+v", f), func(t *testing.T) {
+			p := newProxy(t, addr)
+			p.SetFaults(f)
+			for range 5 {
+				c := dial(t, p.Addr())
+				_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+				got, err := io.ReadAll(c)
+				if err != nil || !bytes.Equal(got, want) {
+					t.Fatalf("read %d of %d bytes, then %v", len(got), len(want), err)
+				}
+				c.Close()
+			}
+		})
+	}
+}
