@@ -146,3 +146,23 @@ func contains(s []string, x string) bool {
 	}
 	return false
 }
+
+// TestBinaryHasNoTestingPackage: test helpers stay out of the outpost
+// binary (package testing registers its flags in whatever links it).
+func TestBinaryHasNoTestingPackage(t *testing.T) {
+	cmd := exec.Command("go", "list", "-deps", "outpost/cmd/outpost")
+	cmd.Dir = "../.."
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("go list: %v", err)
+	}
+	deps := strings.Fields(string(out))
+	if len(deps) < 10 {
+		t.Fatalf("go list -deps found %d packages; expected the binary's dependencies", len(deps))
+	}
+	for _, d := range deps {
+		if d == "testing" || strings.HasPrefix(d, "testing/") {
+			t.Errorf("the outpost binary depends on %s", d)
+		}
+	}
+}
