@@ -460,6 +460,8 @@ func (k *killLoop) finish(acked func() map[string][]int) (dups map[string]int, r
 	k.t.Helper()
 	k.restore()
 	k.awaitLink(true)
+	// Some more through the last edge started, its link up.
+	k.fleet.awaitMore(k.t, 20, 60*time.Second)
 	k.fleet.stop()
 	want := acked()
 	dups = k.mon.AwaitDelivered(k.t, 120*time.Second, want)
