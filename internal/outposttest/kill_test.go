@@ -297,8 +297,14 @@ type killLoop struct {
 	kills   map[string]int  // by moment
 }
 
+// newKillLoop starts the hub, the edge process and its children; the
+// test runs in parallel with others.
 func newKillLoop(t *testing.T, children int) *killLoop {
 	t.Helper()
+	if testing.Short() {
+		t.Skip("builds and runs the outpost binary")
+	}
+	t.Parallel()
 	seed := uint64(time.Now().UnixNano())
 	t.Logf("seed %d", seed)
 	k := &killLoop{t: t, bin: buildOutpost(t), env: NewEnv(t), rng: rand.New(rand.NewPCG(seed, 0)), kills: map[string]int{}}
@@ -453,10 +459,15 @@ func (k *killLoop) killOnce(between func()) {
 	k.start()
 }
 
+// killOutcome is what the hub holds against what the edge acked.
+type killOutcome struct {
+	lost, reordered int            // devices with a lost or reordered message
+	dups, resends   map[string]int // by device; resends: sends without a PUBACK
+}
+
 // finish restores the link, stops the children and checks the hub has
-// every message in acked (by device), in order; it returns the
-// duplicates per device and the sends that went without a PUBACK.
-func (k *killLoop) finish(acked func() map[string][]int) (dups map[string]int, resends map[string]int) {
+// every message in acked (by device), in order.
+func (k *killLoop) finish(acked func() map[string][]int) killOutcome {
 	k.t.Helper()
 	k.restore()
 	k.awaitLink(true)
@@ -464,12 +475,19 @@ func (k *killLoop) finish(acked func() map[string][]int) (dups map[string]int, r
 	k.fleet.awaitMore(k.t, 20, 60*time.Second)
 	k.fleet.stop()
 	want := acked()
-	dups = k.mon.AwaitDelivered(k.t, 120*time.Second, want)
-	resends = map[string]int{}
+	out := killOutcome{dups: k.mon.AwaitDelivered(k.t, 120*time.Second, want), resends: map[string]int{}}
 	for _, p := range k.pubs {
-		resends[p.id] = len(p.failures())
+		out.resends[p.id] = len(p.failures())
+		d, err := k.mon.Check(p.id, want[p.id])
+		if err != nil {
+			k.t.Fatal(err)
+		}
+		out.lost += len(d.Missing)
+		if d.OutOfOrder != "" {
+			out.reordered++
+		}
 	}
-	return dups, resends
+	return out
 }
 
 func medianDur(ds []time.Duration) time.Duration {
@@ -493,31 +511,27 @@ func (k *killLoop) totalKills() int {
 // hub, in order per device; duplicates are counted: a child sends again
 // what had no PUBACK, and the hub drops the edge's own replays.
 func TestKillLoop(t *testing.T) {
-	if testing.Short() {
-		t.Skip("builds and runs the outpost binary")
-	}
-	t.Parallel()
 	kills := soak.N(5, 50)
 	start := time.Now()
 	k := newKillLoop(t, 3)
 	for k.totalKills() < kills {
 		k.killOnce(nil)
 	}
-	dups, resends := k.finish(func() map[string][]int { return ackedBy(k.pubs...) })
+	out := k.finish(func() map[string][]int { return ackedBy(k.pubs...) })
 	acked, dup, resent := 0, 0, 0
 	for _, p := range k.pubs {
 		acked += p.ackedLen()
-		dup += dups[p.id]
-		resent += resends[p.id]
-		if dups[p.id] > resends[p.id] {
-			t.Errorf("%s: %d duplicates at the hub, but only %d messages were sent again: the hub kept an edge replay", p.id, dups[p.id], resends[p.id])
+		dup += out.dups[p.id]
+		resent += out.resends[p.id]
+		if out.dups[p.id] > out.resends[p.id] {
+			t.Errorf("%s: %d duplicates at the hub, but only %d messages were sent again: the hub kept an edge replay", p.id, out.dups[p.id], out.resends[p.id])
 		}
 	}
 	if c := k.env.Plane.EdgeCounts()["edge1"]; c.StoreRewinds != 0 {
 		t.Errorf("the hub took a restarted edge's store for a rewound one %d times", c.StoreRewinds)
 	}
-	t.Logf("%d kills %v; %d acked by the edge, 0 lost, 0 reordered; %d duplicates at the hub (%d sends without a PUBACK, sent again; %d edge replays dropped by the hub); restart-to-serving median %v (%d starts, max %v); %v",
-		k.totalKills(), k.kills, acked, dup, resent, k.env.Plane.EdgeCounts()["edge1"].Duplicates,
+	t.Logf("%d kills %v; %d acked by the edge, %d lost, devices reordered %d; %d duplicates at the hub (%d sends without a PUBACK, sent again; %d edge replays dropped by the hub); restart-to-serving median %v (%d starts, max %v); %v",
+		k.totalKills(), k.kills, acked, out.lost, out.reordered, dup, resent, k.env.Plane.EdgeCounts()["edge1"].Duplicates,
 		medianDur(k.serving).Round(time.Millisecond), len(k.serving), slices.Max(k.serving).Round(time.Millisecond), time.Since(start).Round(time.Second))
 }
 
@@ -530,10 +544,6 @@ func TestKillLoop(t *testing.T) {
 // hub, in order: none may be dropped as a duplicate of what the old store
 // numbered alike.
 func TestKillLoopStoreReset(t *testing.T) {
-	if testing.Short() {
-		t.Skip("builds and runs the outpost binary")
-	}
-	t.Parallel()
 	kills := soak.N(5, 50)
 	start := time.Now()
 	k := newKillLoop(t, 2)
@@ -594,7 +604,7 @@ func TestKillLoopStoreReset(t *testing.T) {
 	for k.totalKills() < kills {
 		k.killOnce(reset)
 	}
-	dups, _ := k.finish(func() map[string][]int {
+	out := k.finish(func() map[string][]int {
 		want := map[string][]int{}
 		for _, p := range k.pubs {
 			for _, s := range p.ackedSeqs() {
@@ -609,10 +619,10 @@ func TestKillLoopStoreReset(t *testing.T) {
 	for _, p := range k.pubs {
 		acked += p.ackedLen()
 		nExposed += len(exposed[p.id])
-		dup += dups[p.id]
+		dup += out.dups[p.id]
 	}
 	c := k.env.Plane.EdgeCounts()["edge1"]
-	t.Logf("%d kills %v, resets %v; %d acked by the edge, %d of them held only by a store then wiped or replaced, all others at the hub (0 lost), 0 reordered; %d duplicates at the hub; the hub dropped %d replays as duplicates and found the store behind it %d times; restart-to-serving median %v (%d starts); %v",
-		k.totalKills(), k.kills, resets, acked, nExposed, dup, c.Duplicates, c.StoreRewinds,
+	t.Logf("%d kills %v, resets %v; %d acked by the edge, %d of them held only by a store then wiped or replaced, of the others %d lost, devices reordered %d; %d duplicates at the hub; the hub dropped %d replays as duplicates and found the store behind it %d times; restart-to-serving median %v (%d starts); %v",
+		k.totalKills(), k.kills, resets, acked, nExposed, out.lost, out.reordered, dup, c.Duplicates, c.StoreRewinds,
 		medianDur(k.serving).Round(time.Millisecond), len(k.serving), time.Since(start).Round(time.Second))
 }
