@@ -425,8 +425,10 @@ func (s *Store) recover() error {
 		if q, err = s.scanQueues(byID); err != nil {
 			return err
 		}
+		// Without them (a full disk) the store serves all the same, and
+		// the next open scans again.
 		if err := s.writeCounters(q); err != nil {
-			return fmt.Errorf("write counters: %w", err)
+			s.log.Warn("store: queue counters not written; the next open reads every entry again", "err", err)
 		}
 	}
 	q.apply(s)
