@@ -414,8 +414,8 @@ func (s *session) agreePosition() bool {
 		}
 		return false
 	}
-	if rep.Next > pos.Next {
-		st.AdvanceSeq(rep.Next)
+	st.AdvanceSeq(rep.Next)
+	if rep.Behind {
 		l.log.Warn("the hub has stored sequences of this store that it no longer holds (restored from a backup, or copied); it continues past them",
 			"store", pos.StoreID, "next", pos.Next, "hub_next", rep.Next)
 	}

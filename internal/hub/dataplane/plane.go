@@ -286,7 +286,7 @@ func (p *Plane) openStreams(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	p.positions = &storePositions{kv: kv, known: map[string]uint64{}}
+	p.positions = &storePositions{kv: kv, known: map[string]uint64{}, high: map[string]uint64{}}
 	keys, err := p.openKV(ctx, BucketKeys, "secrets of the hub's data plane")
 	if err != nil {
 		return err
