@@ -296,6 +296,11 @@ func New(cfg Config) (*Edge, error) {
 		sessions:     map[string]gateway.Session{},
 		workers:      map[string]*worker{},
 	}
+	e.setAside.st, e.setAside.log = st, cfg.Logger
+	if err := e.setAside.load(); err != nil {
+		st.Close()
+		return nil, fmt.Errorf("edge: %w", err)
+	}
 	if e.metrics, err = newMetrics(e); err != nil {
 		st.Close()
 		return nil, fmt.Errorf("edge: %w", err)
