@@ -118,25 +118,8 @@ func TestTwinReportedRefused(t *testing.T) {
 func TestTwinReportedTextRefused(t *testing.T) {
 	e := newEnv(t)
 	d := e.device("text-dev", false)
-	c := e.paho(d.DeviceID, e.deviceToken(d), nil)
-	res := make(chan paho.Message, 8)
-	tok := c.Subscribe(topic.FilterTwinResponses, 0, func(_ paho.Client, m paho.Message) { res <- m })
-	if !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
-		t.Fatalf("subscribe: %v", tok.Error())
-	}
-	patch := func(rid, body string) paho.Message {
-		t.Helper()
-		if tok := c.Publish(topic.TwinReported(rid), 0, false, []byte(body)); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
-			t.Fatalf("publish: %v", tok.Error())
-		}
-		select {
-		case m := <-res:
-			return m
-		case <-time.After(10 * time.Second):
-			t.Fatalf("no twin response to %s", rid)
-			return nil
-		}
-	}
+	pub := e.twinPatcher(t, d.DeviceID, e.deviceToken(d), topic.FilterTwinResponses)
+	patch := func(rid, body string) paho.Message { return pub(topic.TwinReported(rid), body) }
 	if m := patch("ok", `{"temp":21}`); !strings.HasPrefix(m.Topic(), "$iothub/twin/res/204/?$rid=ok") {
 		t.Fatalf("valid patch answered on %s", m.Topic())
 	}
@@ -184,26 +167,11 @@ func TestReportedVersionFloor(t *testing.T) {
 		t.Fatal(err)
 	}
 	patcher := func(cid, token, filter string) func(pub, body string) string {
-		c := e.paho(cid, token, nil)
-		res := make(chan string, 8)
-		if tok := c.Subscribe(filter, 0, func(_ paho.Client, m paho.Message) { res <- m.Topic() }); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
-			t.Fatalf("subscribe %s: %v", filter, tok.Error())
-		}
-		return func(pub, body string) string {
-			t.Helper()
-			if tok := c.Publish(pub, 0, false, []byte(body)); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
-				t.Fatalf("publish: %v", tok.Error())
-			}
-			select {
-			case tp := <-res:
-				return tp
-			case <-time.After(10 * time.Second):
-				t.Fatalf("no twin response to %s", pub)
-				return ""
-			}
-		}
+		p := e.twinPatcher(t, cid, token, filter)
+		return func(pub, body string) string { return p(pub, body).Topic() }
 	}
-	reportedVersion := func(id string) float64 {
+	reportedVersion := func(t *testing.T, id string) float64 {
+		t.Helper()
 		tw, err := e.svc.GetTwin(ctx, id, "")
 		if err != nil {
 			t.Fatal(err)
@@ -226,7 +194,7 @@ func TestReportedVersionFloor(t *testing.T) {
 			t.Errorf("edge's patch %s for its child answered on %s; want %s", tc.body, got, want)
 		}
 	}
-	if v := reportedVersion("kid-v"); v != 52 {
+	if v := reportedVersion(t, "kid-v"); v != 52 {
 		t.Errorf("child's reported version at the hub %v; want 52", v)
 	}
 	for i, bad := range []string{`{"a":1,"$version":0}`, `{"a":1,"$version":-3}`, `{"a":1,"$version":1.5}`, `{"a":1,"$version":"9"}`, `{"a":1,"$version":9007199254740992}`} {
@@ -238,16 +206,41 @@ func TestReportedVersionFloor(t *testing.T) {
 
 	self := func(name, cid, token string) {
 		t.Run(name, func(t *testing.T) {
-			patch := patcher(cid, token, topic.FilterTwinResponses)
-			before := reportedVersion(cid)
-			if got, want := patch(topic.TwinReported("own"), `{"x":1,"$version":500}`), topic.TwinResponse(400, "own", 0); got != want {
+			patch := e.twinPatcher(t, cid, token, topic.FilterTwinResponses)
+			before := reportedVersion(t, cid)
+			if got, want := patch(topic.TwinReported("own"), `{"x":1,"$version":500}`).Topic(), topic.TwinResponse(400, "own", 0); got != want {
 				t.Errorf("own patch with $version answered on %s; want %s", got, want)
 			}
-			if v := reportedVersion(cid); v != before {
+			if v := reportedVersion(t, cid); v != before {
 				t.Errorf("reported version moved from %v to %v on a refused patch", before, v)
 			}
 		})
 	}
 	self("plain device", "plain-v", e.deviceToken(dev))
 	self("edge's own twin", "edge-v", e.deviceToken(edge))
+}
+
+// twinPatcher connects cid, subscribes to filter (its twin responses) and
+// returns a function that publishes body on a twin topic and returns the
+// response.
+func (e *env) twinPatcher(t *testing.T, cid, token, filter string) func(topicName, body string) paho.Message {
+	t.Helper()
+	c := e.paho(cid, token, nil)
+	res := make(chan paho.Message, 8)
+	if tok := c.Subscribe(filter, 0, func(_ paho.Client, m paho.Message) { res <- m }); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+		t.Fatalf("subscribe %s: %v", filter, tok.Error())
+	}
+	return func(topicName, body string) paho.Message {
+		t.Helper()
+		if tok := c.Publish(topicName, 0, false, []byte(body)); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+			t.Fatalf("publish: %v", tok.Error())
+		}
+		select {
+		case m := <-res:
+			return m
+		case <-time.After(10 * time.Second):
+			t.Fatalf("no twin response to %s", topicName)
+			return nil
+		}
+	}
 }
