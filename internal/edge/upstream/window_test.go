@@ -16,8 +16,8 @@ import (
 // down with every reset. A new connection's window starts small and
 // grows with the PUBACKs, so each connection spends its bytes on entries
 // the hub acks; and a connection that delivered resets the reconnect
-// backoff, so every wait between connections stays within its first
-// step.
+// backoff, so the waits between connections do not grow with the
+// resets.
 func TestDrainWindowThroughResets(t *testing.T) {
 	n := soak.N(1500, 30000)
 	const resetAfter = 64 << 10
@@ -84,8 +84,10 @@ func TestDrainWindowThroughResets(t *testing.T) {
 		longest = max(longest, w)
 	}
 	mu.Unlock()
-	if longest > reconnectInitial {
-		t.Errorf("a reconnect wait of %v: the backoff grew past its first step (%v) though every connection delivered", longest, reconnectInitial)
+	// A connection reset before its first PUBACK (a slow hub, a small
+	// budget) backs off one step more; two such in a row are unlikely.
+	if limit := 2 * reconnectInitial; longest > limit {
+		t.Errorf("a reconnect wait of %v: the backoff grew past its second step (%v)", longest, limit)
 	}
 	// Each reset costs at most the backoff's first step plus a connect
 	// (TLS, CONNECT, store position: connectAllowance, under -race on
