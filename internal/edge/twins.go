@@ -79,7 +79,12 @@ func (e *Edge) cacheFetchedTwin(cid string, body []byte) ([]byte, error) {
 	if p, err := e.st.Get(pendingKey(cid)); err == nil {
 		if patch, err := twin.DecodeObject(p); err == nil {
 			rep := section(doc, "reported")
+			hubV := twin.SectionVersion(rep)
+			heldV := twin.SectionVersion(patch)
+			delete(patch, "$version")
 			twin.Merge(rep, patch)
+			// The client was told heldV for its held changes.
+			rep["$version"] = max(hubV, heldV)
 		}
 	}
 	out, err := json.Marshal(doc)
@@ -239,7 +244,10 @@ func (e *Edge) mergeHeldLocked(cid string, patch map[string]any) ([]byte, error)
 }
 
 // mergedHeldLocked returns cid's held patch with
-// patch merged in, or nil if none is held and create is not set.
+// patch merged in, or nil if none is held and create is not set. Its
+// "$version" is the reported version the client is answered for it (the
+// cached one + 1): the hub makes its own at least that
+// (twin.ParseVersionedPatch), so the client never sees it go back.
 func (e *Edge) mergedHeldLocked(cid string, patch map[string]any, create bool) ([]byte, error) {
 	p, err := e.st.Get(pendingKey(cid))
 	pending := map[string]any{}
@@ -256,6 +264,11 @@ func (e *Edge) mergedHeldLocked(cid string, patch map[string]any, create bool) (
 		}
 	}
 	mergePending(pending, patch)
+	doc, err := e.cachedTwinLocked(cid)
+	if err != nil {
+		return nil, err
+	}
+	pending["$version"] = twin.SectionVersion(section(doc, "reported")) + 1
 	return json.Marshal(pending)
 }
 

@@ -611,6 +611,41 @@ func TestSecurityKeepAlive(t *testing.T) {
 	}
 }
 
+// TestSecurityKeepAliveZero: a client asking for no keepalive (0, which
+// MQTT allows) or one longer than MaxKeepAlive gets MaxKeepAlive: it is
+// dropped after 1.5 times it of silence instead of holding the
+// connection forever. IoT Hub caps it the same way, at 1767 s of silence;
+// the test shortens the cap to 2 s.
+func TestSecurityKeepAliveZero(t *testing.T) {
+	const maxKeepAlive = 2 * time.Second
+	e := newSecurityEnv(t, func(c *Config) { c.MaxKeepAlive = maxKeepAlive })
+	ids := []string{"dev1", "dev2", "dev1/mod1", "dev1/mod2"} // one each: the cases run together
+	for i, tr := range []string{transporttest.MQTT, transporttest.WebSocket} {
+		for j, asked := range []uint16{0, 600} {
+			id := ids[2*i+j]
+			t.Run(fmt.Sprintf("%s keepalive %d", tr, asked), func(t *testing.T) {
+				t.Parallel()
+				rc := transporttest.NewRaw(mustDial(t, e, tr))
+				if code, err := rc.ConnectKeepAlive(id, username(id), e.token(id, time.Hour), asked); err != nil || code != 0 {
+					t.Fatalf("CONNACK %d, %v", code, err)
+				}
+				start := time.Now()
+				if err := rc.AwaitClosed(); err != nil {
+					t.Fatalf("keepalive %d, cap %v: %v", asked, maxKeepAlive, err)
+				}
+				d := time.Since(start)
+				if d < maxKeepAlive {
+					t.Errorf("dropped after %v, before the capped keepalive (%v)", d, maxKeepAlive)
+				}
+				if d > maxKeepAlive*3/2+time.Second {
+					t.Errorf("dropped after %v, well past one and a half capped keepalives (%v)", d, maxKeepAlive)
+				}
+				t.Logf("FIGURE keepalive %d over %s, cap %v: dropped after %v of silence", asked, tr, maxKeepAlive, d.Round(time.Millisecond))
+			})
+		}
+	}
+}
+
 // announce is the fixed header of a packet of type typ that announces
 // remaining bytes, and nothing after it.
 func announce(typ byte, remaining int) []byte {

@@ -235,10 +235,18 @@ func (h *Hub) ReplaceTwin(ctx context.Context, deviceID, moduleID string, n *twi
 // returns the new reported $version. It is the data plane's call; the
 // service API never changes reported properties.
 func (h *Hub) PatchReported(ctx context.Context, deviceID, moduleID string, patch map[string]any) (int64, error) {
+	return h.PatchReportedAtLeast(ctx, deviceID, moduleID, patch, 0)
+}
+
+// PatchReportedAtLeast is PatchReported for a patch an edge held offline
+// (twin.ParseVersionedPatch): the new reported $version is at least
+// atLeast. The data plane allows it only to an edge acting for an
+// identity in its scope.
+func (h *Hub) PatchReportedAtLeast(ctx context.Context, deviceID, moduleID string, patch map[string]any, atLeast int64) (int64, error) {
 	var v int64
 	_, err := h.changeTwin(ctx, deviceID, moduleID, "*", func(t *twin.Twin) (map[string]any, int64, error) {
 		var err error
-		v, err = t.PatchReported(patch, h.now())
+		v, err = t.PatchReportedAtLeast(patch, atLeast, h.now())
 		return nil, 0, err
 	})
 	return v, err

@@ -757,3 +757,42 @@ func FuzzReplace(f *testing.F) {
 		}
 	})
 }
+
+func TestParseVersionedPatch(t *testing.T) {
+	for _, tc := range []struct {
+		in      string
+		version int64
+		bad     string
+	}{
+		{in: `{"a":1,"$version":7}`, version: 7},
+		{in: `{"a":1}`, version: 0},
+		{in: `{"a":1,"$version":9007199254740991}`, version: MaxVersion},
+		{in: `{"a":1,"$version":0}`, bad: "not an integer in [1,"},
+		{in: `{"a":1,"$version":2.5}`, bad: "not an integer"},
+		{in: `{"a":1,"$version":null}`, bad: "not an integer"},
+		{in: `{"a":{"$version":3}}`, bad: `key "a.$version" starts with '$'`},
+		{in: `{"a":1,"$metadata":{}}`, bad: "starts with '$'"},
+	} {
+		p, v, err := ParseVersionedPatch([]byte(tc.in))
+		if tc.bad != "" {
+			if err == nil || !strings.Contains(err.Error(), tc.bad) {
+				t.Errorf("ParseVersionedPatch(%s) = %v, %d, %v; want an error saying %q", tc.in, p, v, err, tc.bad)
+			}
+			continue
+		}
+		if err != nil || v != tc.version || len(p) != 1 || p["a"] == nil {
+			t.Errorf("ParseVersionedPatch(%s) = %v, %d, %v; want {a}, %d", tc.in, p, v, err, tc.version)
+		}
+	}
+}
+
+func TestPatchReportedAtLeast(t *testing.T) {
+	now := time.Unix(0, 0)
+	tw := New("d", "", now)
+	for _, tc := range []struct{ atLeast, want int64 }{{0, 2}, {40, 40}, {10, 41}, {41, 42}} {
+		v, err := tw.PatchReportedAtLeast(map[string]any{"k": tc.atLeast}, tc.atLeast, now)
+		if err != nil || v != tc.want || tw.ReportedVersion() != tc.want {
+			t.Errorf("PatchReportedAtLeast(%d) = %d, %v (twin at %d); want %d", tc.atLeast, v, err, tw.ReportedVersion(), tc.want)
+		}
+	}
+}

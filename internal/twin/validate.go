@@ -317,6 +317,48 @@ func hexEscape(body []byte, i int) (rune, bool) {
 // ParsePatch decodes a JSON object, keeping numbers exact
 // (json.Number), and validates it as a patch.
 func ParsePatch(body []byte) (map[string]any, error) {
+	m, err := decodePatch(body)
+	if err != nil {
+		return nil, err
+	}
+	if err := ValidatePatch(m); err != nil {
+		return nil, err
+	}
+	return m, nil
+}
+
+// MaxVersion bounds a $version a client may carry (ParseVersionedPatch):
+// the largest integer a JavaScript SDK reads exactly.
+const MaxVersion = 1<<53 - 1
+
+// ParseVersionedPatch is ParsePatch for a reported patch an edge held
+// while offline: its top-level "$version", if present, is the reported
+// version the edge answered its client for the last change in it, a
+// positive integer up to MaxVersion. It is returned apart (0 when
+// absent) and the rest validated as a patch. Only an edge, for an
+// identity in its scope, may send one (PatchReportedAtLeast).
+func ParseVersionedPatch(body []byte) (map[string]any, int64, error) {
+	m, err := decodePatch(body)
+	if err != nil {
+		return nil, 0, err
+	}
+	var v int64
+	if raw, ok := m[keyVersion]; ok {
+		n, isInt := toInt64(raw)
+		if !isInt || n < 1 || n > MaxVersion {
+			return nil, 0, errorf(CodeArgumentInvalid, "patch $version %v is not an integer in [1, %d]", raw, int64(MaxVersion))
+		}
+		v = n
+		delete(m, keyVersion)
+	}
+	if err := ValidatePatch(m); err != nil {
+		return nil, 0, err
+	}
+	return m, v, nil
+}
+
+// decodePatch decodes body as one JSON object, numbers kept exact.
+func decodePatch(body []byte) (map[string]any, error) {
 	if err := CheckText("patch", body); err != nil {
 		return nil, err
 	}
@@ -332,9 +374,6 @@ func ParsePatch(body []byte) (map[string]any, error) {
 	m, ok := v.(map[string]any)
 	if !ok {
 		return nil, errorf(CodeArgumentInvalid, "patch is not a JSON object")
-	}
-	if err := ValidatePatch(m); err != nil {
-		return nil, err
 	}
 	return m, nil
 }

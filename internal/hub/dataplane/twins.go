@@ -23,13 +23,25 @@ func (p *Plane) TwinGet(ctx context.Context, id gateway.Identity) ([]byte, error
 }
 
 // TwinReported merges a device's reported patch and returns the new
-// reported $version.
+// reported $version. A patch an edge sends for an identity of its scope
+// (the gateway checked the scope) may carry the "$version" the edge
+// answered while offline, and the new version is at least that; from
+// anyone else "$version" is refused like any other '$' key.
 func (p *Plane) TwinReported(ctx context.Context, id gateway.Identity, patch []byte) (int64, error) {
-	m, err := twin.ParsePatch(patch)
+	var (
+		m       map[string]any
+		atLeast int64
+		err     error
+	)
+	if id.AuthMethod == gateway.AuthOnBehalfOf && id.Via != "" {
+		m, atLeast, err = twin.ParseVersionedPatch(patch)
+	} else {
+		m, err = twin.ParsePatch(patch)
+	}
 	if err != nil {
 		return 0, asStatus(err)
 	}
-	v, err := p.h.PatchReported(ctx, id.DeviceID, id.ModuleID, m)
+	v, err := p.h.PatchReportedAtLeast(ctx, id.DeviceID, id.ModuleID, m, atLeast)
 	if err != nil {
 		return 0, asStatus(err)
 	}
