@@ -132,3 +132,21 @@ func TestFrom(t *testing.T) {
 		})
 	}
 }
+
+func TestConstructors(t *testing.T) {
+	for _, tt := range []struct {
+		err    *Error
+		status int
+		code   string
+	}{
+		{BadRequest(CodeArgumentInvalid, "x"), 400, CodeArgumentInvalid},
+		{Unauthorized("x"), 401, CodeUnauthorized},
+		{NotFound(CodeDeviceNotFound, "device %q", "d"), 404, CodeDeviceNotFound},
+		{Conflict(CodeModuleAlreadyExists, "x"), 409, CodeModuleAlreadyExists},
+		{PreconditionFailed("x"), 412, CodePreconditionFailed},
+	} {
+		if tt.err.Status != tt.status || tt.err.Code != tt.code || tt.err.Error() != tt.code+": x" && tt.err.Error() != tt.code+`: device "d"` {
+			t.Errorf("%+v", tt.err)
+		}
+	}
+}
