@@ -63,7 +63,7 @@ func (u upstreamLink) TwinReported(ctx context.Context, deviceID, moduleID strin
 	return v, linkErr(err)
 }
 
-// linkErr maps a hub's refusal to a gateway.StatusError, which the device
+// linkErr maps a hub's refusal to a status.Error, which the device
 // then sees as is; anything else (ErrOffline above all) makes the edge
 // answer from its caches.
 func linkErr(err error) error {
@@ -82,7 +82,7 @@ func linkErr(err error) error {
 		if msg == "" {
 			msg = se.Body
 		}
-		return &gateway.StatusError{Status: se.Status, Code: code, Message: msg}
+		return &status.Error{Status: se.Status, Code: code, Message: msg}
 	}
 	return err
 }

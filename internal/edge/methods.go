@@ -52,12 +52,12 @@ type InvokeRequest struct {
 	gateway.MethodCall
 }
 
-func badArgument(format string, args ...any) *gateway.StatusError {
-	return &gateway.StatusError{Status: http.StatusBadRequest, Code: "ArgumentInvalid", Message: fmt.Sprintf(format, args...)}
+func badArgument(format string, args ...any) *status.Error {
+	return &status.Error{Status: http.StatusBadRequest, Code: "ArgumentInvalid", Message: fmt.Sprintf(format, args...)}
 }
 
 // Invoke calls a direct method on a child device or module connected to
-// this edge on behalf of caller. Errors are *gateway.StatusError (see
+// this edge on behalf of caller. Errors are *status.Error (see
 // above), or ctx's error when the caller went away.
 func (e *Edge) Invoke(ctx context.Context, caller gateway.Identity, req InvokeRequest) (gateway.MethodResult, error) {
 	payload, respT, connT, err := req.Check()
@@ -88,12 +88,12 @@ func (e *Edge) Invoke(ctx context.Context, caller gateway.Identity, req InvokeRe
 			case errors.Is(err, gateway.ErrConnectionLost):
 				// Sent, then the target dropped: it may have run the
 				// method, which must run at most once.
-				return gateway.MethodResult{}, &gateway.StatusError{Status: http.StatusNotFound, Code: "DeviceNotOnline",
+				return gateway.MethodResult{}, &status.Error{Status: http.StatusNotFound, Code: "DeviceNotOnline",
 					Message: fmt.Sprintf("%s disconnected before answering method %s", cid, req.MethodName)}
 			case timedOut && errors.Is(ctx.Err(), context.Canceled):
 				return gateway.MethodResult{}, ctx.Err()
 			case timedOut:
-				return gateway.MethodResult{}, &gateway.StatusError{Status: http.StatusGatewayTimeout, Code: "GatewayTimeout",
+				return gateway.MethodResult{}, &status.Error{Status: http.StatusGatewayTimeout, Code: "GatewayTimeout",
 					Message: fmt.Sprintf("%s did not answer method %s within %v", cid, req.MethodName, respT)}
 			default:
 				return gateway.MethodResult{}, fmt.Errorf("method %s on %s: %w", req.MethodName, cid, err)
@@ -102,7 +102,7 @@ func (e *Edge) Invoke(ctx context.Context, caller gateway.Identity, req InvokeRe
 		left := connectBy.Sub(e.now())
 		if left <= 0 {
 			e.log.Debug("local method: target not online", "caller", caller.ClientID(), "target", cid, "method", req.MethodName)
-			return gateway.MethodResult{}, &gateway.StatusError{Status: http.StatusNotFound, Code: "DeviceNotOnline",
+			return gateway.MethodResult{}, &status.Error{Status: http.StatusNotFound, Code: "DeviceNotOnline",
 				Message: fmt.Sprintf("%s is not connected to edge %s, or not subscribed to methods", cid, e.cfg.DeviceID)}
 		}
 		if s != nil {
@@ -125,14 +125,14 @@ func (e *Edge) Invoke(ctx context.Context, caller gateway.Identity, req InvokeRe
 func (e *Edge) inScope(deviceID, moduleID string) error {
 	c := e.ids.Load()
 	if c == nil {
-		return &gateway.StatusError{Status: http.StatusServiceUnavailable, Code: "ServerError", Message: "edge has no identity cache yet"}
+		return &status.Error{Status: http.StatusServiceUnavailable, Code: "ServerError", Message: "edge has no identity cache yet"}
 	}
 	if _, err := c.lookup(deviceID, moduleID); err != nil {
 		code := "DeviceNotFound"
 		if moduleID != "" {
 			code = "ModuleNotFound"
 		}
-		return &gateway.StatusError{Status: http.StatusNotFound, Code: code,
+		return &status.Error{Status: http.StatusNotFound, Code: code,
 			Message: fmt.Sprintf("%s is not in the scope of edge %s (only its child devices and the modules of it and its children are reachable locally), or is disabled",
 				message.ClientID(deviceID, moduleID), e.cfg.DeviceID)}
 	}
@@ -173,7 +173,7 @@ func (b backend) Extension(ctx context.Context, s gateway.Session, name string, 
 		}
 		return json.Marshal(res)
 	}
-	return nil, &gateway.StatusError{Status: http.StatusNotFound, Code: "NotFound", Message: fmt.Sprintf("no extension %q at the edge", name)}
+	return nil, &status.Error{Status: http.StatusNotFound, Code: "NotFound", Message: fmt.Sprintf("no extension %q at the edge", name)}
 }
 
 var _ gateway.Extender = backend{}
@@ -183,7 +183,7 @@ var _ gateway.Extender = backend{}
 func (e *Edge) serveInvoke(w http.ResponseWriter, r *http.Request) {
 	caller, ok := e.httpCaller(r)
 	if !ok {
-		writeHTTPError(w, &gateway.StatusError{Status: http.StatusUnauthorized, Code: "IotHubUnauthorizedAccess",
+		writeHTTPError(w, &status.Error{Status: http.StatusUnauthorized, Code: "IotHubUnauthorizedAccess",
 			Message: "Unauthorized: send x-ms-edge-moduleId: {deviceId}/{moduleId} and that module's SAS token in Authorization"})
 		return
 	}
@@ -200,13 +200,13 @@ func (e *Edge) serveInvoke(w http.ResponseWriter, r *http.Request) {
 	req.DeviceID, req.ModuleID = r.PathValue("d"), r.PathValue("m")
 	res, err := e.Invoke(r.Context(), caller, req)
 	if err != nil {
-		var se *gateway.StatusError
+		var se *status.Error
 		if !errors.As(err, &se) {
 			if r.Context().Err() != nil {
 				return // the caller went away
 			}
 			e.log.Warn("local method failed", "caller", caller.ClientID(), "error", err)
-			se = &gateway.StatusError{Status: http.StatusInternalServerError, Code: "ServerError", Message: err.Error()}
+			se = &status.Error{Status: http.StatusInternalServerError, Code: "ServerError", Message: err.Error()}
 		}
 		writeHTTPError(w, se)
 		return
@@ -248,7 +248,7 @@ func (e *Edge) httpCaller(r *http.Request) (gateway.Identity, bool) {
 }
 
 // writeHTTPError answers in IoT Hub's error shape.
-func writeHTTPError(w http.ResponseWriter, se *gateway.StatusError) {
+func writeHTTPError(w http.ResponseWriter, se *status.Error) {
 	w.Header().Set("Content-Type", "application/json; charset=utf-8")
 	w.Header().Set("iothub-errorcode", se.Code)
 	w.WriteHeader(se.Status)

@@ -30,7 +30,7 @@ func pendingKey(cid string) []byte { return []byte(kvPendPrefix + cid) }
 // upstreamFailed reports whether err means "the hub could not be asked"
 // (so the cache answers) rather than "the hub said no".
 func upstreamFailed(err error) bool {
-	var se *gateway.StatusError
+	var se *status.Error
 	return !errors.As(err, &se)
 }
 
@@ -133,7 +133,7 @@ func (e *Edge) twinReported(ctx context.Context, deviceID, moduleID string, body
 	if err != nil {
 		var te *twin.Error
 		if errors.As(err, &te) {
-			return 0, &gateway.StatusError{Status: te.Status, Code: te.Code, Message: te.Message}
+			return 0, &status.Error{Status: te.Status, Code: te.Code, Message: te.Message}
 		}
 		return 0, err
 	}

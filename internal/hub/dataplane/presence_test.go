@@ -20,6 +20,7 @@ import (
 	"outpost/internal/hub"
 	"outpost/internal/identity"
 	"outpost/internal/message"
+	"outpost/internal/status"
 )
 
 // stateOf reads an identity's connection fields as the service API does.
@@ -411,7 +412,7 @@ func TestPresenceThroughEdge(t *testing.T) {
 }
 
 func gatewayStatus(err error) (int, string) {
-	var se *gateway.StatusError
+	var se *status.Error
 	if errors.As(err, &se) {
 		return se.Status, se.Code
 	}
