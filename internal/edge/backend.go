@@ -11,6 +11,7 @@ import (
 	"outpost/internal/gateway"
 	"outpost/internal/message"
 	"outpost/internal/route"
+	"outpost/internal/status"
 )
 
 // backend is the edge's gateway.Backend. It is a type of its own so the

@@ -14,6 +14,7 @@ import (
 	"outpost/internal/gateway"
 	"outpost/internal/message"
 	"outpost/internal/sas"
+	"outpost/internal/status"
 )
 
 // Local direct methods: a module (or child) calls a method on a child
@@ -53,8 +54,12 @@ type InvokeRequest struct {
 }
 
 func badArgument(format string, args ...any) *status.Error {
-	return &status.Error{Status: http.StatusBadRequest, Code: "ArgumentInvalid", Message: fmt.Sprintf(format, args...)}
+	return status.BadRequest(status.CodeArgumentInvalid, format, args...)
 }
+
+// errUnauthorized refuses a caller of the edge's own HTTPS endpoints
+// (/status, /metrics) that is neither local nor the edge device.
+var errUnauthorized = status.Unauthorized("Unauthorized")
 
 // Invoke calls a direct method on a child device or module connected to
 // this edge on behalf of caller. Errors are *status.Error (see
@@ -76,12 +81,12 @@ func (e *Edge) Invoke(ctx context.Context, caller gateway.Identity, req InvokeRe
 		s, wake := e.sessionOrWake(cid)
 		if s != nil {
 			rctx, cancel := context.WithTimeout(ctx, respT)
-			status, resp, err := s.InvokeMethod(rctx, req.MethodName, payload)
+			code, resp, err := s.InvokeMethod(rctx, req.MethodName, payload)
 			timedOut := rctx.Err() != nil
 			cancel()
 			switch {
 			case err == nil:
-				return gateway.MethodResult{Status: status, Payload: gateway.ResultPayload(resp)}, nil
+				return gateway.MethodResult{Status: code, Payload: gateway.ResultPayload(resp)}, nil
 			case errors.Is(err, gateway.ErrNotSubscribed), errors.Is(err, gateway.ErrNotConnected):
 				// Between CONNACK and its SUBSCRIBE, or just gone: the
 				// request was not sent; wait within the connect timeout.
@@ -183,32 +188,29 @@ var _ gateway.Extender = backend{}
 func (e *Edge) serveInvoke(w http.ResponseWriter, r *http.Request) {
 	caller, ok := e.httpCaller(r)
 	if !ok {
-		writeHTTPError(w, &status.Error{Status: http.StatusUnauthorized, Code: "IotHubUnauthorizedAccess",
-			Message: "Unauthorized: send x-ms-edge-moduleId: {deviceId}/{moduleId} and that module's SAS token in Authorization"})
+		status.WriteHTTP(w, status.Unauthorized("Unauthorized: send x-ms-edge-moduleId: {deviceId}/{moduleId} and that module's SAS token in Authorization"), e.now())
 		return
 	}
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxMethodBody))
 	if err != nil {
-		writeHTTPError(w, badArgument("reading body: %v", err))
+		status.WriteHTTP(w, badArgument("reading body: %v", err), e.now())
 		return
 	}
 	var req InvokeRequest
 	if err := json.Unmarshal(body, &req); err != nil {
-		writeHTTPError(w, badArgument("method request: %v", err))
+		status.WriteHTTP(w, badArgument("method request: %v", err), e.now())
 		return
 	}
 	req.DeviceID, req.ModuleID = r.PathValue("d"), r.PathValue("m")
 	res, err := e.Invoke(r.Context(), caller, req)
 	if err != nil {
-		var se *status.Error
-		if !errors.As(err, &se) {
+		if _, known := status.As(err); !known {
 			if r.Context().Err() != nil {
 				return // the caller went away
 			}
 			e.log.Warn("local method failed", "caller", caller.ClientID(), "error", err)
-			se = &status.Error{Status: http.StatusInternalServerError, Code: "ServerError", Message: err.Error()}
 		}
-		writeHTTPError(w, se)
+		status.WriteHTTP(w, err, e.now())
 		return
 	}
 	w.Header().Set("Content-Type", "application/json; charset=utf-8")
@@ -245,12 +247,4 @@ func (e *Edge) httpCaller(r *http.Request) (gateway.Identity, bool) {
 		return gateway.Identity{}, false
 	}
 	return id, true
-}
-
-// writeHTTPError answers in IoT Hub's error shape.
-func writeHTTPError(w http.ResponseWriter, se *status.Error) {
-	w.Header().Set("Content-Type", "application/json; charset=utf-8")
-	w.Header().Set("iothub-errorcode", se.Code)
-	w.WriteHeader(se.Status)
-	_ = json.NewEncoder(w).Encode(map[string]string{"Message": "ErrorCode:" + se.Code + ";" + se.Message})
 }

@@ -13,6 +13,7 @@ import (
 	"outpost/internal/edge/store"
 	"outpost/internal/gateway"
 	"outpost/internal/message"
+	"outpost/internal/status"
 	"outpost/internal/twin"
 )
 
@@ -131,10 +132,6 @@ func (e *Edge) twinReported(ctx context.Context, deviceID, moduleID string, body
 	cid := message.ClientID(deviceID, moduleID)
 	patch, err := twin.ParsePatch(body)
 	if err != nil {
-		var te *twin.Error
-		if errors.As(err, &te) {
-			return 0, &status.Error{Status: te.Status, Code: te.Code, Message: te.Message}
-		}
 		return 0, err
 	}
 	if e.up.State().Connected {
