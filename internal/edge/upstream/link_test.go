@@ -490,7 +490,7 @@ func TestRequests(t *testing.T) {
 		}
 		bad, _, _ := certs.NewCSR("someone-else")
 		var se *status.Error
-		if _, _, err := e.link.SignEdgeCA(ctx, bad); !errors.As(err, &se) || se.Status != 400 {
+		if _, _, err := e.link.SignEdgeCA(ctx, bad); !errors.As(err, &se) || *se != *errForeignCSR {
 			t.Fatalf("foreign CSR: %v", err)
 		}
 	})
@@ -505,7 +505,7 @@ func TestRequests(t *testing.T) {
 		}
 		// A module that is not attached: the link subscribes for the answer.
 		var se *status.Error
-		if _, err := e.link.TwinGet(ctx, "child1", "other"); !errors.As(err, &se) || se.Status != 404 {
+		if _, err := e.link.TwinGet(ctx, "child1", "other"); !errors.As(err, &se) || *se != *errNoTwin {
 			t.Fatalf("missing twin: %v", err)
 		}
 		for want := int64(1); want <= 2; want++ {
