@@ -93,12 +93,12 @@ func (e *Edge) Invoke(ctx context.Context, caller gateway.Identity, req InvokeRe
 			case errors.Is(err, gateway.ErrConnectionLost):
 				// Sent, then the target dropped: it may have run the
 				// method, which must run at most once.
-				return gateway.MethodResult{}, &status.Error{Status: http.StatusNotFound, Code: "DeviceNotOnline",
+				return gateway.MethodResult{}, &status.Error{Status: http.StatusNotFound, Code: status.CodeDeviceNotOnline,
 					Message: fmt.Sprintf("%s disconnected before answering method %s", cid, req.MethodName)}
 			case timedOut && errors.Is(ctx.Err(), context.Canceled):
 				return gateway.MethodResult{}, ctx.Err()
 			case timedOut:
-				return gateway.MethodResult{}, &status.Error{Status: http.StatusGatewayTimeout, Code: "GatewayTimeout",
+				return gateway.MethodResult{}, &status.Error{Status: http.StatusGatewayTimeout, Code: status.CodeGatewayTimeout,
 					Message: fmt.Sprintf("%s did not answer method %s within %v", cid, req.MethodName, respT)}
 			default:
 				return gateway.MethodResult{}, fmt.Errorf("method %s on %s: %w", req.MethodName, cid, err)
@@ -107,7 +107,7 @@ func (e *Edge) Invoke(ctx context.Context, caller gateway.Identity, req InvokeRe
 		left := connectBy.Sub(e.now())
 		if left <= 0 {
 			e.log.Debug("local method: target not online", "caller", caller.ClientID(), "target", cid, "method", req.MethodName)
-			return gateway.MethodResult{}, &status.Error{Status: http.StatusNotFound, Code: "DeviceNotOnline",
+			return gateway.MethodResult{}, &status.Error{Status: http.StatusNotFound, Code: status.CodeDeviceNotOnline,
 				Message: fmt.Sprintf("%s is not connected to edge %s, or not subscribed to methods", cid, e.cfg.DeviceID)}
 		}
 		if s != nil {
@@ -130,7 +130,7 @@ func (e *Edge) Invoke(ctx context.Context, caller gateway.Identity, req InvokeRe
 func (e *Edge) inScope(deviceID, moduleID string) error {
 	c := e.ids.Load()
 	if c == nil {
-		return &status.Error{Status: http.StatusServiceUnavailable, Code: "ServerError", Message: "edge has no identity cache yet"}
+		return &status.Error{Status: http.StatusServiceUnavailable, Code: status.CodeServerError, Message: "edge has no identity cache yet"}
 	}
 	if _, err := c.lookup(deviceID, moduleID); err != nil {
 		code := "DeviceNotFound"
@@ -178,7 +178,7 @@ func (b backend) Extension(ctx context.Context, s gateway.Session, name string, 
 		}
 		return json.Marshal(res)
 	}
-	return nil, &status.Error{Status: http.StatusNotFound, Code: "NotFound", Message: fmt.Sprintf("no extension %q at the edge", name)}
+	return nil, &status.Error{Status: http.StatusNotFound, Code: status.CodeNotFound, Message: fmt.Sprintf("no extension %q at the edge", name)}
 }
 
 var _ gateway.Extender = backend{}

@@ -23,7 +23,7 @@ var (
 		return &status.Error{Status: http.StatusForbidden, Code: "DeviceMaximumQueueDepthExceeded",
 			Message: fmt.Sprintf("device %s has %d messages pending: the queue is full", d, n)}
 	}
-	errLockLost = &status.Error{Status: http.StatusPreconditionFailed, Code: "DeviceMessageLockLost",
+	errLockLost = &status.Error{Status: http.StatusPreconditionFailed, Code: status.CodeDeviceMessageLockLost,
 		Message: "the lock token is not valid, or the lock expired"}
 )
 
@@ -38,7 +38,7 @@ func (p *Plane) SendC2D(ctx context.Context, deviceID string, msg *message.Messa
 		return err
 	}
 	if len(msg.Body) > MaxC2DSize {
-		return &status.Error{Status: http.StatusRequestEntityTooLarge, Code: "MessageTooLarge",
+		return &status.Error{Status: http.StatusRequestEntityTooLarge, Code: status.CodeMessageTooLarge,
 			Message: fmt.Sprintf("c2d message body is %d bytes: the limit is %d", len(msg.Body), MaxC2DSize)}
 	}
 	now := p.now().UTC()

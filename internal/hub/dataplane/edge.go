@@ -18,7 +18,7 @@ import (
 func (p *Plane) Extension(ctx context.Context, s gateway.Session, name string, payload []byte) ([]byte, error) {
 	id := s.Identity()
 	if !id.Edge || id.ModuleID != "" || id.Via != "" {
-		return nil, &status.Error{Status: http.StatusForbidden, Code: "IotHubUnauthorizedAccess",
+		return nil, &status.Error{Status: http.StatusForbidden, Code: status.CodeUnauthorized,
 			Message: "only an IoT Edge device may call " + name}
 	}
 	switch name {
@@ -35,7 +35,7 @@ func (p *Plane) Extension(ctx context.Context, s gateway.Session, name string, p
 	case edgeproto.ReqStorePosition:
 		return p.storePosition(ctx, id.DeviceID, payload)
 	}
-	return nil, &status.Error{Status: http.StatusNotFound, Code: "NotFound", Message: "no extension " + name}
+	return nil, &status.Error{Status: http.StatusNotFound, Code: status.CodeNotFound, Message: "no extension " + name}
 }
 
 // Snapshot returns the identities in an edge's scope: the edge, its

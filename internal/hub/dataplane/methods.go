@@ -218,21 +218,21 @@ const subscribeRetry = 200 * time.Millisecond
 
 var (
 	errDeviceNotOnline = func(cid string) error {
-		return &status.Error{Status: http.StatusNotFound, Code: "DeviceNotOnline",
+		return &status.Error{Status: http.StatusNotFound, Code: status.CodeDeviceNotOnline,
 			Message: fmt.Sprintf("device %s is not connected, or not subscribed to methods", cid)}
 	}
 	errDroppedCall = func(cid, name string) error {
-		return &status.Error{Status: http.StatusNotFound, Code: "DeviceNotOnline",
+		return &status.Error{Status: http.StatusNotFound, Code: status.CodeDeviceNotOnline,
 			Message: fmt.Sprintf("%s disconnected before answering method %s; it is not sent again", cid, name)}
 	}
 	errGatewayTimeout = func(cid, name string) error {
-		return &status.Error{Status: http.StatusGatewayTimeout, Code: "GatewayTimeout",
+		return &status.Error{Status: http.StatusGatewayTimeout, Code: status.CodeGatewayTimeout,
 			Message: fmt.Sprintf("%s did not answer method %s in time", cid, name)}
 	}
 )
 
 func badArgument(format string, args ...any) error {
-	return &status.Error{Status: http.StatusBadRequest, Code: "ArgumentInvalid", Message: fmt.Sprintf(format, args...)}
+	return &status.Error{Status: http.StatusBadRequest, Code: status.CodeArgumentInvalid, Message: fmt.Sprintf(format, args...)}
 }
 
 // InvokeMethod calls a direct method on a device or module connected to

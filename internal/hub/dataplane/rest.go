@@ -99,7 +99,7 @@ func (p *Plane) restC2D(w http.ResponseWriter, r *http.Request) {
 	if err != nil {
 		var mbe *http.MaxBytesError
 		if errors.As(err, &mbe) {
-			p.fail(w, r, &status.Error{Status: http.StatusRequestEntityTooLarge, Code: "MessageTooLarge", Message: "c2d message exceeds 64 KiB"})
+			p.fail(w, r, &status.Error{Status: http.StatusRequestEntityTooLarge, Code: status.CodeMessageTooLarge, Message: "c2d message exceeds 64 KiB"})
 			return
 		}
 		p.fail(w, r, badArgument("read request: %v", err))

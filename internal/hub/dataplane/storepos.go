@@ -143,7 +143,7 @@ func (p *Plane) storePosition(ctx context.Context, edgeID string, payload []byte
 // unavailable is the status of a request the hub's state could not serve
 // now; the edge asks again on its next connection.
 func unavailable(err error) error {
-	return &status.Error{Status: http.StatusServiceUnavailable, Code: "ServiceUnavailable", Message: err.Error()}
+	return &status.Error{Status: http.StatusServiceUnavailable, Code: status.CodeServiceUnavailable, Message: err.Error()}
 }
 
 // edgeStats counts, per edge, what its drains cost the hub: replays
