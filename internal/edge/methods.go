@@ -133,9 +133,9 @@ func (e *Edge) inScope(deviceID, moduleID string) error {
 		return &status.Error{Status: http.StatusServiceUnavailable, Code: status.CodeServerError, Message: "edge has no identity cache yet"}
 	}
 	if _, err := c.lookup(deviceID, moduleID); err != nil {
-		code := "DeviceNotFound"
+		code := status.CodeDeviceNotFound
 		if moduleID != "" {
-			code = "ModuleNotFound"
+			code = status.CodeModuleNotFound
 		}
 		return &status.Error{Status: http.StatusNotFound, Code: code,
 			Message: fmt.Sprintf("%s is not in the scope of edge %s (only its child devices and the modules of it and its children are reachable locally), or is disabled",

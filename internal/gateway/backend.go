@@ -273,8 +273,7 @@ var (
 		"message store quota exceeded; retry later")
 	ErrThrottled = status.Errorf(http.StatusTooManyRequests, status.CodeThrottling,
 		"request rate too high; retry later")
-	ErrNotFound = status.NotFound(status.CodeDeviceNotFound,
-		"identity not found")
+	ErrNotFound        = status.NotFound(status.CodeDeviceNotFound, "identity not found")
 	ErrMessageTooLarge = status.Errorf(http.StatusRequestEntityTooLarge, status.CodeMessageTooLarge,
 		"message exceeds %d bytes", message.MaxSize)
 )
