@@ -6,8 +6,10 @@ import (
 	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"testing"
 	"time"
+	"unicode/utf8"
 )
 
 // The bodies below are what the Azure SDKs parse today: the service SDK
@@ -149,4 +151,28 @@ func TestConstructors(t *testing.T) {
 			t.Errorf("%+v", tt.err)
 		}
 	}
+}
+
+// FuzzFromMQTT: any body reads into an Error with the topic's status and
+// a code, and every Error whose code is a token reads back whole from its
+// own MQTTBody.
+func FuzzFromMQTT(f *testing.F) {
+	for _, g := range golden {
+		f.Add(g.err.Status, g.err.Code, g.err.Message, []byte(g.mqtt))
+	}
+	f.Add(400, "400027", "", []byte(`{"errorCode":400027,"message":"x"}`))
+	f.Add(503, "", "", []byte(`not json`))
+	f.Fuzz(func(t *testing.T, st int, code, msg string, raw []byte) {
+		got := FromMQTT(st, raw)
+		if got.Status != st || got.Code == "" {
+			t.Fatalf("FromMQTT(%d, %q) = %+v: status lost or no code", st, raw, *got)
+		}
+		if code == "" || strings.ContainsAny(code, " \t") || !utf8.ValidString(code) || !utf8.ValidString(msg) {
+			return
+		}
+		e := &Error{Status: st, Code: code, Message: msg}
+		if back := FromMQTT(st, e.MQTTBody()); *back != *e {
+			t.Fatalf("FromMQTT(MQTTBody(%+v)) = %+v", *e, *back)
+		}
+	})
 }
