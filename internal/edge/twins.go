@@ -13,6 +13,7 @@ import (
 	"outpost/internal/edge/store"
 	"outpost/internal/gateway"
 	"outpost/internal/message"
+	"outpost/internal/status"
 	"outpost/internal/twin"
 )
 
@@ -30,7 +31,7 @@ func pendingKey(cid string) []byte { return []byte(kvPendPrefix + cid) }
 // upstreamFailed reports whether err means "the hub could not be asked"
 // (so the cache answers) rather than "the hub said no".
 func upstreamFailed(err error) bool {
-	var se *gateway.StatusError
+	var se *status.Error
 	return !errors.As(err, &se)
 }
 
@@ -136,10 +137,6 @@ func (e *Edge) twinReported(ctx context.Context, deviceID, moduleID string, body
 	cid := message.ClientID(deviceID, moduleID)
 	patch, err := twin.ParsePatch(body)
 	if err != nil {
-		var te *twin.Error
-		if errors.As(err, &te) {
-			return 0, &gateway.StatusError{Status: te.Status, Code: te.Code, Message: te.Message}
-		}
 		return 0, err
 	}
 	if e.up.State().Connected {

@@ -11,6 +11,7 @@ import (
 
 	"outpost/internal/identity"
 	"outpost/internal/manifest"
+	"outpost/internal/status"
 	"outpost/internal/twin"
 )
 
@@ -184,7 +185,7 @@ func ParseTwinPatch(body []byte) (TwinPatch, error) {
 }
 
 func badTwin(msg string) error {
-	return &twin.Error{Status: 400, Code: twin.CodeArgumentInvalid, Message: msg}
+	return status.BadRequest(status.CodeArgumentInvalid, "%s", msg)
 }
 
 // PatchTwin merges p into a twin. ifMatch ("" or "*" for none) is checked
@@ -257,7 +258,7 @@ func (h *Hub) PatchReportedAtLeast(ctx context.Context, deviceID, moduleID strin
 func (h *Hub) changeTwin(ctx context.Context, deviceID, moduleID, ifMatch string, fn func(t *twin.Twin) (map[string]any, int64, error)) (*twin.Twin, error) {
 	key := twinKey(deviceID, moduleID)
 	stale := func() error {
-		return identity.PreconditionFailed("etag %s does not match the twin's current etag", strings.Trim(ifMatch, `" `))
+		return status.PreconditionFailed("etag %s does not match the twin's current etag", strings.Trim(ifMatch, `" `))
 	}
 	for attempt := 0; ; attempt++ {
 		d, m, err := h.owner(ctx, deviceID, moduleID)

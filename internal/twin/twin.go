@@ -17,6 +17,8 @@ import (
 	"errors"
 	"io"
 	"time"
+
+	"outpost/internal/status"
 )
 
 // X509Thumbprint mirrors the registry's thumbprints on a device twin.
@@ -95,13 +97,13 @@ func Decode(data []byte) (*Twin, error) {
 	dec.UseNumber()
 	var t *Twin
 	if err := dec.Decode(&t); err != nil {
-		return nil, errorf(CodeArgumentInvalid, "twin is not valid JSON: %v", err)
+		return nil, errorf(status.CodeArgumentInvalid, "twin is not valid JSON: %v", err)
 	}
 	if t == nil {
-		return nil, errorf(CodeArgumentInvalid, "twin is null, not a JSON object")
+		return nil, errorf(status.CodeArgumentInvalid, "twin is null, not a JSON object")
 	}
 	if _, err := dec.Token(); err != io.EOF {
-		return nil, errorf(CodeArgumentInvalid, "twin has data after its JSON object")
+		return nil, errorf(status.CodeArgumentInvalid, "twin has data after its JSON object")
 	}
 	if t.Tags == nil {
 		t.Tags = map[string]any{}

@@ -13,6 +13,7 @@ import (
 	"outpost/internal/edgeproto"
 	"outpost/internal/message"
 	"outpost/internal/mqttwire"
+	"outpost/internal/status"
 	"outpost/internal/topic"
 )
 
@@ -427,7 +428,7 @@ func (s *session) agreePosition() bool {
 	}
 	var rep edgeproto.StorePositionReply
 	if err == nil && r.status != http.StatusOK {
-		err = &StatusError{Status: r.status, Body: string(r.body)}
+		err = status.FromMQTT(r.status, r.body)
 	}
 	if err == nil {
 		if err = json.Unmarshal(r.body, &rep); err != nil {

@@ -173,17 +173,6 @@ type State struct {
 	LastOffline time.Duration
 }
 
-// StatusError is a request the hub answered with a non-success status.
-// Retrying helps only for 429 and 5xx.
-type StatusError struct {
-	Status int
-	Body   string
-}
-
-func (e *StatusError) Error() string {
-	return fmt.Sprintf("hub answered %d: %s", e.Status, clip(e.Body))
-}
-
 // Link is the edge's link to its parent. Its methods are safe for
 // concurrent use.
 type Link struct {

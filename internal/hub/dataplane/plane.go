@@ -379,20 +379,6 @@ func presenceSubject(clientID string) string { return subjPresence + enc(clientI
 
 func c2dWakeSubject(deviceID string) string { return subjC2DWake + enc(deviceID) }
 
-// asStatus turns the registry's and twins' errors into what a device or
-// service caller sees; other errors pass unchanged.
-func asStatus(err error) error {
-	var ie *identity.Error
-	if errors.As(err, &ie) {
-		return &gateway.StatusError{Status: ie.Status, Code: ie.Code, Message: ie.Message}
-	}
-	var te *twinError
-	if errors.As(err, &te) {
-		return &gateway.StatusError{Status: te.Status, Code: te.Code, Message: te.Message}
-	}
-	return err
-}
-
 var (
 	_ gateway.Backend  = (*Plane)(nil)
 	_ gateway.Extender = (*Plane)(nil)

@@ -13,8 +13,8 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"outpost/internal/edgeproto"
-	"outpost/internal/gateway"
 	"outpost/internal/metrics"
+	"outpost/internal/status"
 )
 
 // BucketEdgeStores holds, per edge store, a sequence past every one the
@@ -188,7 +188,7 @@ func (p *Plane) storePosition(ctx context.Context, edgeID string, payload []byte
 // unavailable is the status of a request the hub's state could not serve
 // now; the edge asks again on its next connection.
 func unavailable(err error) error {
-	return &gateway.StatusError{Status: http.StatusServiceUnavailable, Code: "ServiceUnavailable", Message: err.Error()}
+	return &status.Error{Status: http.StatusServiceUnavailable, Code: status.CodeServiceUnavailable, Message: err.Error()}
 }
 
 // edgeStats counts, per edge, what its drains cost the hub: replays

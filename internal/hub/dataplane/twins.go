@@ -9,14 +9,12 @@ import (
 	"outpost/internal/twin"
 )
 
-type twinError = twin.Error
-
 // TwinGet answers a device's twin GET with its desired and reported
 // sections, as the SDK expects them.
 func (p *Plane) TwinGet(ctx context.Context, id gateway.Identity) ([]byte, error) {
 	t, err := p.h.GetTwin(id.DeviceID, id.ModuleID)
 	if err != nil {
-		return nil, asStatus(err)
+		return nil, err
 	}
 	p.pres.activity(id.DeviceID, id.ModuleID)
 	return t.SectionsForDevice(), nil
@@ -39,11 +37,11 @@ func (p *Plane) TwinReported(ctx context.Context, id gateway.Identity, patch []b
 		m, err = twin.ParsePatch(patch)
 	}
 	if err != nil {
-		return 0, asStatus(err)
+		return 0, err
 	}
 	v, err := p.h.PatchReportedAtLeast(ctx, id.DeviceID, id.ModuleID, m, atLeast)
 	if err != nil {
-		return 0, asStatus(err)
+		return 0, err
 	}
 	p.pres.activity(id.DeviceID, id.ModuleID)
 	return v, nil
