@@ -235,11 +235,14 @@ func TestC2DDelivery(t *testing.T) {
 	}
 
 	t.Run("no ack before disconnect", func(t *testing.T) {
+		old := s
 		rc := e.dialRaw(t)
 		rc.mustConnect(e, "dev1") // takes over the paho session and its subscription
-		s := e.be.session(t, "dev1")
+		// The paho session stays current until the takeover is done: wait
+		// for the new one, or the send may go to the old, unsubscribed one.
+		var s Session
 		checkFor(t, 5*time.Second, func() error {
-			if e.srv.Sessions("dev1", "") != s {
+			if s = e.be.session(t, "dev1"); s == old || e.srv.Sessions("dev1", "") != s {
 				return errors.New("new session not current yet")
 			}
 			return nil
@@ -247,6 +250,11 @@ func TestC2DDelivery(t *testing.T) {
 		acked := s.SendC2D(msg)
 		pk, err := rc.read(10 * time.Second)
 		if err != nil || pk.FixedHeader.Type != packets.Publish || pk.FixedHeader.Qos != 1 {
+			select {
+			case aerr := <-acked:
+				t.Fatalf("got %v %v, want a QoS 1 PUBLISH; send: %v", pk.FixedHeader, err, aerr)
+			default:
+			}
 			t.Fatalf("got %v %v, want a QoS 1 PUBLISH", pk.FixedHeader, err)
 		}
 		rc.nc.Close() // never PUBACK
