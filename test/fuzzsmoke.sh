@@ -1,0 +1,42 @@
+#!/bin/sh
+# fuzzsmoke fuzzes every Fuzz target of the module briefly: make test's
+# smoke, on top of the seed corpora that go test runs as unit tests.
+#
+# `go test -fuzz` takes one target and rebuilds the instrumented test
+# binary for each; here each package's is built once (go test -c -fuzz)
+# and run once a target, two packages at a time. A binary runs in its
+# package's directory, so a crasher is written to testdata/fuzz/<target>/
+# there, to be kept in the corpus. The fuzz cache is fresh each run, so
+# the time is bounded (make fuzz and make soak fuzz for minutes on the
+# shared one).
+#
+# Usage: test/fuzzsmoke.sh [fuzztime]   (default 500ms a target)
+set -eu
+cd "$(dirname "$0")/.."
+GO=${GO:-go}
+FUZZTIME=${1:-500ms}
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+export GO FUZZTIME tmp
+
+start=$(date +%s)
+grep -rl --include='*_test.go' '^func Fuzz' . | xargs -n1 dirname | sort -u >"$tmp/dirs"
+xargs -P 2 -n 1 sh -c '
+	dir=$0
+	name=$(printf %s "$dir" | tr -c "A-Za-z0-9\n" _)
+	bin="$tmp/$name.test"
+	"$GO" test -c -fuzz=. -o "$bin" "$dir" || { echo "fuzz smoke: build $dir failed"; exit 1; }
+	n=0
+	for f in $(sed -n "s/^func \(Fuzz[A-Za-z0-9_]*\)(.*/\1/p" "$dir"/*_test.go); do
+		log="$tmp/$name.$f.log"
+		if ! (cd "$dir" && "$bin" -test.run="^\$" -test.fuzz="^$f\$" -test.fuzztime="$FUZZTIME" \
+			-test.fuzzcachedir="$tmp/cache" -test.parallel=1) >"$log" 2>&1; then
+			cat "$log"
+			echo "fuzz smoke: $dir $f failed; the crasher is in $dir/testdata/fuzz/$f/"
+			exit 1
+		fi
+		n=$((n + 1))
+	done
+	echo "fuzz smoke: $dir: $n targets, $FUZZTIME each"
+' <"$tmp/dirs"
+echo "fuzz smoke: $(grep -rh --include='*_test.go' '^func Fuzz' . | wc -l) targets in $(wc -l <"$tmp/dirs") packages, $(($(date +%s) - start)) s"
