@@ -16,6 +16,7 @@ import (
 
 	"outpost/internal/certs"
 	"outpost/internal/edge"
+	"outpost/internal/gateway"
 	"outpost/internal/identity"
 	"outpost/internal/manifest"
 	"outpost/internal/service"
@@ -35,6 +36,7 @@ type edgeFlags struct {
 	edgeCACert      string
 	edgeCAKey       string
 	stateDir        string
+	rates           gateway.Rates
 }
 
 // runEdge runs the edge hub (`outpost edge --connection-string …`),
@@ -76,6 +78,7 @@ flags of outpost edge:
 	fs.StringVar(&f.edgeCACert, "edge-ca-cert", "", "PEM file of your own edge CA certificate (default: the hub signs one at first sync)")
 	fs.StringVar(&f.edgeCAKey, "edge-ca-key", "", "PEM file of your own edge CA's private key")
 	fs.StringVar(&f.stateDir, "state-dir", "", "folder where the edge keeps the edgeHub environment of its last deployment (default: the user's config folder/outpost)")
+	addRateFlags(fs, &f.rates)
 	if err := parseServerFlags(fs, args); err != nil {
 		return err
 	}
@@ -125,6 +128,10 @@ func (f edgeFlags) config() (edge.Config, error) {
 	if f.connString == "" {
 		return cfg, errors.New("edge: --connection-string is required")
 	}
+	if err := checkRates("edge", &f.rates); err != nil {
+		return cfg, err
+	}
+	cfg.Rates = f.rates
 	if err := edge.ParseConnectionString(f.connString, &cfg); err != nil {
 		return cfg, fmt.Errorf("edge: --connection-string: %w", err)
 	}

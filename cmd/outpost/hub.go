@@ -9,6 +9,7 @@ import (
 	"os"
 	"time"
 
+	"outpost/internal/gateway"
 	"outpost/internal/hubserver"
 )
 
@@ -21,6 +22,7 @@ type hubFlags struct {
 	natsURL   string
 	// edgeLoopbackNames: see hubserver.Config.EdgeLoopbackNames.
 	edgeLoopbackNames bool
+	rates             gateway.Rates
 }
 
 func runHub(ctx context.Context, args []string) error {
@@ -33,11 +35,15 @@ func runHub(ctx context.Context, args []string) error {
 	fs.StringVar(&f.httpsAddr, "https-addr", hubserver.DefaultHTTPSAddr, "HTTPS listen address (service REST API, device HTTPS, MQTT over WebSocket)")
 	fs.StringVar(&f.natsURL, "nats-url", "", "external NATS cluster to keep state in, instead of the embedded server")
 	fs.BoolVar(&f.edgeLoopbackNames, "edge-loopback-names", false, "let edge CAs carry localhost and 127.0.0.1, which the hub's certificate carries too; only when the hub, its edges and devices share one machine")
+	addRateFlags(fs, &f.rates)
 	if err := parseServerFlags(fs, args); err != nil {
 		return err
 	}
 	if f.dataDir == "" {
 		return errors.New("hub: --data-dir is required")
+	}
+	if err := checkRates("hub", &f.rates); err != nil {
+		return err
 	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
 	if err := startPprof(); err != nil {
@@ -52,6 +58,7 @@ func runHub(ctx context.Context, args []string) error {
 		HTTPSAddr:         f.httpsAddr,
 		NATSURL:           f.natsURL,
 		EdgeLoopbackNames: f.edgeLoopbackNames,
+		Rates:             f.rates,
 		Logger:            log,
 	})
 	if err != nil {

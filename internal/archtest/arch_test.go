@@ -13,7 +13,7 @@ import (
 const mod = "outpost/"
 
 // leaves may import only the standard library and each other.
-var leaves = []string{"message", "sas", "topic", "identity", "twin", "query", "route", "mqttwire", "edgeproto"}
+var leaves = []string{"message", "sas", "topic", "identity", "twin", "query", "route", "mqttwire", "edgeproto", "status"}
 
 // allowed lists, for each internal package prefix, which internal packages
 // it may depend on (transitively). A package not listed here may depend on
@@ -27,13 +27,16 @@ var allowed = map[string][]string{
 	"wsconn": {},
 	// edgeproto is the hub↔edge contract, imported by both ends.
 	"edgeproto": {"topic", "message"},
-	"gateway":   {"message", "sas", "topic", "identity", "twin", "query", "route", "certs", "metrics", "edgeproto", "mqttwire", "wsconn"},
+	"gateway":   {"message", "sas", "topic", "identity", "twin", "query", "route", "certs", "metrics", "edgeproto", "mqttwire", "wsconn", "status"},
 	"certs":     {},
-	"client":    {"message", "sas", "topic", "certs", "edgeproto", "backoff", "wsconn"},
+	"client":    {"message", "sas", "topic", "certs", "edgeproto", "backoff", "wsconn", "status"},
 	// hubserver is the hub's process wiring: the hub and its data plane
 	// and service API, the device endpoint, certificates; manifest, with
 	// which the hub checks the deployments written to $edgeHub twins.
-	"hubserver": {"hub", "gateway", "certs", "metrics", "message", "sas", "topic", "identity", "twin", "query", "route", "edgeproto", "mqttwire", "manifest", "wsconn"},
+	"hubserver": {"hub", "gateway", "certs", "metrics", "message", "sas", "topic", "identity", "twin", "query", "route", "edgeproto", "mqttwire", "manifest", "wsconn", "status"},
+	// status is the one error a device or service caller sees, with its
+	// HTTPS and MQTT bodies: on message alone (its tracking ids).
+	"status": {"message"},
 }
 
 // forbidden pairs: a package under the first never imports the second.
@@ -145,4 +148,24 @@ func contains(s []string, x string) bool {
 		}
 	}
 	return false
+}
+
+// TestBinaryHasNoTestingPackage: test helpers stay out of the outpost
+// binary (package testing registers its flags in whatever links it).
+func TestBinaryHasNoTestingPackage(t *testing.T) {
+	cmd := exec.Command("go", "list", "-deps", "outpost/cmd/outpost")
+	cmd.Dir = "../.."
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("go list: %v", err)
+	}
+	deps := strings.Fields(string(out))
+	if len(deps) < 10 {
+		t.Fatalf("go list -deps found %d packages; expected the binary's dependencies", len(deps))
+	}
+	for _, d := range deps {
+		if d == "testing" || strings.HasPrefix(d, "testing/") {
+			t.Errorf("the outpost binary depends on %s", d)
+		}
+	}
 }

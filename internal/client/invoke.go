@@ -7,13 +7,13 @@ import (
 	"fmt"
 	"runtime"
 	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 	"weak"
 
 	"outpost/internal/edgeproto"
+	"outpost/internal/status"
 )
 
 // Local direct methods: a module or child connected to an Outpost edge
@@ -147,20 +147,11 @@ func seconds(d time.Duration) int {
 	return int((d + time.Second - 1) / time.Second)
 }
 
-// extError reads an extension's error reply: {"errorCode":…,"message":"Code: text"}.
+// extError reads an extension's error reply, written by
+// status.Error.MQTTBody.
 func extError(rep extReply) error {
-	var b struct {
-		Message string `json:"message"`
-	}
-	_ = json.Unmarshal(rep.body, &b)
-	e := &InvokeError{Status: rep.status, Message: b.Message}
-	if code, msg, ok := strings.Cut(b.Message, ": "); ok && code != "" && !strings.ContainsAny(code, " \t") {
-		e.Code, e.Message = code, msg
-	}
-	if e.Message == "" {
-		e.Message = string(clipBytes(rep.body, 200))
-	}
-	return e
+	se := status.FromMQTT(rep.status, rep.body)
+	return &InvokeError{Status: se.Status, Code: se.Code, Message: se.Message}
 }
 
 type extReply struct {

@@ -11,6 +11,7 @@ import (
 	"outpost/internal/gateway"
 	"outpost/internal/message"
 	"outpost/internal/route"
+	"outpost/internal/status"
 )
 
 // backend is the edge's gateway.Backend. It is a type of its own so the
@@ -24,7 +25,7 @@ func (b backend) Authenticate(ctx context.Context, c gateway.Credentials) (gatew
 }
 
 // errDiskFull is what a device sees when the storage folder is full.
-var errDiskFull = &gateway.StatusError{Status: http.StatusServiceUnavailable, Code: "IotHubQuotaExceeded",
+var errDiskFull = &status.Error{Status: http.StatusServiceUnavailable, Code: status.CodeQuotaExceeded,
 	Message: "edge storage folder is out of disk space; retry later"}
 
 // Telemetry routes msgs and stores them, all in one synced commit, so the
@@ -145,5 +146,5 @@ func (b backend) C2DReceive(ctx context.Context, id gateway.Identity) (*message.
 }
 
 func (b backend) C2DSettle(ctx context.Context, id gateway.Identity, lock string, action gateway.Settle) error {
-	return &gateway.StatusError{Status: http.StatusNotFound, Code: "DeviceMessageLockLost", Message: "no such message lock"}
+	return &status.Error{Status: http.StatusNotFound, Code: status.CodeDeviceMessageLockLost, Message: "no such message lock"}
 }

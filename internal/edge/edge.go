@@ -105,6 +105,10 @@ type Config struct {
 	// HTTPTimeouts bound idle and half-sent connections of the HTTPS
 	// listener; zero fields take the gateway's defaults.
 	HTTPTimeouts gateway.HTTPTimeouts
+	// Rates bound each child's or module's connection and the
+	// connections started a second; zero fields take the gateway's
+	// defaults.
+	Rates gateway.Rates
 	// StatusInterval is how often the link and backlog are logged.
 	StatusInterval time.Duration
 	// TwinTimeout bounds a twin GET (when a cached twin can answer) or a
@@ -295,6 +299,11 @@ func New(cfg Config) (*Edge, error) {
 		repLocks:     map[string]*refMutex{},
 		sessions:     map[string]gateway.Session{},
 		workers:      map[string]*worker{},
+	}
+	e.setAside.st, e.setAside.log = st, cfg.Logger
+	if err := e.setAside.load(); err != nil {
+		st.Close()
+		return nil, fmt.Errorf("edge: %w", err)
 	}
 	if e.metrics, err = newMetrics(e); err != nil {
 		st.Close()
@@ -645,14 +654,16 @@ func (e *Edge) listen() (*servers, error) {
 	if err != nil {
 		return nil, err
 	}
-	gw, err := gateway.New(gateway.Config{
+	gwCfg := gateway.Config{
 		Backend:     backend{e},
 		Observer:    e.metrics,
 		HubHostName: e.cfg.HubHostName,
 		TLS:         tlsCfg,
 		Logger:      e.log.With("component", "gateway"),
 		Now:         e.now,
-	})
+	}
+	e.cfg.Rates.Apply(&gwCfg)
+	gw, err := gateway.New(gwCfg)
 	if err != nil {
 		return nil, err
 	}

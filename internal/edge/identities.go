@@ -20,6 +20,7 @@ const (
 	kvIdentities = "edge/identities" // Snapshot, JSON, sealed
 	kvEdgeCA     = "edge/ca"         // storedCA, JSON, sealed
 	kvConfig     = "edge/config"     // storedConfig, JSON
+	kvSetAside   = "edge/set-aside"  // setAsideRecord, JSON
 	kvTwinPrefix = "twin/"           // + client id: cached twin body
 	kvPendPrefix = "twin-pending/"   // + client id: reported patch held offline
 )

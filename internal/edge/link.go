@@ -2,12 +2,10 @@ package edge
 
 import (
 	"context"
-	"encoding/json"
-	"errors"
 	"fmt"
 
 	"outpost/internal/edge/upstream"
-	"outpost/internal/gateway"
+	"outpost/internal/status"
 )
 
 // NewUpstreamLink makes the edge's real Uplink: internal/edge/upstream's
@@ -63,26 +61,12 @@ func (u upstreamLink) TwinReported(ctx context.Context, deviceID, moduleID strin
 	return v, linkErr(err)
 }
 
-// linkErr maps a hub's refusal to a gateway.StatusError, which the device
-// then sees as is; anything else (ErrOffline above all) makes the edge
-// answer from its caches.
+// linkErr passes a hub's refusal (a 4xx *status.Error) on to the device
+// as is. A 5xx means the hub could not answer: it becomes a plain error,
+// so that the edge answers from its caches, as it does offline.
 func linkErr(err error) error {
-	var se *upstream.StatusError
-	if errors.As(err, &se) && se.Status >= 400 && se.Status < 500 {
-		var body struct {
-			ErrorCode any    `json:"errorCode"`
-			Message   string `json:"message"`
-		}
-		_ = json.Unmarshal([]byte(se.Body), &body)
-		code := fmt.Sprint(body.ErrorCode)
-		if body.ErrorCode == nil {
-			code = "ArgumentInvalid"
-		}
-		msg := body.Message
-		if msg == "" {
-			msg = se.Body
-		}
-		return &gateway.StatusError{Status: se.Status, Code: code, Message: msg}
+	if se, ok := status.As(err); ok && se.Status >= 500 {
+		return fmt.Errorf("hub failed (%d): %s", se.Status, se)
 	}
 	return err
 }

@@ -16,6 +16,8 @@ import (
 	"outpost/internal/client"
 	"outpost/internal/message"
 	"outpost/internal/sas"
+	"outpost/internal/status"
+	"outpost/internal/status/statustest"
 )
 
 // methodEnv is an offline edge with a calling module, a child and a
@@ -81,7 +83,9 @@ func newMethodEnv(t *testing.T) *methodEnv {
 }
 
 // httpInvoke calls the edge's HTTPS method endpoint as ModuleClient does.
-func (env *methodEnv) httpInvoke(t *testing.T, callerID, key, deviceID, moduleID string, body any) (int, []byte) {
+// httpInvoke calls a method through the edge's HTTPS endpoint; the
+// response's body is read into the []byte and replayable.
+func (env *methodEnv) httpInvoke(t *testing.T, callerID, key, deviceID, moduleID string, body any) (*http.Response, []byte) {
 	t.Helper()
 	te := env.te
 	path := "/twins/" + deviceID
@@ -111,9 +115,10 @@ func (env *methodEnv) httpInvoke(t *testing.T, callerID, key, deviceID, moduleID
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer res.Body.Close()
 	out, _ := io.ReadAll(res.Body)
-	return res.StatusCode, out
+	res.Body.Close()
+	res.Body = io.NopCloser(bytes.NewReader(out))
+	return res, out
 }
 
 func TestLocalMethodsOffline(t *testing.T) {
@@ -170,11 +175,11 @@ func TestLocalMethodsOffline(t *testing.T) {
 				start := time.Now()
 				var got result
 				if door == "https" {
-					status, body := env.httpInvoke(t, "edge1/caller", env.callerKey, tc.device, tc.module, map[string]any{
+					res, body := env.httpInvoke(t, "edge1/caller", env.callerKey, tc.device, tc.module, map[string]any{
 						"methodName": tc.method, "payload": map[string]int{"n": 1},
 						"responseTimeoutInSeconds": tc.respT, "connectTimeoutInSeconds": tc.connT})
-					got.status = status
-					if status == 200 {
+					got.status = res.StatusCode
+					if res.StatusCode == 200 {
 						var r struct {
 							Status  int             `json:"status"`
 							Payload json.RawMessage `json:"payload"`
@@ -184,9 +189,8 @@ func TestLocalMethodsOffline(t *testing.T) {
 						}
 						got.status, got.payload = r.Status, string(r.Payload)
 					} else {
-						var e struct{ Message string }
-						_ = json.Unmarshal(body, &e)
-						got.code = errCode(e.Message)
+						// The refusal is in the full IoT Hub shape.
+						got.code = statustest.CheckHTTP(t, res, &status.Error{Status: tc.want.status, Code: tc.want.code}).Code
 					}
 				} else {
 					ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
@@ -214,21 +218,6 @@ func TestLocalMethodsOffline(t *testing.T) {
 	}
 }
 
-// errCode reads "ErrorCode:X;…" of an IoT Hub error message.
-func errCode(msg string) string {
-	const p = "ErrorCode:"
-	if len(msg) < len(p) || msg[:len(p)] != p {
-		return ""
-	}
-	rest := msg[len(p):]
-	for i := range len(rest) {
-		if rest[i] == ';' {
-			return rest[:i]
-		}
-	}
-	return rest
-}
-
 func TestLocalMethodHTTPSAuth(t *testing.T) {
 	env := newMethodEnv(t)
 	body := map[string]any{"methodName": "echo"}
@@ -245,9 +234,12 @@ func TestLocalMethodHTTPSAuth(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			status, out := env.httpInvoke(t, tc.caller, tc.key, "child1", "", body)
-			if status != tc.want {
-				t.Fatalf("status %d, want %d: %s", status, tc.want, out)
+			res, out := env.httpInvoke(t, tc.caller, tc.key, "child1", "", body)
+			if res.StatusCode != tc.want {
+				t.Fatalf("status %d, want %d: %s", res.StatusCode, tc.want, out)
+			}
+			if tc.want == http.StatusUnauthorized {
+				statustest.CheckHTTP(t, res, &status.Error{Status: tc.want, Code: status.CodeUnauthorized})
 			}
 		})
 	}

@@ -14,6 +14,7 @@ import (
 	"outpost/internal/gateway"
 	"outpost/internal/message"
 	"outpost/internal/sas"
+	"outpost/internal/status"
 )
 
 // Local direct methods: a module (or child) calls a method on a child
@@ -52,12 +53,16 @@ type InvokeRequest struct {
 	gateway.MethodCall
 }
 
-func badArgument(format string, args ...any) *gateway.StatusError {
-	return &gateway.StatusError{Status: http.StatusBadRequest, Code: "ArgumentInvalid", Message: fmt.Sprintf(format, args...)}
+func badArgument(format string, args ...any) *status.Error {
+	return status.BadRequest(status.CodeArgumentInvalid, format, args...)
 }
 
+// errUnauthorized refuses a caller of the edge's own HTTPS endpoints
+// (/status, /metrics) that is neither local nor the edge device.
+var errUnauthorized = status.Unauthorized("Unauthorized")
+
 // Invoke calls a direct method on a child device or module connected to
-// this edge on behalf of caller. Errors are *gateway.StatusError (see
+// this edge on behalf of caller. Errors are *status.Error (see
 // above), or ctx's error when the caller went away.
 func (e *Edge) Invoke(ctx context.Context, caller gateway.Identity, req InvokeRequest) (gateway.MethodResult, error) {
 	payload, respT, connT, err := req.Check()
@@ -76,24 +81,24 @@ func (e *Edge) Invoke(ctx context.Context, caller gateway.Identity, req InvokeRe
 		s, wake := e.sessionOrWake(cid)
 		if s != nil {
 			rctx, cancel := context.WithTimeout(ctx, respT)
-			status, resp, err := s.InvokeMethod(rctx, req.MethodName, payload)
+			code, resp, err := s.InvokeMethod(rctx, req.MethodName, payload)
 			timedOut := rctx.Err() != nil
 			cancel()
 			switch {
 			case err == nil:
-				return gateway.MethodResult{Status: status, Payload: gateway.ResultPayload(resp)}, nil
+				return gateway.MethodResult{Status: code, Payload: gateway.ResultPayload(resp)}, nil
 			case errors.Is(err, gateway.ErrNotSubscribed), errors.Is(err, gateway.ErrNotConnected):
 				// Between CONNACK and its SUBSCRIBE, or just gone: the
 				// request was not sent; wait within the connect timeout.
 			case errors.Is(err, gateway.ErrConnectionLost):
 				// Sent, then the target dropped: it may have run the
 				// method, which must run at most once.
-				return gateway.MethodResult{}, &gateway.StatusError{Status: http.StatusNotFound, Code: "DeviceNotOnline",
+				return gateway.MethodResult{}, &status.Error{Status: http.StatusNotFound, Code: status.CodeDeviceNotOnline,
 					Message: fmt.Sprintf("%s disconnected before answering method %s", cid, req.MethodName)}
 			case timedOut && errors.Is(ctx.Err(), context.Canceled):
 				return gateway.MethodResult{}, ctx.Err()
 			case timedOut:
-				return gateway.MethodResult{}, &gateway.StatusError{Status: http.StatusGatewayTimeout, Code: "GatewayTimeout",
+				return gateway.MethodResult{}, &status.Error{Status: http.StatusGatewayTimeout, Code: status.CodeGatewayTimeout,
 					Message: fmt.Sprintf("%s did not answer method %s within %v", cid, req.MethodName, respT)}
 			default:
 				return gateway.MethodResult{}, fmt.Errorf("method %s on %s: %w", req.MethodName, cid, err)
@@ -102,7 +107,7 @@ func (e *Edge) Invoke(ctx context.Context, caller gateway.Identity, req InvokeRe
 		left := connectBy.Sub(e.now())
 		if left <= 0 {
 			e.log.Debug("local method: target not online", "caller", caller.ClientID(), "target", cid, "method", req.MethodName)
-			return gateway.MethodResult{}, &gateway.StatusError{Status: http.StatusNotFound, Code: "DeviceNotOnline",
+			return gateway.MethodResult{}, &status.Error{Status: http.StatusNotFound, Code: status.CodeDeviceNotOnline,
 				Message: fmt.Sprintf("%s is not connected to edge %s, or not subscribed to methods", cid, e.cfg.DeviceID)}
 		}
 		if s != nil {
@@ -125,14 +130,14 @@ func (e *Edge) Invoke(ctx context.Context, caller gateway.Identity, req InvokeRe
 func (e *Edge) inScope(deviceID, moduleID string) error {
 	c := e.ids.Load()
 	if c == nil {
-		return &gateway.StatusError{Status: http.StatusServiceUnavailable, Code: "ServerError", Message: "edge has no identity cache yet"}
+		return &status.Error{Status: http.StatusServiceUnavailable, Code: status.CodeServerError, Message: "edge has no identity cache yet"}
 	}
 	if _, err := c.lookup(deviceID, moduleID); err != nil {
-		code := "DeviceNotFound"
+		code := status.CodeDeviceNotFound
 		if moduleID != "" {
-			code = "ModuleNotFound"
+			code = status.CodeModuleNotFound
 		}
-		return &gateway.StatusError{Status: http.StatusNotFound, Code: code,
+		return &status.Error{Status: http.StatusNotFound, Code: code,
 			Message: fmt.Sprintf("%s is not in the scope of edge %s (only its child devices and the modules of it and its children are reachable locally), or is disabled",
 				message.ClientID(deviceID, moduleID), e.cfg.DeviceID)}
 	}
@@ -173,7 +178,7 @@ func (b backend) Extension(ctx context.Context, s gateway.Session, name string, 
 		}
 		return json.Marshal(res)
 	}
-	return nil, &gateway.StatusError{Status: http.StatusNotFound, Code: "NotFound", Message: fmt.Sprintf("no extension %q at the edge", name)}
+	return nil, &status.Error{Status: http.StatusNotFound, Code: status.CodeNotFound, Message: fmt.Sprintf("no extension %q at the edge", name)}
 }
 
 var _ gateway.Extender = backend{}
@@ -183,32 +188,29 @@ var _ gateway.Extender = backend{}
 func (e *Edge) serveInvoke(w http.ResponseWriter, r *http.Request) {
 	caller, ok := e.httpCaller(r)
 	if !ok {
-		writeHTTPError(w, &gateway.StatusError{Status: http.StatusUnauthorized, Code: "IotHubUnauthorizedAccess",
-			Message: "Unauthorized: send x-ms-edge-moduleId: {deviceId}/{moduleId} and that module's SAS token in Authorization"})
+		status.WriteHTTP(w, status.Unauthorized("Unauthorized: send x-ms-edge-moduleId: {deviceId}/{moduleId} and that module's SAS token in Authorization"), e.now())
 		return
 	}
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxMethodBody))
 	if err != nil {
-		writeHTTPError(w, badArgument("reading body: %v", err))
+		status.WriteHTTP(w, badArgument("reading body: %v", err), e.now())
 		return
 	}
 	var req InvokeRequest
 	if err := json.Unmarshal(body, &req); err != nil {
-		writeHTTPError(w, badArgument("method request: %v", err))
+		status.WriteHTTP(w, badArgument("method request: %v", err), e.now())
 		return
 	}
 	req.DeviceID, req.ModuleID = r.PathValue("d"), r.PathValue("m")
 	res, err := e.Invoke(r.Context(), caller, req)
 	if err != nil {
-		var se *gateway.StatusError
-		if !errors.As(err, &se) {
+		if _, known := status.As(err); !known {
 			if r.Context().Err() != nil {
 				return // the caller went away
 			}
 			e.log.Warn("local method failed", "caller", caller.ClientID(), "error", err)
-			se = &gateway.StatusError{Status: http.StatusInternalServerError, Code: "ServerError", Message: err.Error()}
 		}
-		writeHTTPError(w, se)
+		status.WriteHTTP(w, err, e.now())
 		return
 	}
 	w.Header().Set("Content-Type", "application/json; charset=utf-8")
@@ -245,12 +247,4 @@ func (e *Edge) httpCaller(r *http.Request) (gateway.Identity, bool) {
 		return gateway.Identity{}, false
 	}
 	return id, true
-}
-
-// writeHTTPError answers in IoT Hub's error shape.
-func writeHTTPError(w http.ResponseWriter, se *gateway.StatusError) {
-	w.Header().Set("Content-Type", "application/json; charset=utf-8")
-	w.Header().Set("iothub-errorcode", se.Code)
-	w.WriteHeader(se.Status)
-	_ = json.NewEncoder(w).Encode(map[string]string{"Message": "ErrorCode:" + se.Code + ";" + se.Message})
 }

@@ -1,11 +1,11 @@
 package edge
 
 import (
-	"encoding/json"
 	"net/http"
 
 	"outpost/internal/gateway"
 	"outpost/internal/metrics"
+	"outpost/internal/status"
 )
 
 // The edge's metrics are internal/metrics fed by the adapters below: the
@@ -38,9 +38,7 @@ func metricsHandler(e *Edge, m *metrics.Metrics) http.Handler {
 	h := m.Handler()
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if !e.statusAllowed(r) {
-			w.Header().Set("Content-Type", "application/json; charset=utf-8")
-			w.WriteHeader(http.StatusUnauthorized)
-			_ = json.NewEncoder(w).Encode(map[string]string{"Message": "ErrorCode:IotHubUnauthorizedAccess;Unauthorized"})
+			status.WriteHTTP(w, errUnauthorized, e.now())
 			return
 		}
 		h.ServeHTTP(w, r)

@@ -12,6 +12,8 @@ import (
 	"outpost/internal/gateway"
 	"outpost/internal/metrics"
 	"outpost/internal/sas"
+	"outpost/internal/status"
+	"outpost/internal/status/statustest"
 )
 
 // TestMetricsSource scrapes an offline edge holding a backlog, through
@@ -97,6 +99,9 @@ func TestMetricsHandlerAuth(t *testing.T) {
 			h.ServeHTTP(w, r)
 			if w.Code != tt.want {
 				t.Fatalf("status %d, want %d: %s", w.Code, tt.want, w.Body)
+			}
+			if tt.want == http.StatusUnauthorized {
+				statustest.CheckHTTP(t, w.Result(), status.Unauthorized("Unauthorized"))
 			}
 			if tt.want == http.StatusOK && !strings.Contains(w.Body.String(), metrics.NameQueueLength) {
 				t.Errorf("no queue metrics in\n%s", w.Body)

@@ -257,3 +257,21 @@ func TestSecurityEdgeTopicAccess(t *testing.T) {
 		}
 	}
 }
+
+// The edge holds its listeners to Config.Rates (`outpost edge
+// --connect-rate`): at 2 connections a second, five TLS handshakes begun
+// together finish about half a second apart.
+func TestEdgeConnectRate(t *testing.T) {
+	hub := newFakeHub(t)
+	te := startEdge(t, hub, t.TempDir(), true, func(c *Config) { c.Rates.ConnectRate = 2 })
+	te.awaitReady()
+	const n = 5
+	spread, err := transporttest.HandshakeSpread(te.e.MQTTAddr().String(), &tls.Config{RootCAs: hub.pool(t), ServerName: "localhost"}, n)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := 1500 * time.Millisecond; spread < want {
+		t.Errorf("%d handshakes done within %v of each other at 2 connections a second; want over %v", n, spread, want)
+	}
+	t.Logf("FIGURE edge at ConnectRate 2: %d TLS handshakes begun together done within %v", n, spread)
+}

@@ -9,6 +9,7 @@ import (
 
 	"outpost/internal/gateway"
 	"outpost/internal/sas"
+	"outpost/internal/status"
 )
 
 // Status is what GET /status answers.
@@ -122,9 +123,7 @@ func (e *Edge) Status() Status {
 // names reveal module and device ids.
 func (e *Edge) serveStatus(w http.ResponseWriter, r *http.Request) {
 	if !e.statusAllowed(r) {
-		w.Header().Set("Content-Type", "application/json; charset=utf-8")
-		w.WriteHeader(http.StatusUnauthorized)
-		_ = json.NewEncoder(w).Encode(map[string]string{"Message": "ErrorCode:IotHubUnauthorizedAccess;Unauthorized"})
+		status.WriteHTTP(w, errUnauthorized, e.now())
 		return
 	}
 	w.Header().Set("Content-Type", "application/json; charset=utf-8")

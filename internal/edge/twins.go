@@ -13,6 +13,7 @@ import (
 	"outpost/internal/edge/store"
 	"outpost/internal/gateway"
 	"outpost/internal/message"
+	"outpost/internal/status"
 	"outpost/internal/twin"
 )
 
@@ -30,7 +31,7 @@ func pendingKey(cid string) []byte { return []byte(kvPendPrefix + cid) }
 // upstreamFailed reports whether err means "the hub could not be asked"
 // (so the cache answers) rather than "the hub said no".
 func upstreamFailed(err error) bool {
-	var se *gateway.StatusError
+	var se *status.Error
 	return !errors.As(err, &se)
 }
 
@@ -79,7 +80,12 @@ func (e *Edge) cacheFetchedTwin(cid string, body []byte) ([]byte, error) {
 	if p, err := e.st.Get(pendingKey(cid)); err == nil {
 		if patch, err := twin.DecodeObject(p); err == nil {
 			rep := section(doc, "reported")
+			hubV := twin.SectionVersion(rep)
+			heldV := twin.SectionVersion(patch)
+			delete(patch, "$version")
 			twin.Merge(rep, patch)
+			// The client was told heldV for its held changes.
+			rep["$version"] = max(hubV, heldV)
 		}
 	}
 	out, err := json.Marshal(doc)
@@ -131,10 +137,6 @@ func (e *Edge) twinReported(ctx context.Context, deviceID, moduleID string, body
 	cid := message.ClientID(deviceID, moduleID)
 	patch, err := twin.ParsePatch(body)
 	if err != nil {
-		var te *twin.Error
-		if errors.As(err, &te) {
-			return 0, &gateway.StatusError{Status: te.Status, Code: te.Code, Message: te.Message}
-		}
 		return 0, err
 	}
 	if e.up.State().Connected {
@@ -239,7 +241,10 @@ func (e *Edge) mergeHeldLocked(cid string, patch map[string]any) ([]byte, error)
 }
 
 // mergedHeldLocked returns cid's held patch with
-// patch merged in, or nil if none is held and create is not set.
+// patch merged in, or nil if none is held and create is not set. Its
+// "$version" is the reported version the client is answered for it (the
+// cached one + 1): the hub makes its own at least that
+// (twin.ParseVersionedPatch), so the client never sees it go back.
 func (e *Edge) mergedHeldLocked(cid string, patch map[string]any, create bool) ([]byte, error) {
 	p, err := e.st.Get(pendingKey(cid))
 	pending := map[string]any{}
@@ -256,6 +261,11 @@ func (e *Edge) mergedHeldLocked(cid string, patch map[string]any, create bool) (
 		}
 	}
 	mergePending(pending, patch)
+	doc, err := e.cachedTwinLocked(cid)
+	if err != nil {
+		return nil, err
+	}
+	pending["$version"] = twin.SectionVersion(section(doc, "reported")) + 1
 	return json.Marshal(pending)
 }
 

@@ -162,9 +162,14 @@ func (p StorePosition) Check() error {
 }
 
 // StorePositionReply is the reply: the next sequence the edge's store
-// must assign at least. It is never below the request's Next.
+// must assign at least. It is never below the request's Next, and may be
+// past it for a store that merely restarted (the parent's record runs
+// ahead of what it stored). Behind says the parent has stored sequences
+// at or past the request's Next from this store: a backup restored, or a
+// copy.
 type StorePositionReply struct {
-	Next uint64 `json:"next"`
+	Next   uint64 `json:"next"`
+	Behind bool   `json:"behind,omitempty"`
 }
 
 // SignedCA is the reply to sign-edge-ca, whose body is a CSR in PEM with

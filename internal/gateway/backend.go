@@ -10,6 +10,7 @@ import (
 
 	"outpost/internal/message"
 	"outpost/internal/sas"
+	"outpost/internal/status"
 )
 
 // Backend is what the hub or the edge plugs into the gateway. The gateway
@@ -100,8 +101,8 @@ type C2DQueue interface {
 // A client subscribes to edgeproto.ResFilter, then publishes
 // edgeproto.RequestTopic(name, rid) with any payload. The gateway calls
 // Extension and replies on edgeproto.ResponseTopic(status, rid): 200 with
-// the reply as body, or the error's status (see StatusError) with a JSON
-// body {"errorCode":…,"message":…}. Requests of one connection are served
+// the reply as body, or the error's status (see status.From) with its
+// status.Error.MQTTBody. Requests of one connection are served
 // in order, and all before the Disconnected of the session that carried
 // them. Without an Extender every request is answered 404.
 type Extender interface {
@@ -263,39 +264,16 @@ const (
 // AuthFailed returns an *AuthError.
 func AuthFailed(reason AuthReason, err error) error { return &AuthError{Reason: reason, Err: err} }
 
-// StatusError lets a backend choose what a device sees for a failed twin,
-// extension or HTTPS request: an HTTP-style status and an IoT Hub error
-// code name. Backends return it (or wrap it) from any method.
-type StatusError struct {
-	Status  int    // 400, 404, 412, 429, 503, …
-	Code    string // IoT Hub error code name, e.g. "DeviceNotFound"
-	Message string
-}
-
-func (e *StatusError) Error() string {
-	return fmt.Sprintf("%d %s: %s", e.Status, e.Code, e.Message)
-}
-
-// Errors backends may return (wrapped or not) for common cases.
+// Errors backends may return (wrapped or not) for common cases. A backend
+// chooses what a device sees for a failed twin, extension or HTTPS request
+// by returning (or wrapping) a *status.Error; a deadline is a 504, any
+// other error a 500 (status.From).
 var (
-	ErrQuotaExceeded = &StatusError{Status: http.StatusServiceUnavailable, Code: "IotHubQuotaExceeded",
-		Message: "message store quota exceeded; retry later"}
-	ErrThrottled = &StatusError{Status: http.StatusTooManyRequests, Code: "ThrottlingException",
-		Message: "request rate too high; retry later"}
-	ErrNotFound = &StatusError{Status: http.StatusNotFound, Code: "DeviceNotFound",
-		Message: "identity not found"}
-	ErrMessageTooLarge = &StatusError{Status: http.StatusRequestEntityTooLarge, Code: "MessageTooLarge",
-		Message: fmt.Sprintf("message exceeds %d bytes", message.MaxSize)}
+	ErrQuotaExceeded = status.Errorf(http.StatusServiceUnavailable, status.CodeQuotaExceeded,
+		"message store quota exceeded; retry later")
+	ErrThrottled = status.Errorf(http.StatusTooManyRequests, status.CodeThrottling,
+		"request rate too high; retry later")
+	ErrNotFound        = status.NotFound(status.CodeDeviceNotFound, "identity not found")
+	ErrMessageTooLarge = status.Errorf(http.StatusRequestEntityTooLarge, status.CodeMessageTooLarge,
+		"message exceeds %d bytes", message.MaxSize)
 )
-
-// statusOf maps an error to the status and code a device sees.
-func statusOf(err error) *StatusError {
-	var se *StatusError
-	if errors.As(err, &se) {
-		return se
-	}
-	if errors.Is(err, context.DeadlineExceeded) {
-		return &StatusError{Status: http.StatusGatewayTimeout, Code: "GatewayTimeout", Message: "backend timed out"}
-	}
-	return &StatusError{Status: http.StatusInternalServerError, Code: "ServerError", Message: "internal error"}
-}

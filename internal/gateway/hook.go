@@ -1,6 +1,8 @@
 package gateway
 
 import (
+	"time"
+
 	"bytes"
 	"errors"
 	"fmt"
@@ -54,7 +56,19 @@ func (h *hook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 		_ = h.s.mochi.SendConnack(cl, code, false, nil)
 		return code
 	}
+	// mochi sets the read deadline from this after CONNACK; 0 would be
+	// none at all [MQTT-3.1.2-23], held open by a client that never
+	// sends again (for X.509, whose connections have no token expiry).
+	if limit := capKeepAlive(h.s.cfg.MaxKeepAlive); cl.State.Keepalive == 0 || cl.State.Keepalive > limit {
+		c.log.Debug("keepalive capped", "asked", cl.State.Keepalive, "given", limit)
+		cl.State.Keepalive = limit
+	}
 	return nil
+}
+
+// capKeepAlive is limit in MQTT's whole seconds, 1 to 65535.
+func capKeepAlive(limit time.Duration) uint16 {
+	return uint16(max(1, min(65535, int64(limit/time.Second))))
 }
 
 // screenConnect runs on CONNECT before mochi validates it. It refuses a

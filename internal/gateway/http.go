@@ -13,6 +13,7 @@ import (
 
 	"outpost/internal/message"
 	"outpost/internal/sas"
+	"outpost/internal/status"
 )
 
 // batchContentType marks a batch of telemetry messages in one request.
@@ -45,17 +46,13 @@ func (s *Server) DeviceHTTPHandler() http.Handler {
 	return mux
 }
 
-// httpError answers in IoT Hub's error shape.
-func httpError(w http.ResponseWriter, se *StatusError) {
-	w.Header().Set("Content-Type", "application/json; charset=utf-8")
-	w.Header().Set("iothub-errorcode", se.Code)
-	w.WriteHeader(se.Status)
-	_ = json.NewEncoder(w).Encode(map[string]string{
-		"Message": "ErrorCode:" + se.Code + ";" + se.Message,
-	})
+// httpError answers err in IoT Hub's error shape and returns what it
+// wrote.
+func (s *Server) httpError(w http.ResponseWriter, err error) *status.Error {
+	return status.WriteHTTP(w, err, s.cfg.Now())
 }
 
-var errUnauthorized = &StatusError{Status: http.StatusUnauthorized, Code: "IotHubUnauthorizedAccess", Message: "Unauthorized"}
+var errUnauthorized = status.Unauthorized("Unauthorized")
 
 // httpAuth authenticates a request for deviceID/moduleID by the SAS token
 // in Authorization or, failing that, the TLS client certificate.
@@ -98,7 +95,7 @@ func (s *Server) httpAuth(r *http.Request, deviceID, moduleID string) (Identity,
 func (s *Server) httpTelemetry(w http.ResponseWriter, r *http.Request) {
 	id, ok := s.httpAuth(r, r.PathValue("d"), r.PathValue("m"))
 	if !ok {
-		httpError(w, errUnauthorized)
+		s.httpError(w, errUnauthorized)
 		return
 	}
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, int64(s.cfg.MaxMessageSize)))
@@ -109,17 +106,17 @@ func (s *Server) httpTelemetry(w http.ResponseWriter, r *http.Request) {
 			if s.cfg.Observer != nil {
 				s.cfg.Observer.ObserveRefused(RefusedTooLarge, 1)
 			}
-			httpError(w, ErrMessageTooLarge)
+			s.httpError(w, ErrMessageTooLarge)
 			return
 		}
-		httpError(w, &StatusError{Status: http.StatusBadRequest, Code: "ArgumentInvalid", Message: "reading body: " + err.Error()})
+		s.httpError(w, status.BadRequest(status.CodeArgumentInvalid, "reading body: %v", err))
 		return
 	}
 	var msgs []*message.Message
 	if ct, _, _ := strings.Cut(r.Header.Get("Content-Type"), ";"); strings.EqualFold(strings.TrimSpace(ct), batchContentType) {
 		msgs, err = decodeBatch(body)
 		if err != nil {
-			httpError(w, &StatusError{Status: http.StatusBadRequest, Code: "ArgumentInvalid", Message: err.Error()})
+			s.httpError(w, status.BadRequest(status.CodeArgumentInvalid, "%v", err))
 			return
 		}
 	} else {
@@ -135,9 +132,8 @@ func (s *Server) httpTelemetry(w http.ResponseWriter, r *http.Request) {
 	defer cancel()
 	if err := s.cfg.Backend.Telemetry(ctx, id, msgs); err != nil {
 		s.observeRefusal(err, len(msgs))
-		se := statusOf(err)
+		se := s.httpError(w, err)
 		s.log.Warn("telemetry refused", "client", id.ClientID(), "transport", "https", "status", se.Status, "error", err)
-		httpError(w, se)
 		return
 	}
 	if s.cfg.Observer != nil {
@@ -223,16 +219,15 @@ func decodeBatch(b []byte) ([]*message.Message, error) {
 func (s *Server) httpC2DReceive(w http.ResponseWriter, r *http.Request) {
 	id, ok := s.httpAuth(r, r.PathValue("d"), "")
 	if !ok {
-		httpError(w, errUnauthorized)
+		s.httpError(w, errUnauthorized)
 		return
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), s.cfg.BackendTimeout)
 	defer cancel()
 	msg, lock, err := s.cfg.Backend.C2DReceive(ctx, id)
 	if err != nil {
-		se := statusOf(err)
+		se := s.httpError(w, err)
 		s.log.Warn("c2d receive failed", "client", id.ClientID(), "status", se.Status, "error", err)
-		httpError(w, se)
 		return
 	}
 	if msg == nil {
@@ -262,7 +257,7 @@ func (s *Server) httpC2DReceive(w http.ResponseWriter, r *http.Request) {
 func (s *Server) httpC2DSettle(w http.ResponseWriter, r *http.Request) {
 	id, ok := s.httpAuth(r, r.PathValue("d"), "")
 	if !ok {
-		httpError(w, errUnauthorized)
+		s.httpError(w, errUnauthorized)
 		return
 	}
 	action := Complete
@@ -276,9 +271,8 @@ func (s *Server) httpC2DSettle(w http.ResponseWriter, r *http.Request) {
 	ctx, cancel := context.WithTimeout(r.Context(), s.cfg.BackendTimeout)
 	defer cancel()
 	if err := s.cfg.Backend.C2DSettle(ctx, id, lock, action); err != nil {
-		se := statusOf(err)
+		se := s.httpError(w, err)
 		s.log.Warn("c2d "+action.String()+" failed", "client", id.ClientID(), "status", se.Status, "error", err)
-		httpError(w, se)
 		return
 	}
 	w.WriteHeader(http.StatusNoContent)

@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"outpost/internal/message"
+	"outpost/internal/status"
+	"outpost/internal/status/statustest"
 )
 
 func (e *testEnv) do(t *testing.T, c *http.Client, method, path, auth string, hdr map[string]string, body string) (*http.Response, string) {
@@ -119,6 +121,11 @@ func TestHTTPSTelemetry(t *testing.T) {
 		{"quota", "/devices/dev1/messages/events", func() string { return e.token("dev1", time.Hour) }, nil, "x", func() {
 			e.be.telemetry = func(context.Context, Identity, []*message.Message) error { return ErrQuotaExceeded }
 		}, 503, "IotHubQuotaExceeded"},
+		{"backend deadline", "/devices/dev1/messages/events", func() string { return e.token("dev1", time.Hour) }, nil, "x", func() {
+			e.be.telemetry = func(context.Context, Identity, []*message.Message) error {
+				return fmt.Errorf("store: %w", context.DeadlineExceeded)
+			}
+		}, 504, "GatewayTimeout"},
 	}
 	for _, tt := range errCases {
 		t.Run(tt.name, func(t *testing.T) {
@@ -130,10 +137,8 @@ func TestHTTPSTelemetry(t *testing.T) {
 			if resp.StatusCode != tt.status {
 				t.Fatalf("status %d, want %d: %s", resp.StatusCode, tt.status, body)
 			}
-			var eb struct{ Message string }
-			if err := json.Unmarshal([]byte(body), &eb); err != nil || !strings.HasPrefix(eb.Message, "ErrorCode:"+tt.code+";") {
-				t.Fatalf("error body %s: %v", body, err)
-			}
+			resp.Body = io.NopCloser(strings.NewReader(body))
+			statustest.CheckHTTP(t, resp, &status.Error{Status: tt.status, Code: tt.code})
 			if n := len(e.be.storedMessages()); n != before {
 				t.Fatalf("stored %d, want %d", n, before)
 			}
@@ -161,7 +166,7 @@ func TestHTTPSC2D(t *testing.T) {
 		mu.Lock()
 		defer mu.Unlock()
 		if lock != "lock-1" {
-			return &StatusError{Status: http.StatusPreconditionFailed, Code: "DeviceMessageLockLost", Message: "no such lock"}
+			return status.Errorf(http.StatusPreconditionFailed, status.CodeDeviceMessageLockLost, "no such lock")
 		}
 		settled = append(settled, a.String())
 		if a != Abandon {
@@ -189,8 +194,13 @@ func TestHTTPSC2D(t *testing.T) {
 		{"DELETE", "/devices/dev1/messages/devicebound/%22lock-1%22" + q + "&reject", 204},
 		{"DELETE", "/devices/dev1/messages/devicebound/other" + q, 412},
 	} {
-		if resp, body := e.do(t, c, step.method, step.path, auth, nil, ""); resp.StatusCode != step.status {
+		resp, body := e.do(t, c, step.method, step.path, auth, nil, "")
+		if resp.StatusCode != step.status {
 			t.Fatalf("%s %s: %d %s", step.method, step.path, resp.StatusCode, body)
+		}
+		if step.status >= 400 {
+			resp.Body = io.NopCloser(strings.NewReader(body))
+			statustest.CheckHTTP(t, resp, status.Errorf(http.StatusPreconditionFailed, status.CodeDeviceMessageLockLost, "no such lock"))
 		}
 	}
 	mu.Lock()

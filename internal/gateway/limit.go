@@ -23,6 +23,20 @@ const (
 	DefaultConnectRate = 500
 )
 
+// Rates are Config's ClientPackets, ClientBytes and ConnectRate as the
+// hub's and the edge's configurations carry them (their flags set them):
+// zero takes the default, negative means none.
+type Rates struct {
+	ClientPackets float64
+	ClientBytes   float64
+	ConnectRate   float64
+}
+
+// Apply puts r into cfg.
+func (r Rates) Apply(cfg *Config) {
+	cfg.ClientPackets, cfg.ClientBytes, cfg.ConnectRate = r.ClientPackets, r.ClientBytes, r.ConnectRate
+}
+
 // newLimiter is a limiter of perSecond with a tenth of a second's worth
 // of burst, at least minBurst; nil (no limit) for a negative rate. A
 // short burst keeps a flood from taking the CPU in spikes.

@@ -2,10 +2,9 @@ package gateway
 
 import (
 	"encoding/json"
-	"fmt"
-	"net/http"
 	"time"
 
+	"outpost/internal/status"
 	"outpost/internal/topic"
 )
 
@@ -39,10 +38,10 @@ type MethodResult struct {
 // both serve it (REST, and the edge's MQTT extension): a method name that
 // fits in a topic, timeouts within bounds, a JSON payload. It returns the
 // payload to send (JSON null when empty) and the response and connect
-// timeouts; errors are 400 *StatusError.
+// timeouts; errors are 400 *status.Error.
 func (c MethodCall) Check() (body []byte, response, connect time.Duration, err error) {
 	bad := func(format string, args ...any) error {
-		return &StatusError{Status: http.StatusBadRequest, Code: "ArgumentInvalid", Message: fmt.Sprintf(format, args...)}
+		return status.BadRequest(status.CodeArgumentInvalid, format, args...)
 	}
 	if !topic.ValidName(c.MethodName) {
 		return nil, 0, 0, bad("methodName %q: empty, or holds / ? # +", c.MethodName)

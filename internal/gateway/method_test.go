@@ -4,6 +4,8 @@ import (
 	"errors"
 	"testing"
 	"time"
+
+	"outpost/internal/status"
 )
 
 func TestMethodCallCheck(t *testing.T) {
@@ -34,7 +36,7 @@ func TestMethodCallCheck(t *testing.T) {
 			c := MethodCall{MethodName: tt.method, Payload: []byte(tt.payload), ResponseTimeoutInSeconds: tt.resp, ConnectTimeoutInSeconds: tt.connect}
 			body, resp, connect, err := c.Check()
 			if !tt.ok {
-				var se *StatusError
+				var se *status.Error
 				if !errors.As(err, &se) || se.Status != 400 || se.Code != "ArgumentInvalid" {
 					t.Fatalf("err = %v, want a 400 ArgumentInvalid", err)
 				}

@@ -9,6 +9,7 @@ import (
 
 	"outpost/internal/edgeproto"
 	"outpost/internal/message"
+	"outpost/internal/status"
 	"outpost/internal/topic"
 )
 
@@ -142,20 +143,20 @@ func (c *conn) serveRequest(ctx context.Context, r request, payload []byte) {
 		body, err := b.TwinGet(ctx, id)
 		if err != nil {
 			se := c.requestFailed("twin get", cid, err)
-			c.reply(twinRes(se.Status, 0), errorBody(se))
+			c.reply(twinRes(se.Status, 0), se.MQTTBody())
 			return
 		}
 		c.reply(twinRes(http.StatusOK, 0), body)
 	case reqTwinReported:
 		if !json.Valid(payload) {
-			se := &StatusError{Status: http.StatusBadRequest, Code: "ArgumentInvalid", Message: "reported patch is not JSON"}
-			c.reply(twinRes(se.Status, 0), errorBody(se))
+			se := status.BadRequest(status.CodeArgumentInvalid, "reported patch is not JSON")
+			c.reply(twinRes(se.Status, 0), se.MQTTBody())
 			return
 		}
 		v, err := b.TwinReported(ctx, id, payload)
 		if err != nil {
 			se := c.requestFailed("twin reported", cid, err)
-			c.reply(twinRes(se.Status, 0), errorBody(se))
+			c.reply(twinRes(se.Status, 0), se.MQTTBody())
 			return
 		}
 		// The SDK wants an empty body here; the version is in the topic.
@@ -164,22 +165,22 @@ func (c *conn) serveRequest(ctx context.Context, r request, payload []byte) {
 		res := func(status int) string { return edgeproto.ResponseTopic(status, r.rid) }
 		ext, ok := b.(Extender)
 		if !ok {
-			se := &StatusError{Status: http.StatusNotFound, Code: "NotFound", Message: "no extensions served here"}
-			c.reply(res(se.Status), errorBody(se))
+			se := status.NotFound(status.CodeNotFound, "no extensions served here")
+			c.reply(res(se.Status), se.MQTTBody())
 			return
 		}
 		reply, err := ext.Extension(ctx, c.auth.Load().self, r.name, payload)
 		if err != nil {
 			se := c.requestFailed("extension "+r.name, cid, err)
-			c.reply(res(se.Status), errorBody(se))
+			c.reply(res(se.Status), se.MQTTBody())
 			return
 		}
 		c.reply(res(http.StatusOK), reply)
 	}
 }
 
-func (c *conn) requestFailed(what, cid string, err error) *StatusError {
-	se := statusOf(err)
+func (c *conn) requestFailed(what, cid string, err error) *status.Error {
+	se := status.From(err)
 	c.log.Warn(what+" failed", "identity", cid, "status", se.Status, "error", err)
 	return se
 }
@@ -190,15 +191,4 @@ func (c *conn) reply(topicName string, body []byte) {
 	if _, err := c.send(topicName, body, 0); err != nil && !errors.Is(err, ErrNotConnected) {
 		c.log.Debug("response not delivered", "topic", topicName, "error", err)
 	}
-}
-
-// errorBody is the JSON the SDK recognises as a failed twin request: it
-// looks only for errorCode. IoT Hub's codes are the status times 1000
-// plus a detail; ours use detail 0.
-func errorBody(se *StatusError) []byte {
-	b, _ := json.Marshal(struct {
-		ErrorCode int    `json:"errorCode"`
-		Message   string `json:"message"`
-	}{se.Status * 1000, se.Code + ": " + se.Message})
-	return b
 }

@@ -611,6 +611,41 @@ func TestSecurityKeepAlive(t *testing.T) {
 	}
 }
 
+// TestSecurityKeepAliveZero: a client asking for no keepalive (0, which
+// MQTT allows) or one longer than MaxKeepAlive gets MaxKeepAlive: it is
+// dropped after 1.5 times it of silence instead of holding the
+// connection forever. IoT Hub caps it the same way, at 1767 s of silence;
+// the test shortens the cap to 2 s.
+func TestSecurityKeepAliveZero(t *testing.T) {
+	const maxKeepAlive = 2 * time.Second
+	e := newSecurityEnv(t, func(c *Config) { c.MaxKeepAlive = maxKeepAlive })
+	ids := []string{"dev1", "dev2", "dev1/mod1", "dev1/mod2"} // one each: the cases run together
+	for i, tr := range []string{transporttest.MQTT, transporttest.WebSocket} {
+		for j, asked := range []uint16{0, 600} {
+			id := ids[2*i+j]
+			t.Run(fmt.Sprintf("%s keepalive %d", tr, asked), func(t *testing.T) {
+				t.Parallel()
+				rc := transporttest.NewRaw(mustDial(t, e, tr))
+				if code, err := rc.ConnectKeepAlive(id, username(id), e.token(id, time.Hour), asked); err != nil || code != 0 {
+					t.Fatalf("CONNACK %d, %v", code, err)
+				}
+				start := time.Now()
+				if err := rc.AwaitClosed(); err != nil {
+					t.Fatalf("keepalive %d, cap %v: %v", asked, maxKeepAlive, err)
+				}
+				d := time.Since(start)
+				if d < maxKeepAlive {
+					t.Errorf("dropped after %v, before the capped keepalive (%v)", d, maxKeepAlive)
+				}
+				if d > maxKeepAlive*3/2+time.Second {
+					t.Errorf("dropped after %v, well past one and a half capped keepalives (%v)", d, maxKeepAlive)
+				}
+				t.Logf("FIGURE keepalive %d over %s, cap %v: dropped after %v of silence", asked, tr, maxKeepAlive, d.Round(time.Millisecond))
+			})
+		}
+	}
+}
+
 // announce is the fixed header of a packet of type typ that announces
 // remaining bytes, and nothing after it.
 func announce(typ byte, remaining int) []byte {
@@ -1029,10 +1064,12 @@ const (
 // baseline. Stores cost a synced commit's time, as on the edge.
 // Baseline and flood rounds alternate and their medians are compared, so
 // that the shared machine's noise falls on both; a measurement spoiled
-// by it is taken again, up to three times, which a flood that really
-// starves the others fails every time.
+// by it is taken again, up to five times, which a flood that really
+// starves the others fails every time (a CI run on a machine loaded by
+// other work failed one flood three times at 12x, 3.7x and 4.5x, with
+// baseline rounds themselves from 7 to 59 ms).
 func TestSecurityFloodsSpareOthers(t *testing.T) {
-	const commit = 2 * time.Millisecond
+	const commit, attempts = 2 * time.Millisecond, 5
 	rounds, samples := soak.N(3, 10), soak.N(100, 1000)
 	for _, f := range floods() {
 		t.Run(f.name, func(t *testing.T) {
@@ -1051,7 +1088,7 @@ func TestSecurityFloodsSpareOthers(t *testing.T) {
 			}
 			pubackP99(t, victim, 50) // warm up
 			var ratios []float64
-			for range 3 {
+			for range attempts {
 				var base, attacked []time.Duration
 				for range rounds {
 					base = append(base, pubackP99(t, victim, samples))
@@ -1077,7 +1114,7 @@ func TestSecurityFloodsSpareOthers(t *testing.T) {
 					return
 				}
 			}
-			t.Errorf("PUBACK p99 under the flood at %.2fx the baseline, three times", ratios)
+			t.Errorf("PUBACK p99 under the flood at %.2fx the baseline, %d times", ratios, attempts)
 		})
 	}
 }

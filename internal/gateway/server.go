@@ -32,6 +32,12 @@ const (
 	DefaultBackendTimeout = 30 * time.Second
 	// DefaultConnectTimeout bounds the TLS handshake plus CONNECT.
 	DefaultConnectTimeout = 30 * time.Second
+	// DefaultMaxKeepAlive is the longest keepalive a client gets, and
+	// what a keepalive of 0 (none, MQTT allows it) becomes: a silent
+	// connection ends after 1.5 times it, 1767 s, the server-side limit
+	// IoT Hub holds every MQTT connection to (its load balancer's idle
+	// timeout of 29.45 min).
+	DefaultMaxKeepAlive = 1178 * time.Second
 	// defaultTokenRecheck is how often a SAS connection's expiry is held
 	// against Now: a clock that jumps (an edge without a battery-backed
 	// clock, set right after days offline) ends it within this.
@@ -74,6 +80,11 @@ type Config struct {
 	BackendTimeout time.Duration
 	// ConnectTimeout bounds TLS handshake plus CONNECT. Default: DefaultConnectTimeout.
 	ConnectTimeout time.Duration
+	// MaxKeepAlive caps the keepalive a client asks for in CONNECT, and
+	// replaces a keepalive of 0, in whole seconds (at least 1): no
+	// connection stays open silent for longer than 1.5 times it.
+	// Default: DefaultMaxKeepAlive.
+	MaxKeepAlive time.Duration
 	// Observer, when set, is told of PUBACKs and of accepted and refused
 	// telemetry, for metrics.
 	Observer Observer
@@ -161,6 +172,9 @@ func New(cfg Config) (*Server, error) {
 	}
 	if cfg.ConnectTimeout <= 0 {
 		cfg.ConnectTimeout = DefaultConnectTimeout
+	}
+	if cfg.MaxKeepAlive <= 0 {
+		cfg.MaxKeepAlive = DefaultMaxKeepAlive
 	}
 	if cfg.ClientPackets == 0 {
 		cfg.ClientPackets = DefaultClientPackets

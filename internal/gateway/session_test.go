@@ -2,7 +2,6 @@ package gateway
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"strings"
@@ -15,6 +14,7 @@ import (
 
 	"outpost/internal/edgeproto"
 	"outpost/internal/message"
+	"outpost/internal/status"
 	"outpost/internal/topic"
 )
 
@@ -79,18 +79,18 @@ func TestTwinRoundTrip(t *testing.T) {
 		if want := "$iothub/twin/res/429/?$rid=r3"; m.Topic() != want {
 			t.Fatalf("topic %q, want %q", m.Topic(), want)
 		}
-		var body struct {
-			ErrorCode int    `json:"errorCode"`
-			Message   string `json:"message"`
-		}
-		if err := json.Unmarshal(m.Payload(), &body); err != nil || body.ErrorCode == 0 {
-			t.Fatalf("error body %s: %v", m.Payload(), err)
+		if want := `{"errorCode":429000,"message":"ThrottlingException: request rate too high; retry later"}`; string(m.Payload()) != want {
+			t.Fatalf("error body %s, want %s", m.Payload(), want)
 		}
 	})
 	t.Run("reported patch that is not JSON", func(t *testing.T) {
 		wait(t, c.Publish(topic.TwinReported("r4"), 0, false, `{nope`))
-		if m := in.next(t); !strings.HasPrefix(m.Topic(), "$iothub/twin/res/400/") {
+		m := in.next(t)
+		if !strings.HasPrefix(m.Topic(), "$iothub/twin/res/400/") {
 			t.Fatalf("topic %q, want a 400", m.Topic())
+		}
+		if want := `{"errorCode":400000,"message":"ArgumentInvalid: reported patch is not JSON"}`; string(m.Payload()) != want {
+			t.Fatalf("error body %s, want %s", m.Payload(), want)
 		}
 	})
 }
@@ -444,7 +444,7 @@ func TestExtension(t *testing.T) {
 		if name == "echo" {
 			return append([]byte(id.ClientID()+":"), p...), nil
 		}
-		return nil, &StatusError{Status: 404, Code: "NotFound", Message: "no such extension"}
+		return nil, status.NotFound(status.CodeNotFound, "no such extension")
 	}
 	e := newEnv(t, func(c *Config) { c.Backend = extBackend{fakeBackend: c.Backend.(*fakeBackend), ext: echo} })
 	e.be.addDevice("edge1", device{edge: true})
@@ -457,8 +457,9 @@ func TestExtension(t *testing.T) {
 		t.Fatalf("got %q %q", m.Topic(), m.Payload())
 	}
 	wait(t, c.Publish("$outpost/req/nope/?$rid=8", 0, false, ""))
-	if m := in.next(t); m.Topic() != "$outpost/res/404/?$rid=8" {
-		t.Fatalf("got %q", m.Topic())
+	// The refusal's body is the one shape the edge's link parses back.
+	if m := in.next(t); m.Topic() != "$outpost/res/404/?$rid=8" || string(m.Payload()) != `{"errorCode":404000,"message":"NotFound: no such extension"}` {
+		t.Fatalf("got %q %s", m.Topic(), m.Payload())
 	}
 	t.Run("without an Extender", func(t *testing.T) {
 		e := newEnv(t)

@@ -7,7 +7,7 @@ import (
 	"strings"
 
 	"outpost/internal/identity"
-	"outpost/internal/twin"
+	"outpost/internal/status"
 )
 
 // MaxBulkEntries is IoT Hub's limit on one bulk registry request.
@@ -88,22 +88,22 @@ func (e BulkEntry) device() identity.Device {
 // The error is for a request refused as a whole.
 func (h *Hub) Bulk(ctx context.Context, entries []BulkEntry) (BulkResult, error) {
 	if len(entries) == 0 {
-		return BulkResult{}, identity.BadRequest(identity.CodeArgumentInvalid, "bulk request has no devices")
+		return BulkResult{}, status.BadRequest(status.CodeArgumentInvalid, "bulk request has no devices")
 	}
 	if len(entries) > MaxBulkEntries {
-		return BulkResult{}, identity.BadRequest("TooManyDevices",
+		return BulkResult{}, status.BadRequest("TooManyDevices",
 			"bulk request has %d devices: the limit is %d", len(entries), MaxBulkEntries)
 	}
 	res := BulkResult{Errors: []BulkError{}, Warnings: []BulkError{}}
 	for _, e := range entries {
 		if err := h.bulkOne(ctx, e); err != nil {
-			code, msg, ok := errorCode(err)
+			se, ok := status.As(err)
 			if !ok {
 				// A storage failure: report it and stop, since later
 				// entries would most likely fail the same way.
 				return BulkResult{}, err
 			}
-			res.Errors = append(res.Errors, BulkError{DeviceID: e.id(), ErrorCode: code, ErrorStatus: msg})
+			res.Errors = append(res.Errors, BulkError{DeviceID: e.id(), ErrorCode: se.Code, ErrorStatus: se.Message})
 		}
 	}
 	res.IsSuccessful = len(res.Errors) == 0
@@ -127,12 +127,12 @@ func (h *Hub) bulkOne(ctx context.Context, e BulkEntry) error {
 		if mode == strings.ToLower(ImportUpdateIfMatchETag) {
 			ifMatch = e.etag()
 			if ifMatch == "" {
-				return identity.BadRequest(identity.CodeArgumentInvalid, "importMode %s needs an eTag", e.ImportMode)
+				return status.BadRequest(status.CodeArgumentInvalid, "importMode %s needs an eTag", e.ImportMode)
 			}
 		}
 		_, err := h.CreateOrUpdateDevice(ctx, e.device(), ifMatch, false)
-		var ie *identity.Error
-		if errors.As(err, &ie) && ie.Code == identity.CodeDeviceNotFound {
+		var ie *status.Error
+		if errors.As(err, &ie) && ie.Code == status.CodeDeviceNotFound {
 			// update modes register devices that do not exist yet.
 			_, err = h.CreateOrUpdateDevice(ctx, e.device(), "", false)
 		}
@@ -144,11 +144,11 @@ func (h *Hub) bulkOne(ctx context.Context, e BulkEntry) error {
 		return h.DeleteDevice(ctx, id, "*")
 	case strings.ToLower(ImportDeleteIfMatchETag):
 		if e.etag() == "" {
-			return identity.BadRequest(identity.CodeArgumentInvalid, "importMode %s needs an eTag", e.ImportMode)
+			return status.BadRequest(status.CodeArgumentInvalid, "importMode %s needs an eTag", e.ImportMode)
 		}
 		return h.DeleteDevice(ctx, id, e.etag())
 	}
-	return identity.BadRequest(identity.CodeArgumentInvalid,
+	return status.BadRequest(status.CodeArgumentInvalid,
 		"importMode %q is not one of create, update, updateIfMatchETag, delete, deleteIfMatchETag", e.ImportMode)
 }
 
@@ -165,25 +165,11 @@ func (h *Hub) bulkTwin(ctx context.Context, e BulkEntry) error {
 	// gives them, so the patch takes one more trip through the decoder.
 	raw, err := json.Marshal(map[string]any{"tags": p.Tags, "properties": map[string]any{"desired": p.Desired}})
 	if err != nil {
-		return identity.BadRequest(identity.CodeArgumentInvalid, "bulk twin: %v", err)
+		return status.BadRequest(status.CodeArgumentInvalid, "bulk twin: %v", err)
 	}
 	if p, err = ParseTwinPatch(raw); err != nil {
 		return err
 	}
 	_, err = h.PatchTwin(ctx, e.id(), "", p, "*")
 	return err
-}
-
-// errorCode returns the code and message of a registry or twin error;
-// ok is false for anything else (storage failures).
-func errorCode(err error) (code, msg string, ok bool) {
-	var ie *identity.Error
-	if errors.As(err, &ie) {
-		return ie.Code, ie.Message, true
-	}
-	var te *twin.Error
-	if errors.As(err, &te) {
-		return te.Code, te.Message, true
-	}
-	return "", "", false
 }

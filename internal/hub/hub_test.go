@@ -13,6 +13,7 @@ import (
 
 	"outpost/internal/identity"
 	"outpost/internal/poll"
+	"outpost/internal/status"
 	"outpost/internal/twin"
 )
 
@@ -29,31 +30,29 @@ func newTestHub(t testing.TB, dir string) *Hub {
 	return h
 }
 
-// status returns the HTTP status an error carries, 0 for nil, -1 for an
-// error of neither identity's nor twin's shape.
-func status(err error) int {
+// statusOf returns the HTTP status an error carries, 0 for nil, -1 for an
+// error that is no *status.Error.
+func statusOf(err error) int {
 	if err == nil {
 		return 0
 	}
-	var ie *identity.Error
-	if errors.As(err, &ie) {
-		return ie.Status
-	}
-	var te *twin.Error
-	if errors.As(err, &te) {
-		return te.Status
+	if se, ok := status.As(err); ok {
+		return se.Status
 	}
 	return -1
 }
 
 func code(err error) string {
-	c, _, _ := errorCode(err)
-	return c
+	se, _ := status.As(err)
+	if se == nil {
+		return ""
+	}
+	return se.Code
 }
 
 func wantStatus(t *testing.T, err error, want int) {
 	t.Helper()
-	if got := status(err); got != want {
+	if got := statusOf(err); got != want {
 		t.Fatalf("error %v: status %d; want %d", err, got, want)
 	}
 }
@@ -187,7 +186,7 @@ func TestEdgeModules(t *testing.T) {
 	if err := h.DeleteModule(ctx, "edge1", "filter", m2.ETag); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := h.GetTwin("edge1", "filter"); status(err) != 404 {
+	if _, err := h.GetTwin("edge1", "filter"); statusOf(err) != 404 {
 		t.Fatalf("twin of deleted module: %v", err)
 	}
 
@@ -260,12 +259,12 @@ func TestChildren(t *testing.T) {
 		want int
 		code string
 	}{
-		{"edge as child", func() error { return h.AddChildren(ctx, "e1", []string{"e2"}, false) }, 400, identity.CodeInvalidChildDevice},
-		{"non-edge parent", func() error { return h.AddChildren(ctx, "c2", []string{"c1"}, false) }, 400, identity.CodeInvalidParentDevice},
-		{"re-parent without force", func() error { return h.AddChildren(ctx, "e2", []string{"c1"}, false) }, 400, identity.CodeInvalidChildDevice},
-		{"missing child", func() error { return h.AddChildren(ctx, "e1", []string{"ghost"}, false) }, 404, identity.CodeDeviceNotFound},
-		{"remove non-child", func() error { return h.RemoveChildren(ctx, "e2", []string{"c1"}) }, 400, identity.CodeInvalidChildDevice},
-		{"children of non-edge", func() error { _, err := h.ListChildren("c1"); return err }, 400, identity.CodeInvalidParentDevice},
+		{"edge as child", func() error { return h.AddChildren(ctx, "e1", []string{"e2"}, false) }, 400, status.CodeInvalidChildDevice},
+		{"non-edge parent", func() error { return h.AddChildren(ctx, "c2", []string{"c1"}, false) }, 400, status.CodeInvalidParentDevice},
+		{"re-parent without force", func() error { return h.AddChildren(ctx, "e2", []string{"c1"}, false) }, 400, status.CodeInvalidChildDevice},
+		{"missing child", func() error { return h.AddChildren(ctx, "e1", []string{"ghost"}, false) }, 404, status.CodeDeviceNotFound},
+		{"remove non-child", func() error { return h.RemoveChildren(ctx, "e2", []string{"c1"}) }, 400, status.CodeInvalidChildDevice},
+		{"children of non-edge", func() error { _, err := h.ListChildren("c1"); return err }, 400, status.CodeInvalidParentDevice},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -404,7 +403,7 @@ func TestTwins(t *testing.T) {
 			}
 		})
 	}
-	if _, err := ParseTwinPatch([]byte(`{"properties":{"reported":{"a":1}}}`)); status(err) != 400 {
+	if _, err := ParseTwinPatch([]byte(`{"properties":{"reported":{"a":1}}}`)); statusOf(err) != 400 {
 		t.Fatalf("reported patch from the service: %v", err)
 	}
 
@@ -644,7 +643,7 @@ func TestReplicasShareExternalNATS(t *testing.T) {
 		t.Fatal(err)
 	}
 	checkFor(t, 5*time.Second, func() error {
-		if _, err := a.GetDevice("d"); status(err) != 404 {
+		if _, err := a.GetDevice("d"); statusOf(err) != 404 {
 			return fmt.Errorf("replica a still has the device: %v", err)
 		}
 		return nil

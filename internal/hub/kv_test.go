@@ -122,7 +122,7 @@ func FuzzParseTwinPatch(f *testing.F) {
 	f.Fuzz(func(t *testing.T, body []byte) {
 		p, err := ParseTwinPatch(body)
 		if err != nil {
-			if status(err) != 400 {
+			if statusOf(err) != 400 {
 				t.Fatalf("error %v is not a 400", err)
 			}
 			return
@@ -130,7 +130,7 @@ func FuzzParseTwinPatch(f *testing.F) {
 		tw := twin.New("d", "", time.Unix(0, 0))
 		before := tw.Clone()
 		if _, err := tw.Patch(p.Tags, p.Desired, time.Unix(1, 0)); err != nil {
-			if status(err) != 400 {
+			if statusOf(err) != 400 {
 				t.Fatalf("patch error %v is not a 400", err)
 			}
 			if !reflect.DeepEqual(tw, before) {

@@ -4,8 +4,8 @@ import (
 	"errors"
 	"slices"
 
-	"outpost/internal/identity"
 	"outpost/internal/query"
+	"outpost/internal/status"
 )
 
 // CodeInvalidQuery is the error code of a query that does not parse or a
@@ -21,7 +21,7 @@ const CodeInvalidQuery = "InvalidQuery"
 func (h *Hub) Query(q string, pageSize int, continuation string) (query.Page, error) {
 	pq, err := query.Parse(q)
 	if err != nil {
-		return query.Page{}, identity.BadRequest(CodeInvalidQuery, "%v", err)
+		return query.Page{}, status.BadRequest(CodeInvalidQuery, "%v", err)
 	}
 	// Read the counters before the tables: a change racing with the
 	// build then leaves a snapshot that the next query rebuilds.
@@ -43,7 +43,7 @@ func (h *Hub) Query(q string, pageSize int, continuation string) (query.Page, er
 	}
 	page, err := query.Run(pq, slices.Values(docs), query.RunOptions{PageSize: pageSize, Continuation: continuation})
 	if errors.Is(err, query.ErrContinuation) {
-		return query.Page{}, identity.BadRequest(CodeInvalidQuery, "%v", err)
+		return query.Page{}, status.BadRequest(CodeInvalidQuery, "%v", err)
 	}
 	return page, err
 }

@@ -9,6 +9,7 @@ import (
 	"strings"
 
 	"outpost/internal/identity"
+	"outpost/internal/status"
 )
 
 func decodeDevice(key string, rev uint64, raw []byte) (any, error) {
@@ -42,11 +43,11 @@ func deviceScopes(val any) (string, []string) {
 }
 
 func deviceNotFound(id string) error {
-	return identity.NotFound(identity.CodeDeviceNotFound, "Device '%s' not found", id)
+	return status.NotFound(status.CodeDeviceNotFound, "Device '%s' not found", id)
 }
 
 func moduleNotFound(d, m string) error {
-	return identity.NotFound(identity.CodeModuleNotFound, "Module '%s' on device '%s' not found", m, d)
+	return status.NotFound(status.CodeModuleNotFound, "Module '%s' on device '%s' not found", m, d)
 }
 
 // GetDevice returns a device from this process's index.
@@ -98,7 +99,7 @@ func (h *Hub) CreateOrUpdateDevice(ctx context.Context, d identity.Device, ifMat
 			if identity.ParentChanged(old, &upd) {
 				if identity.ParentScope(old) != "" && identity.ParentScope(&upd) != "" && !force {
 					pid, _ := identity.ScopeDeviceID(identity.ParentScope(old))
-					return nil, identity.BadRequest(identity.CodeInvalidChildDevice,
+					return nil, status.BadRequest(status.CodeInvalidChildDevice,
 						"device '%s' already has parent '%s': re-parenting needs force (?force=true), or detach it first", upd.DeviceID, pid)
 				}
 				if err := h.validateParent(ctx, &upd); err != nil {
@@ -128,14 +129,14 @@ func (h *Hub) validateParent(ctx context.Context, d *identity.Device) error {
 	}
 	pid, ok := identity.ScopeDeviceID(scope)
 	if !ok {
-		return identity.BadRequest(identity.CodeInvalidChildDevice, "device '%s': %q is not an edge device scope", d.DeviceID, scope)
+		return status.BadRequest(status.CodeInvalidChildDevice, "device '%s': %q is not an edge device scope", d.DeviceID, scope)
 	}
 	pr, ok, err := h.lookup(ctx, h.devices, h.devTab, deviceKey(pid))
 	if err != nil {
 		return err
 	}
 	if !ok {
-		return identity.BadRequest(identity.CodeInvalidParentDevice, "parent device '%s' of '%s' does not exist", pid, d.DeviceID)
+		return status.BadRequest(status.CodeInvalidParentDevice, "parent device '%s' of '%s' does not exist", pid, d.DeviceID)
 	}
 	return identity.ValidateParent(pr.val.(*identity.Device), d)
 }
@@ -175,7 +176,7 @@ func (h *Hub) createDevice(ctx context.Context, d identity.Device) (identity.Dev
 }
 
 func deviceExists(id string) error {
-	return identity.Conflict(identity.CodeDeviceAlreadyExists, "A device with ID '%s' is already registered", id)
+	return status.Conflict(status.CodeDeviceAlreadyExists, "A device with ID '%s' is already registered", id)
 }
 
 // sweep removes what a deleted device of the same id may have left behind
@@ -240,7 +241,7 @@ func (h *Hub) DeleteDevice(ctx context.Context, id, ifMatch string) error {
 	if old.IsEdge() {
 		for _, cid := range h.children.children(old.DeviceScope) {
 			err := h.detach(ctx, old, cid)
-			var ie *identity.Error
+			var ie *status.Error
 			if err != nil && !errors.As(err, &ie) {
 				return fmt.Errorf("detach child %s: %w", cid, err)
 			}
@@ -296,7 +297,7 @@ func (h *Hub) changeChildren(ctx context.Context, edgeID string, childIDs []stri
 	}
 	edge := er.val.(*identity.Device)
 	if len(childIDs) == 0 {
-		return identity.BadRequest(identity.CodeArgumentInvalid, "no child devices given")
+		return status.BadRequest(status.CodeArgumentInvalid, "no child devices given")
 	}
 	for _, cid := range childIDs {
 		cr, ok, err := h.lookup(ctx, h.devices, h.devTab, deviceKey(cid))
@@ -326,7 +327,7 @@ func (h *Hub) ListChildren(edgeID string) ([]identity.Device, error) {
 	}
 	edge := er.val.(*identity.Device)
 	if !edge.IsEdge() {
-		return nil, identity.BadRequest(identity.CodeInvalidParentDevice,
+		return nil, status.BadRequest(status.CodeInvalidParentDevice,
 			"device '%s' is not an IoT Edge device: only edge devices have children", edgeID)
 	}
 	out := []identity.Device{}
@@ -412,7 +413,7 @@ func (h *Hub) CreateOrUpdateModule(ctx context.Context, m identity.Module, ifMat
 }
 
 func moduleExists(d, m string) error {
-	return identity.Conflict(identity.CodeModuleAlreadyExists, "A module with ID '%s' is already registered on device '%s'", m, d)
+	return status.Conflict(status.CodeModuleAlreadyExists, "A module with ID '%s' is already registered on device '%s'", m, d)
 }
 
 // DeleteModule removes a module and its twin. The IoT Edge runtime's
@@ -421,7 +422,7 @@ func (h *Hub) DeleteModule(ctx context.Context, deviceID, moduleID, ifMatch stri
 	key := moduleKey(deviceID, moduleID)
 	if identity.IsSystemModule(moduleID) {
 		if dr, ok := h.devTab.get(deviceKey(deviceID)); ok && dr.val.(*identity.Device).IsEdge() {
-			return identity.BadRequest(identity.CodeArgumentInvalid,
+			return status.BadRequest(status.CodeArgumentInvalid,
 				"module '%s' belongs to the IoT Edge runtime of '%s' and is deleted with the device", moduleID, deviceID)
 		}
 	}

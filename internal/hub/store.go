@@ -5,9 +5,11 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/http"
 	"strings"
 
 	"outpost/internal/identity"
+	"outpost/internal/status"
 )
 
 // maxCASRetries bounds the retries of a server-side merge that keeps losing
@@ -15,7 +17,7 @@ import (
 const maxCASRetries = 20
 
 // errTooBusy is the answer when maxCASRetries runs out.
-var errTooBusy = &identity.Error{Status: 429, Code: "ThrottlingException", Message: "too many concurrent updates of the same entity; retry"}
+var errTooBusy = status.Errorf(http.StatusTooManyRequests, status.CodeThrottling, "too many concurrent updates of the same entity; retry")
 
 // etagOf renders a KV revision as an etag. The revision is the etag, so an
 // If-Match maps onto a compare-and-set.
@@ -180,5 +182,5 @@ func (h *Hub) cas(ctx context.Context, b *bucket, t *table, key, ifMatch string,
 
 // etagMismatch is the 412 for an If-Match that is not the current etag.
 func etagMismatch(ifMatch string) error {
-	return identity.PreconditionFailed("etag %s does not match the current etag", strings.Trim(ifMatch, `" `))
+	return status.PreconditionFailed("etag %s does not match the current etag", strings.Trim(ifMatch, `" `))
 }

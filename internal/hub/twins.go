@@ -11,6 +11,7 @@ import (
 
 	"outpost/internal/identity"
 	"outpost/internal/manifest"
+	"outpost/internal/status"
 	"outpost/internal/twin"
 )
 
@@ -184,7 +185,7 @@ func ParseTwinPatch(body []byte) (TwinPatch, error) {
 }
 
 func badTwin(msg string) error {
-	return &twin.Error{Status: 400, Code: twin.CodeArgumentInvalid, Message: msg}
+	return status.BadRequest(status.CodeArgumentInvalid, "%s", msg)
 }
 
 // PatchTwin merges p into a twin. ifMatch ("" or "*" for none) is checked
@@ -235,10 +236,18 @@ func (h *Hub) ReplaceTwin(ctx context.Context, deviceID, moduleID string, n *twi
 // returns the new reported $version. It is the data plane's call; the
 // service API never changes reported properties.
 func (h *Hub) PatchReported(ctx context.Context, deviceID, moduleID string, patch map[string]any) (int64, error) {
+	return h.PatchReportedAtLeast(ctx, deviceID, moduleID, patch, 0)
+}
+
+// PatchReportedAtLeast is PatchReported for a patch an edge held offline
+// (twin.ParseVersionedPatch): the new reported $version is at least
+// atLeast. The data plane allows it only to an edge acting for an
+// identity in its scope.
+func (h *Hub) PatchReportedAtLeast(ctx context.Context, deviceID, moduleID string, patch map[string]any, atLeast int64) (int64, error) {
 	var v int64
 	_, err := h.changeTwin(ctx, deviceID, moduleID, "*", func(t *twin.Twin) (map[string]any, int64, error) {
 		var err error
-		v, err = t.PatchReported(patch, h.now())
+		v, err = t.PatchReportedAtLeast(patch, atLeast, h.now())
 		return nil, 0, err
 	})
 	return v, err
@@ -249,7 +258,7 @@ func (h *Hub) PatchReported(ctx context.Context, deviceID, moduleID string, patc
 func (h *Hub) changeTwin(ctx context.Context, deviceID, moduleID, ifMatch string, fn func(t *twin.Twin) (map[string]any, int64, error)) (*twin.Twin, error) {
 	key := twinKey(deviceID, moduleID)
 	stale := func() error {
-		return identity.PreconditionFailed("etag %s does not match the twin's current etag", strings.Trim(ifMatch, `" `))
+		return status.PreconditionFailed("etag %s does not match the twin's current etag", strings.Trim(ifMatch, `" `))
 	}
 	for attempt := 0; ; attempt++ {
 		d, m, err := h.owner(ctx, deviceID, moduleID)

@@ -57,7 +57,10 @@ type Config struct {
 	// HTTPTimeouts bound idle and half-sent connections of the HTTPS
 	// listener; zero fields take the gateway's defaults.
 	HTTPTimeouts gateway.HTTPTimeouts
-	Logger       *slog.Logger
+	// Rates bound each device connection and the connections started a
+	// second; zero fields take the gateway's defaults.
+	Rates  gateway.Rates
+	Logger *slog.Logger
 }
 
 // Server is a running hub. Stop it with Shutdown.
@@ -147,7 +150,7 @@ func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 	if err != nil {
 		return nil, err
 	}
-	if s.gw, err = gateway.New(gateway.Config{
+	gwCfg := gateway.Config{
 		Backend:  s.plane,
 		Observer: m,
 		// The TLS listener yields only TLS connections; plain ones come
@@ -156,7 +159,9 @@ func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 		HubHostName:   cfg.Hostname,
 		TLS:           &tls.Config{Certificates: []tls.Certificate{s.creds.ServerCert}, MinVersion: tls.VersionTLS12},
 		Logger:        s.log,
-	}); err != nil {
+	}
+	cfg.Rates.Apply(&gwCfg)
+	if s.gw, err = gateway.New(gwCfg); err != nil {
 		return nil, err
 	}
 	undo = append(undo, func() {

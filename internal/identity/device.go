@@ -1,6 +1,10 @@
 package identity
 
-import "time"
+import (
+	"time"
+
+	"outpost/internal/status"
+)
 
 // Policy holds the registry rules that differ between deployments. The
 // zero Policy is the mission's rule set: only non-edge devices can be
@@ -81,7 +85,7 @@ func (p Policy) PrepareNewDevice(d *Device, now time.Time) error {
 // it.
 func (p Policy) PrepareUpdate(old, upd *Device, hasChildren bool, now time.Time) error {
 	if upd.DeviceID != old.DeviceID {
-		return BadRequest(CodeArgumentInvalid, "device id %q in the body does not match %q", upd.DeviceID, old.DeviceID)
+		return status.BadRequest(status.CodeArgumentInvalid, "device id %q in the body does not match %q", upd.DeviceID, old.DeviceID)
 	}
 	if err := prepareStatus(upd, old, now); err != nil {
 		return err
@@ -107,7 +111,7 @@ func prepareStatus(d, old *Device, now time.Time) error {
 		d.Status = StatusEnabled
 	case StatusEnabled, StatusDisabled:
 	default:
-		return BadRequest(CodeArgumentInvalid, "status %q is not one of enabled, disabled", d.Status)
+		return status.BadRequest(status.CodeArgumentInvalid, "status %q is not one of enabled, disabled", d.Status)
 	}
 	switch {
 	case old == nil:
@@ -132,7 +136,7 @@ func (p Policy) resolveScopes(old, d *Device, hasChildren bool) error {
 	ownOldScope := func(s string) bool { return oldEdge && s == old.DeviceScope }
 
 	if len(d.ParentScopes) > 1 {
-		return BadRequest(CodeInvalidChildDevice,
+		return status.BadRequest(status.CodeInvalidChildDevice,
 			"device '%s' names %d parents: a child device has exactly one parent", d.DeviceID, len(d.ParentScopes))
 	}
 	var parent string
@@ -144,7 +148,7 @@ func (p Policy) resolveScopes(old, d *Device, hasChildren bool) error {
 			parent = d.ParentScopes[0]
 		}
 		if !newEdge && d.DeviceScope != "" && d.DeviceScope != parent && !ownOldScope(d.DeviceScope) {
-			return BadRequest(CodeInvalidChildDevice,
+			return status.BadRequest(status.CodeInvalidChildDevice,
 				"device '%s': deviceScope %q and parentScopes %q name different parents", d.DeviceID, d.DeviceScope, d.ParentScopes)
 		}
 	case !newEdge && d.DeviceScope != "" && !ownOldScope(d.DeviceScope):
@@ -157,22 +161,22 @@ func (p Policy) resolveScopes(old, d *Device, hasChildren bool) error {
 	if parent != "" {
 		pid, ok := ScopeDeviceID(parent)
 		if !ok {
-			return BadRequest(CodeInvalidChildDevice,
+			return status.BadRequest(status.CodeInvalidChildDevice,
 				"device '%s': %q is not an edge device scope (ms-azure-iot-edge://{id}-{number})", d.DeviceID, parent)
 		}
 		if pid == d.DeviceID {
-			return BadRequest(CodeInvalidChildDevice, "a device cannot be its own parent")
+			return status.BadRequest(status.CodeInvalidChildDevice, "a device cannot be its own parent")
 		}
 	}
 
 	if oldEdge && !newEdge && hasChildren {
-		return BadRequest(CodeInvalidParentDevice,
+		return status.BadRequest(status.CodeInvalidParentDevice,
 			"device '%s' has child devices: remove them before turning off IoT Edge (only edge devices can be parents)", d.DeviceID)
 	}
 	if newEdge && parent != "" && !p.AllowNested {
 		if old != nil && !oldEdge {
 			pid, _ := ScopeDeviceID(parent)
-			return BadRequest(CodeInvalidChildDevice,
+			return status.BadRequest(status.CodeInvalidChildDevice,
 				"device '%s' is a child of '%s': only non-edge devices can be children; remove it from its parent before turning on IoT Edge",
 				d.DeviceID, pid)
 		}
@@ -195,8 +199,8 @@ func (p Policy) resolveScopes(old, d *Device, hasChildren bool) error {
 	return nil
 }
 
-func edgeChildError(id string) *Error {
-	return BadRequest(CodeInvalidChildDevice,
+func edgeChildError(id string) *status.Error {
+	return status.BadRequest(status.CodeInvalidChildDevice,
 		"device '%s' is an IoT Edge device: only non-edge devices can be children (a child device has exactly one parent, which is an edge device)", id)
 }
 

@@ -1,6 +1,10 @@
 package identity
 
-import "strings"
+import (
+	"strings"
+
+	"outpost/internal/status"
+)
 
 // MaxIDLength is Azure's limit on device and module ids.
 const MaxIDLength = 128
@@ -19,14 +23,14 @@ func idChar(c byte) bool {
 
 func validateID(kind, id string) error {
 	if id == "" {
-		return BadRequest(CodeArgumentInvalid, "%s id is empty", kind)
+		return status.BadRequest(status.CodeArgumentInvalid, "%s id is empty", kind)
 	}
 	if len(id) > MaxIDLength {
-		return BadRequest(CodeArgumentInvalid, "%s id is %d characters: the limit is %d", kind, len(id), MaxIDLength)
+		return status.BadRequest(status.CodeArgumentInvalid, "%s id is %d characters: the limit is %d", kind, len(id), MaxIDLength)
 	}
 	for i := 0; i < len(id); i++ {
 		if !idChar(id[i]) {
-			return BadRequest(CodeArgumentInvalid,
+			return status.BadRequest(status.CodeArgumentInvalid,
 				"%s id %q: character %q is not allowed (letters, digits and - . %% _ * ? ! ( ) , : = @ $ ' only)",
 				kind, id, rune(id[i]))
 		}
@@ -35,7 +39,7 @@ func validateID(kind, id string) error {
 	// from URL paths (RFC 3986 5.2.4), so such an id, which could be
 	// created as %2e%2e, could not be addressed afterwards.
 	if id == "." || id == ".." {
-		return BadRequest(CodeArgumentInvalid, "%s id %q is a URL dot-segment, which cannot be addressed in a URL path", kind, id)
+		return status.BadRequest(status.CodeArgumentInvalid, "%s id %q is a URL dot-segment, which cannot be addressed in a URL path", kind, id)
 	}
 	return nil
 }
@@ -54,7 +58,7 @@ func ValidateModuleID(id string) error {
 		return err
 	}
 	if strings.HasPrefix(id, "$") && !IsSystemModule(id) {
-		return BadRequest(CodeArgumentInvalid,
+		return status.BadRequest(status.CodeArgumentInvalid,
 			"module id %q: ids starting with '$' are reserved for IoT Edge system modules", id)
 	}
 	return nil

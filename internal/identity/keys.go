@@ -7,6 +7,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"outpost/internal/status"
 )
 
 // Key sizes. Generated keys have KeySize bytes, like Azure's; keys given
@@ -27,10 +29,10 @@ func NewKey() string {
 func validateKey(which, k string) error {
 	b, err := base64.StdEncoding.DecodeString(k)
 	if err != nil {
-		return BadRequest(CodeArgumentInvalid, "%s key is not valid base64", which)
+		return status.BadRequest(status.CodeArgumentInvalid, "%s key is not valid base64", which)
 	}
 	if len(b) < MinKeySize || len(b) > MaxKeySize {
-		return BadRequest(CodeArgumentInvalid, "%s key decodes to %d bytes: keys must be %d to %d bytes",
+		return status.BadRequest(status.CodeArgumentInvalid, "%s key decodes to %d bytes: keys must be %d to %d bytes",
 			which, len(b), MinKeySize, MaxKeySize)
 	}
 	return nil
@@ -42,13 +44,13 @@ func normThumb(t string) string {
 
 func validateThumbprint(which, t string) error {
 	if len(t) != 40 && len(t) != 64 {
-		return BadRequest(CodeArgumentInvalid,
+		return status.BadRequest(status.CodeArgumentInvalid,
 			"%s thumbprint has %d characters: it must be 40 (SHA-1) or 64 (SHA-256) hex digits", which, len(t))
 	}
 	for i := 0; i < len(t); i++ {
 		c := t[i]
 		if !('0' <= c && c <= '9' || 'a' <= c && c <= 'f' || 'A' <= c && c <= 'F') {
-			return BadRequest(CodeArgumentInvalid, "%s thumbprint: %q is not a hex digit", which, rune(c))
+			return status.BadRequest(status.CodeArgumentInvalid, "%s thumbprint: %q is not a hex digit", which, rune(c))
 		}
 	}
 	return nil
@@ -75,7 +77,7 @@ func prepareAuth(a *Authentication, old *Authentication) error {
 	switch a.Type {
 	case AuthSAS:
 		if !emptyThumbs {
-			return BadRequest(CodeArgumentInvalid, "x509Thumbprint is only for selfSigned authentication, not sas")
+			return status.BadRequest(status.CodeArgumentInvalid, "x509Thumbprint is only for selfSigned authentication, not sas")
 		}
 		k := &a.SymmetricKey
 		if old != nil && old.Type == AuthSAS {
@@ -98,11 +100,11 @@ func prepareAuth(a *Authentication, old *Authentication) error {
 		return validateKey("secondary", k.SecondaryKey)
 	case AuthSelfSigned:
 		if !emptyKeys {
-			return BadRequest(CodeArgumentInvalid, "symmetricKey is only for sas authentication, not selfSigned")
+			return status.BadRequest(status.CodeArgumentInvalid, "symmetricKey is only for sas authentication, not selfSigned")
 		}
 		t := a.X509Thumbprint
 		if t.PrimaryThumbprint == "" {
-			return BadRequest(CodeArgumentInvalid, "selfSigned authentication needs a primary thumbprint")
+			return status.BadRequest(status.CodeArgumentInvalid, "selfSigned authentication needs a primary thumbprint")
 		}
 		if err := validateThumbprint("primary", t.PrimaryThumbprint); err != nil {
 			return err
@@ -113,11 +115,11 @@ func prepareAuth(a *Authentication, old *Authentication) error {
 		return nil
 	case AuthCA, AuthNone:
 		if !emptyKeys || !emptyThumbs {
-			return BadRequest(CodeArgumentInvalid, "%s authentication takes neither keys nor thumbprints", a.Type)
+			return status.BadRequest(status.CodeArgumentInvalid, "%s authentication takes neither keys nor thumbprints", a.Type)
 		}
 		return nil
 	}
-	return BadRequest(CodeArgumentInvalid,
+	return status.BadRequest(status.CodeArgumentInvalid,
 		"authentication type %q is not one of sas, selfSigned, certificateAuthority, none", a.Type)
 }
 

@@ -1,6 +1,10 @@
 package identity
 
-import "time"
+import (
+	"time"
+
+	"outpost/internal/status"
+)
 
 // ManagedByEdge marks modules the IoT Edge runtime owns.
 const ManagedByEdge = "iotEdge"
@@ -17,7 +21,7 @@ func PrepareNewModule(m *Module, now time.Time) error {
 		return err
 	}
 	if IsSystemModule(m.ModuleID) {
-		return BadRequest(CodeArgumentInvalid,
+		return status.BadRequest(status.CodeArgumentInvalid,
 			"module id %q is reserved for the IoT Edge runtime, which creates it with the edge device", m.ModuleID)
 	}
 	return prepareModule(m, now)
@@ -30,7 +34,7 @@ func PrepareSystemModule(m *Module, now time.Time) error {
 		return err
 	}
 	if !IsSystemModule(m.ModuleID) {
-		return BadRequest(CodeArgumentInvalid, "module id %q is not an IoT Edge system module", m.ModuleID)
+		return status.BadRequest(status.CodeArgumentInvalid, "module id %q is not an IoT Edge system module", m.ModuleID)
 	}
 	if m.ManagedBy == "" {
 		m.ManagedBy = ManagedByEdge
@@ -55,7 +59,7 @@ func prepareModule(m *Module, now time.Time) error {
 // what clients may not change, as PrepareUpdate does for devices.
 func PrepareModuleUpdate(old, upd *Module, now time.Time) error {
 	if upd.DeviceID != old.DeviceID || upd.ModuleID != old.ModuleID {
-		return BadRequest(CodeArgumentInvalid, "module %q of device %q in the body does not match %q of %q",
+		return status.BadRequest(status.CodeArgumentInvalid, "module %q of device %q in the body does not match %q of %q",
 			upd.ModuleID, upd.DeviceID, old.ModuleID, old.DeviceID)
 	}
 	if err := prepareAuth(&upd.Authentication, &old.Authentication); err != nil {

@@ -4,6 +4,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"outpost/internal/status"
 )
 
 // ScopeSnapshot is the identities in an edge's scope, as the hub sends
@@ -88,14 +90,14 @@ func ValidateParent(parent, child *Device) error { return Policy{}.ValidateParen
 // was requested.
 func (p Policy) checkParent(edge, child *Device) error {
 	if edge.DeviceID == child.DeviceID {
-		return BadRequest(CodeInvalidChildDevice, "a device cannot be its own parent")
+		return status.BadRequest(status.CodeInvalidChildDevice, "a device cannot be its own parent")
 	}
 	if !edge.IsEdge() {
-		return BadRequest(CodeInvalidParentDevice,
+		return status.BadRequest(status.CodeInvalidParentDevice,
 			"device '%s' is not an IoT Edge device: only edge devices can be parents", edge.DeviceID)
 	}
 	if edge.DeviceScope == "" {
-		return BadRequest(CodeInvalidParentDevice, "edge device '%s' has no device scope", edge.DeviceID)
+		return status.BadRequest(status.CodeInvalidParentDevice, "edge device '%s' has no device scope", edge.DeviceID)
 	}
 	if child.IsEdge() {
 		if !p.AllowNested {
@@ -104,7 +106,7 @@ func (p Policy) checkParent(edge, child *Device) error {
 		// Deeper cycles need the whole registry; the caller walks it.
 		for _, s := range edge.ParentScopes {
 			if s == child.DeviceScope {
-				return BadRequest(CodeInvalidChildDevice,
+				return status.BadRequest(status.CodeInvalidChildDevice,
 					"device '%s' is the parent of '%s': a device cannot be the child of its own child", child.DeviceID, edge.DeviceID)
 			}
 		}
@@ -127,7 +129,7 @@ func (p Policy) AttachChild(edge, child *Device, force bool) error {
 		if id, ok := ScopeDeviceID(cur); ok {
 			name = id
 		}
-		return BadRequest(CodeInvalidChildDevice,
+		return status.BadRequest(status.CodeInvalidChildDevice,
 			"device '%s' already has parent '%s': re-parenting needs --force", child.DeviceID, name)
 	}
 	child.ParentScopes = []string{edge.DeviceScope}
@@ -145,7 +147,7 @@ func (p Policy) ValidateParent(parent, child *Device) error {
 		return err
 	}
 	if s := ParentScope(child); s != parent.DeviceScope {
-		return BadRequest(CodeInvalidChildDevice,
+		return status.BadRequest(status.CodeInvalidChildDevice,
 			"device '%s' names parent scope %q, which is not the scope of edge device '%s' (was the edge device re-created?)",
 			child.DeviceID, s, parent.DeviceID)
 	}
@@ -157,7 +159,7 @@ func (p Policy) ValidateParent(parent, child *Device) error {
 // has since moved to another parent. On error child is unchanged.
 func DetachChild(edge, child *Device) error {
 	if !IsChildOf(child, edge) {
-		return BadRequest(CodeInvalidChildDevice, "device '%s' is not a child of '%s'", child.DeviceID, edge.DeviceID)
+		return status.BadRequest(status.CodeInvalidChildDevice, "device '%s' is not a child of '%s'", child.DeviceID, edge.DeviceID)
 	}
 	child.ParentScopes = []string{}
 	if !child.IsEdge() {

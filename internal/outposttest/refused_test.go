@@ -37,7 +37,7 @@ func TestRefusedForGoodDoesNotBlockTheQueue(t *testing.T) {
 	if dups["good"] != 0 {
 		t.Errorf("%d duplicates of good", dups["good"])
 	}
-	CheckFor(t, 10*time.Second, 20*time.Millisecond, func() error {
+	setAside := func() error {
 		st, err := s.node.Status()
 		if err != nil {
 			return err
@@ -55,7 +55,8 @@ func TestRefusedForGoodDoesNotBlockTheQueue(t *testing.T) {
 			return fmt.Errorf("upstream queue holds %d", q)
 		}
 		return nil
-	})
+	}
+	CheckFor(t, 10*time.Second, 20*time.Millisecond, setAside)
 	// Nothing of the removed child reached the hub after its removal,
 	// and the link was never dropped over it.
 	if seqs, _ := s.mon.Seqs("gone"); len(seqs) != 5 {
@@ -63,5 +64,12 @@ func TestRefusedForGoodDoesNotBlockTheQueue(t *testing.T) {
 	}
 	if st := s.node.Edge().Status(); st.Link.OfflinePeriods != offlinePeriods || !st.Link.Connected {
 		t.Errorf("link dropped during the drain: %d offline periods, had %d", st.Link.OfflinePeriods, offlinePeriods)
+	}
+
+	// The counts are kept in the store: a restart shows the same.
+	s.node.Restart(t)
+	s.node.AwaitLink(t, true, 30*time.Second)
+	if err := setAside(); err != nil {
+		t.Errorf("after a restart: %v", err)
 	}
 }

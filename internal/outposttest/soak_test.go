@@ -105,7 +105,7 @@ func TestSoakChildren(t *testing.T) {
 	if soak.Enabled() {
 		sizes = append(sizes, size{1000, time.Minute, 2 * time.Minute})
 	}
-	bin := buildOutpostRace(t, false) // see maxRSSSlope
+	bin := buildOutpost(t)
 	for _, sz := range sizes {
 		t.Run(strconv.Itoa(sz.children), func(t *testing.T) {
 			soakChildren(t, bin, sz.children, sz.warm, sz.run)
@@ -127,8 +127,9 @@ const (
 // heap; both level off (after about 45 s with 100 children). So over the
 // 20 s of make test the bound is 10 KiB a message, which catches only a
 // gross leak, and in a soak, after a minute's warm-up, 320 B a message.
-// The edge is built without the race detector even under -race: a race
-// build's RSS grew 1.5 MiB/s here, with the detector's own state.
+// Under -race the edge is a race build (shared with the kill tests),
+// whose RSS grows with the detector's own state (1.5 MiB/s here): its
+// RSS is reported, not held to the bound.
 var maxRSSPerMessage = float64(soak.N(10<<10, 320))
 
 func soakChildren(t *testing.T, bin string, n int, warm, run time.Duration) {
@@ -218,7 +219,7 @@ func soakChildren(t *testing.T, bin string, n int, warm, run time.Duration) {
 	}
 	t.Logf("PUBACK at the child: p50 %v, p99 %v, max %v over %d messages",
 		quantile(lat, 0.50), quantile(lat, 0.99), quantile(lat, 1), len(lat))
-	if rssSlope > maxRSSSlope {
+	if rssSlope > maxRSSSlope && !raceEnabled {
 		t.Errorf("edge RSS grows %.1f KiB/s after warm-up (bound %.0f KiB/s)", rssSlope/1024, maxRSSSlope/1024)
 	}
 	if gSlope > maxGoroutineSlope {

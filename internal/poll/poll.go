@@ -5,9 +5,16 @@ package poll
 
 import (
 	"context"
-	"testing"
 	"time"
 )
+
+// T is the part of testing.TB that Check uses. Taking it rather than
+// testing.TB keeps package testing out of the binaries that poll (the
+// demo).
+type T interface {
+	Helper()
+	Fatalf(format string, args ...any)
+}
 
 // DefaultInterval is how often Check polls when given no interval.
 const DefaultInterval = 5 * time.Millisecond
@@ -15,7 +22,7 @@ const DefaultInterval = 5 * time.Millisecond
 // Check calls f every interval until it returns nil, and fails the test
 // with f's last error once timeout has passed. An interval of 0 means
 // DefaultInterval.
-func Check(t testing.TB, timeout, interval time.Duration, f func() error) {
+func Check(t T, timeout, interval time.Duration, f func() error) {
 	t.Helper()
 	if _, err := Until(context.Background(), timeout, interval, f); err != nil {
 		t.Fatalf("condition not met within %v: %v", timeout, err)

@@ -17,6 +17,8 @@ import (
 	"errors"
 	"io"
 	"time"
+
+	"outpost/internal/status"
 )
 
 // X509Thumbprint mirrors the registry's thumbprints on a device twin.
@@ -95,13 +97,13 @@ func Decode(data []byte) (*Twin, error) {
 	dec.UseNumber()
 	var t *Twin
 	if err := dec.Decode(&t); err != nil {
-		return nil, errorf(CodeArgumentInvalid, "twin is not valid JSON: %v", err)
+		return nil, errorf(status.CodeArgumentInvalid, "twin is not valid JSON: %v", err)
 	}
 	if t == nil {
-		return nil, errorf(CodeArgumentInvalid, "twin is null, not a JSON object")
+		return nil, errorf(status.CodeArgumentInvalid, "twin is null, not a JSON object")
 	}
 	if _, err := dec.Token(); err != io.EOF {
-		return nil, errorf(CodeArgumentInvalid, "twin has data after its JSON object")
+		return nil, errorf(status.CodeArgumentInvalid, "twin has data after its JSON object")
 	}
 	if t.Tags == nil {
 		t.Tags = map[string]any{}
@@ -205,7 +207,7 @@ func (t *Twin) mutate(f func(c *Twin) error) error {
 func (t *Twin) PatchDesired(patch map[string]any, now time.Time) (int64, error) {
 	var v int64
 	err := t.mutate(func(c *Twin) (err error) {
-		c.Properties.Desired, v, err = patchSection(c.Properties.Desired, patch, "desired properties", true, now)
+		c.Properties.Desired, v, err = patchSection(c.Properties.Desired, patch, "desired properties", true, 0, now)
 		return err
 	})
 	return v, err
@@ -214,9 +216,17 @@ func (t *Twin) PatchDesired(patch map[string]any, now time.Time) (int64, error) 
 // PatchReported merges patch into the reported properties and returns the
 // new reported $version.
 func (t *Twin) PatchReported(patch map[string]any, now time.Time) (int64, error) {
+	return t.PatchReportedAtLeast(patch, 0, now)
+}
+
+// PatchReportedAtLeast is PatchReported with the new reported $version
+// raised to atLeast if it would be lower: an edge answered its client
+// versions from its cache while offline, and the client must not see
+// them go back once the held patch reaches the hub.
+func (t *Twin) PatchReportedAtLeast(patch map[string]any, atLeast int64, now time.Time) (int64, error) {
 	var v int64
 	err := t.mutate(func(c *Twin) (err error) {
-		c.Properties.Reported, v, err = patchSection(c.Properties.Reported, patch, "reported properties", false, now)
+		c.Properties.Reported, v, err = patchSection(c.Properties.Reported, patch, "reported properties", false, atLeast, now)
 		return err
 	})
 	return v, err
@@ -251,7 +261,7 @@ func (t *Twin) Patch(tags, desired map[string]any, now time.Time) (int64, error)
 			}
 		}
 		if desired != nil {
-			c.Properties.Desired, v, err = patchSection(c.Properties.Desired, desired, "desired properties", true, now)
+			c.Properties.Desired, v, err = patchSection(c.Properties.Desired, desired, "desired properties", true, 0, now)
 		}
 		return err
 	})
@@ -347,7 +357,9 @@ func (s stamp) apply(meta, patch map[string]any) {
 	}
 }
 
-func patchSection(sec, patch map[string]any, what string, desired bool, now time.Time) (map[string]any, int64, error) {
+// patchSection returns sec with patch merged and its next $version, at
+// least atLeast.
+func patchSection(sec, patch map[string]any, what string, desired bool, atLeast int64, now time.Time) (map[string]any, int64, error) {
 	if err := ValidatePatch(patch); err != nil {
 		return nil, 0, err
 	}
@@ -356,7 +368,7 @@ func patchSection(sec, patch map[string]any, what string, desired bool, now time
 	if err := checkSize(what+" after the patch", data, MaxSectionSize); err != nil {
 		return nil, 0, err
 	}
-	v := SectionVersion(sec) + 1
+	v := max(SectionVersion(sec)+1, atLeast)
 	meta, _ := deepCopy(sec[keyMetadata]).(map[string]any)
 	if meta == nil {
 		meta = map[string]any{}

@@ -10,6 +10,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"outpost/internal/status"
 )
 
 var (
@@ -31,9 +33,9 @@ func obj(t testing.TB, s string) map[string]any {
 
 func wantErr(t *testing.T, err error, code, msg string) {
 	t.Helper()
-	var e *Error
+	var e *status.Error
 	if !errors.As(err, &e) {
-		t.Fatalf("err = %v, want *twin.Error", err)
+		t.Fatalf("err = %v, want *status.Error", err)
 	}
 	if e.Status != 400 || e.Code != code || !strings.Contains(e.Message, msg) {
 		t.Errorf("err = %d %s %q, want 400 %s containing %q", e.Status, e.Code, e.Message, code, msg)
@@ -221,34 +223,34 @@ func TestLimits(t *testing.T) {
 		msg   string // empty: accepted
 	}{
 		{"depth 10", nested(10), "", ""},
-		{"depth 11", nested(11), CodeArgumentInvalid, "nests objects 11 deep: the limit is 10"},
-		{"array counts as a level", map[string]any{"b": []any{nested(9)}}, CodeArgumentInvalid, "nests objects 11 deep: the limit is 10"},
+		{"depth 11", nested(11), status.CodeArgumentInvalid, "nests objects 11 deep: the limit is 10"},
+		{"array counts as a level", map[string]any{"b": []any{nested(9)}}, status.CodeArgumentInvalid, "nests objects 11 deep: the limit is 10"},
 		{"array at the limit", map[string]any{"b": []any{nested(8)}}, "", ""},
-		{"huge number", map[string]any{"a": json.Number("1e400")}, CodeArgumentInvalid, "not a JSON number"},
+		{"huge number", map[string]any{"a": json.Number("1e400")}, status.CodeArgumentInvalid, "not a JSON number"},
 		{"array leaf", map[string]any{"a": []any{1.0, "x", true, nil, map[string]any{"k": 1.0}}}, "", ""},
 		{"size at limit", padded(MaxSectionSize), "", ""},
-		{"size over limit", padded(MaxSectionSize + 1), CodeTwinSizeExceeded, "the limit is 32768 bytes (32 KiB)"},
-		{"empty key", map[string]any{"": 1.0}, CodeArgumentInvalid, "keys must not be empty"},
-		{"dot", map[string]any{"a.b": 1.0}, CodeArgumentInvalid, `key "a.b" contains '.'`},
-		{"dollar", map[string]any{"$version": 1.0}, CodeArgumentInvalid, `starts with '$'`},
-		{"dollar inside", map[string]any{"a$b": 1.0}, CodeArgumentInvalid, `key "a$b" contains '$': property and tag names must not contain`},
-		{"dollar at the end", map[string]any{"a": map[string]any{"b$": 1.0}}, CodeArgumentInvalid, `key "a.b$" contains '$'`},
-		{"hash", map[string]any{"a#b": 1.0}, CodeArgumentInvalid, `key "a#b" contains '#'`},
-		{"space", map[string]any{"a b": 1.0}, CodeArgumentInvalid, "contains a space"},
-		{"C0 control", map[string]any{"a\tb": 1.0}, CodeArgumentInvalid, "control character U+0009"},
-		{"C1 control", map[string]any{"a\u0085b": 1.0}, CodeArgumentInvalid, "control character U+0085"},
-		{"DEL", map[string]any{"a\x7f": 1.0}, CodeArgumentInvalid, "control character U+007F"},
-		{"bad UTF-8", map[string]any{"a\xff": 1.0}, CodeArgumentInvalid, "not valid UTF-8"},
+		{"size over limit", padded(MaxSectionSize + 1), status.CodeTwinSizeExceeded, "the limit is 32768 bytes (32 KiB)"},
+		{"empty key", map[string]any{"": 1.0}, status.CodeArgumentInvalid, "keys must not be empty"},
+		{"dot", map[string]any{"a.b": 1.0}, status.CodeArgumentInvalid, `key "a.b" contains '.'`},
+		{"dollar", map[string]any{"$version": 1.0}, status.CodeArgumentInvalid, `starts with '$'`},
+		{"dollar inside", map[string]any{"a$b": 1.0}, status.CodeArgumentInvalid, `key "a$b" contains '$': property and tag names must not contain`},
+		{"dollar at the end", map[string]any{"a": map[string]any{"b$": 1.0}}, status.CodeArgumentInvalid, `key "a.b$" contains '$'`},
+		{"hash", map[string]any{"a#b": 1.0}, status.CodeArgumentInvalid, `key "a#b" contains '#'`},
+		{"space", map[string]any{"a b": 1.0}, status.CodeArgumentInvalid, "contains a space"},
+		{"C0 control", map[string]any{"a\tb": 1.0}, status.CodeArgumentInvalid, "control character U+0009"},
+		{"C1 control", map[string]any{"a\u0085b": 1.0}, status.CodeArgumentInvalid, "control character U+0085"},
+		{"DEL", map[string]any{"a\x7f": 1.0}, status.CodeArgumentInvalid, "control character U+007F"},
+		{"bad UTF-8", map[string]any{"a\xff": 1.0}, status.CodeArgumentInvalid, "not valid UTF-8"},
 		{"unicode key", map[string]any{"température": 1.0}, "", ""},
 		{"key 1024", map[string]any{strings.Repeat("k", 1024): 1.0}, "", ""},
-		{"key 1025", map[string]any{strings.Repeat("k", 1025): 1.0}, CodeArgumentInvalid, "is 1025 bytes: the limit is 1024"},
-		{"nested bad key path", map[string]any{"a": map[string]any{"b": map[string]any{"c.d": 1.0}}}, CodeArgumentInvalid, `"a.b.c.d"`},
-		{"NaN", map[string]any{"a": math.NaN()}, CodeArgumentInvalid, "not a JSON number"},
-		{"bad json.Number", map[string]any{"a": json.Number("0x10")}, CodeArgumentInvalid, "not a JSON number"},
+		{"key 1025", map[string]any{strings.Repeat("k", 1025): 1.0}, status.CodeArgumentInvalid, "is 1025 bytes: the limit is 1024"},
+		{"nested bad key path", map[string]any{"a": map[string]any{"b": map[string]any{"c.d": 1.0}}}, status.CodeArgumentInvalid, `"a.b.c.d"`},
+		{"NaN", map[string]any{"a": math.NaN()}, status.CodeArgumentInvalid, "not a JSON number"},
+		{"bad json.Number", map[string]any{"a": json.Number("0x10")}, status.CodeArgumentInvalid, "not a JSON number"},
 		{"good json.Number", map[string]any{"a": json.Number("-1.5e+10")}, "", ""},
 		{"go int", map[string]any{"a": 3}, "", ""},
-		{"foreign type", map[string]any{"a": map[string]string{"x": "y"}}, CodeArgumentInvalid, "values must be JSON"},
-		{"nil patch", nil, CodeArgumentInvalid, "not a JSON object"},
+		{"foreign type", map[string]any{"a": map[string]string{"x": "y"}}, status.CodeArgumentInvalid, "values must be JSON"},
+		{"nil patch", nil, status.CodeArgumentInvalid, "not a JSON object"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -274,8 +276,8 @@ func TestValidateDocument(t *testing.T) {
 	if err := ValidateDocument(tw.Properties.Desired); err != nil {
 		t.Errorf("ValidateDocument(stored section) = %v", err)
 	}
-	wantErr(t, ValidateDocument(map[string]any{"$other": 1.0}), CodeArgumentInvalid, "starts with '$'")
-	wantErr(t, ValidateDocument(padded(MaxSectionSize+1)), CodeTwinSizeExceeded, "document is 32769 bytes")
+	wantErr(t, ValidateDocument(map[string]any{"$other": 1.0}), status.CodeArgumentInvalid, "starts with '$'")
+	wantErr(t, ValidateDocument(padded(MaxSectionSize+1)), status.CodeTwinSizeExceeded, "document is 32769 bytes")
 }
 
 // TestRefusedLeavesTwinUnchanged covers every mutation: a refused patch
@@ -289,33 +291,33 @@ func TestRefusedLeavesTwinUnchanged(t *testing.T) {
 		do   func(tw *Twin) error
 		code string
 	}{
-		{"desired size after merge", func(tw *Twin) error { _, err := tw.PatchDesired(other, t2); return err }, CodeTwinSizeExceeded},
-		{"desired bad key", func(tw *Twin) error { _, err := tw.PatchDesired(map[string]any{"ok": 1.0, "a.b": 1.0}, t2); return err }, CodeArgumentInvalid},
-		{"reported size after merge", func(tw *Twin) error { _, err := tw.PatchReported(other, t2); return err }, CodeTwinSizeExceeded},
-		{"reported depth", func(tw *Twin) error { _, err := tw.PatchReported(nested(11), t2); return err }, CodeArgumentInvalid},
-		{"tags size", func(tw *Twin) error { return tw.PatchTags(padded(MaxTagsSize + 1)) }, CodeTwinSizeExceeded},
+		{"desired size after merge", func(tw *Twin) error { _, err := tw.PatchDesired(other, t2); return err }, status.CodeTwinSizeExceeded},
+		{"desired bad key", func(tw *Twin) error { _, err := tw.PatchDesired(map[string]any{"ok": 1.0, "a.b": 1.0}, t2); return err }, status.CodeArgumentInvalid},
+		{"reported size after merge", func(tw *Twin) error { _, err := tw.PatchReported(other, t2); return err }, status.CodeTwinSizeExceeded},
+		{"reported depth", func(tw *Twin) error { _, err := tw.PatchReported(nested(11), t2); return err }, status.CodeArgumentInvalid},
+		{"tags size", func(tw *Twin) error { return tw.PatchTags(padded(MaxTagsSize + 1)) }, status.CodeTwinSizeExceeded},
 		{"patch: good tags, bad desired", func(tw *Twin) error {
 			_, err := tw.Patch(map[string]any{"t": "v"}, other, t2)
 			return err
-		}, CodeTwinSizeExceeded},
+		}, status.CodeTwinSizeExceeded},
 		{"patch: bad tags, good desired", func(tw *Twin) error {
 			_, err := tw.Patch(map[string]any{"$t": "v"}, map[string]any{"x": 1.0}, t2)
 			return err
-		}, CodeArgumentInvalid},
-		{"replace desired", func(tw *Twin) error { _, err := tw.ReplaceDesired(padded(MaxSectionSize+1), t2); return err }, CodeTwinSizeExceeded},
+		}, status.CodeArgumentInvalid},
+		{"replace desired", func(tw *Twin) error { _, err := tw.ReplaceDesired(padded(MaxSectionSize+1), t2); return err }, status.CodeTwinSizeExceeded},
 		{"replace twin bad tags", func(tw *Twin) error {
 			n := New("d", "", t2)
 			n.Tags = map[string]any{"a b": 1.0}
 			_, err := tw.Replace(n, t2)
 			return err
-		}, CodeArgumentInvalid},
+		}, status.CodeArgumentInvalid},
 		{"replace twin bad desired", func(tw *Twin) error {
 			n := New("d", "", t2)
 			n.Tags = map[string]any{"ok": 1.0}
 			n.Properties.Desired = nested(11)
 			_, err := tw.Replace(n, t2)
 			return err
-		}, CodeArgumentInvalid},
+		}, status.CodeArgumentInvalid},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -331,7 +333,7 @@ func TestRefusedLeavesTwinUnchanged(t *testing.T) {
 			}
 			before, _ := json.Marshal(tw)
 			beforeClone := tw.Clone()
-			var e *Error
+			var e *status.Error
 			if err := tt.do(tw); !errors.As(err, &e) || e.Code != tt.code {
 				t.Fatalf("err = %v, want code %s", err, tt.code)
 			}
@@ -467,7 +469,7 @@ func TestParsePatch(t *testing.T) {
 				}
 				return
 			}
-			var e *Error
+			var e *status.Error
 			if !errors.As(err, &e) || !strings.Contains(e.Message, tt.msg) {
 				t.Fatalf("err = %v, want %q", err, tt.msg)
 			}
@@ -605,17 +607,17 @@ func TestCheckText(t *testing.T) {
 				}
 				return
 			}
-			wantErr(t, err, CodeArgumentInvalid, tt.msg)
-			if !strings.HasPrefix(err.(*Error).Message, "patch ") {
-				t.Errorf("message %q does not name the patch", err.(*Error).Message)
+			wantErr(t, err, status.CodeArgumentInvalid, tt.msg)
+			if !strings.HasPrefix(err.(*status.Error).Message, "patch ") {
+				t.Errorf("message %q does not name the patch", err.(*status.Error).Message)
 			}
 		})
 	}
 	// A whole twin (a PUT body) is checked the same way.
 	_, err := Decode([]byte("{\"properties\":{\"desired\":{\"a\":\"\xff\"}}}"))
-	wantErr(t, err, CodeArgumentInvalid, "twin is not valid UTF-8")
+	wantErr(t, err, status.CodeArgumentInvalid, "twin is not valid UTF-8")
 	_, err = Decode([]byte(`{"tags":{"a":"\udc00"}}`))
-	wantErr(t, err, CodeArgumentInvalid, "lone UTF-16 surrogate")
+	wantErr(t, err, status.CodeArgumentInvalid, "lone UTF-16 surrogate")
 }
 
 func FuzzPatch(f *testing.F) {
@@ -626,9 +628,9 @@ func FuzzPatch(f *testing.F) {
 	f.Fuzz(func(t *testing.T, base, body []byte) {
 		p, err := ParsePatch(body)
 		if err != nil {
-			var e *Error
+			var e *status.Error
 			if !errors.As(err, &e) || e.Status != 400 {
-				t.Fatalf("error %v is not a 400 *Error", err)
+				t.Fatalf("error %v is not a 400 *status.Error", err)
 			}
 			return
 		}
@@ -695,9 +697,9 @@ func FuzzReplace(f *testing.F) {
 		}
 		n, err := Decode(body)
 		if err != nil {
-			var e *Error
+			var e *status.Error
 			if !errors.As(err, &e) || e.Status != 400 {
-				t.Fatalf("Decode error %v is not a 400 *Error", err)
+				t.Fatalf("Decode error %v is not a 400 *status.Error", err)
 			}
 			return
 		}
@@ -712,9 +714,9 @@ func FuzzReplace(f *testing.F) {
 			Size(tags) <= MaxTagsSize && Size(desired) <= MaxSectionSize
 		v, err := tw.Replace(n, t1)
 		if err != nil {
-			var e *Error
+			var e *status.Error
 			if !errors.As(err, &e) || e.Status != 400 {
-				t.Fatalf("Replace error %v is not a 400 *Error", err)
+				t.Fatalf("Replace error %v is not a 400 *status.Error", err)
 			}
 			if !reflect.DeepEqual(tw, before) {
 				t.Fatal("refused replace changed the twin")
@@ -756,4 +758,43 @@ func FuzzReplace(f *testing.F) {
 			t.Fatalf("SectionsForDevice: %v, desired $version %v", err, sections.Desired[keyVersion])
 		}
 	})
+}
+
+func TestParseVersionedPatch(t *testing.T) {
+	for _, tc := range []struct {
+		in      string
+		version int64
+		bad     string
+	}{
+		{in: `{"a":1,"$version":7}`, version: 7},
+		{in: `{"a":1}`, version: 0},
+		{in: `{"a":1,"$version":9007199254740991}`, version: MaxVersion},
+		{in: `{"a":1,"$version":0}`, bad: "not an integer in [1,"},
+		{in: `{"a":1,"$version":2.5}`, bad: "not an integer"},
+		{in: `{"a":1,"$version":null}`, bad: "not an integer"},
+		{in: `{"a":{"$version":3}}`, bad: `key "a.$version" starts with '$'`},
+		{in: `{"a":1,"$metadata":{}}`, bad: "starts with '$'"},
+	} {
+		p, v, err := ParseVersionedPatch([]byte(tc.in))
+		if tc.bad != "" {
+			if err == nil || !strings.Contains(err.Error(), tc.bad) {
+				t.Errorf("ParseVersionedPatch(%s) = %v, %d, %v; want an error saying %q", tc.in, p, v, err, tc.bad)
+			}
+			continue
+		}
+		if err != nil || v != tc.version || len(p) != 1 || p["a"] == nil {
+			t.Errorf("ParseVersionedPatch(%s) = %v, %d, %v; want {a}, %d", tc.in, p, v, err, tc.version)
+		}
+	}
+}
+
+func TestPatchReportedAtLeast(t *testing.T) {
+	now := time.Unix(0, 0)
+	tw := New("d", "", now)
+	for _, tc := range []struct{ atLeast, want int64 }{{0, 2}, {40, 40}, {10, 41}, {41, 42}} {
+		v, err := tw.PatchReportedAtLeast(map[string]any{"k": tc.atLeast}, tc.atLeast, now)
+		if err != nil || v != tc.want || tw.ReportedVersion() != tc.want {
+			t.Errorf("PatchReportedAtLeast(%d) = %d, %v (twin at %d); want %d", tc.atLeast, v, err, tw.ReportedVersion(), tc.want)
+		}
+	}
 }

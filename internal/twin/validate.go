@@ -6,10 +6,11 @@ import (
 	"fmt"
 	"io"
 	"math"
-	"net/http"
 	"reflect"
 	"strconv"
 	"unicode/utf8"
+
+	"outpost/internal/status"
 )
 
 // Limits, as Azure IoT Hub sets them.
@@ -28,25 +29,10 @@ const (
 	MaxKeyLength = 1024
 )
 
-// Error codes.
-const (
-	CodeArgumentInvalid  = "ArgumentInvalid"
-	CodeTwinSizeExceeded = "TwinSizeExceeded"
-)
-
-// Error is a refused twin document or patch: always a 400, with a Message
-// naming the offending key path and the limit. Its shape matches
-// identity.Error so the API layer maps both the same way.
-type Error struct {
-	Status  int
-	Code    string
-	Message string
-}
-
-func (e *Error) Error() string { return e.Code + ": " + e.Message }
-
-func errorf(code, format string, args ...any) *Error {
-	return &Error{Status: http.StatusBadRequest, Code: code, Message: fmt.Sprintf(format, args...)}
+// errorf is a refused twin document or patch: always a 400, with a
+// message naming the offending key path and the limit.
+func errorf(code, format string, args ...any) *status.Error {
+	return status.BadRequest(code, format, args...)
 }
 
 // Server-owned keys of a section.
@@ -63,7 +49,7 @@ const (
 // any other key starting with '$'.
 func ValidatePatch(patch map[string]any) error {
 	if patch == nil {
-		return errorf(CodeArgumentInvalid, "patch is not a JSON object")
+		return errorf(status.CodeArgumentInvalid, "patch is not a JSON object")
 	}
 	if err := validateObject(patch, "", 0); err != nil {
 		return err
@@ -76,7 +62,7 @@ func ValidatePatch(patch map[string]any) error {
 // not counted towards the size.
 func ValidateDocument(section map[string]any) error {
 	if section == nil {
-		return errorf(CodeArgumentInvalid, "document is not a JSON object")
+		return errorf(status.CodeArgumentInvalid, "document is not a JSON object")
 	}
 	c := content(section)
 	if err := validateObject(c, "", 0); err != nil {
@@ -100,24 +86,24 @@ func validateKey(path, k string) error {
 	where := join(path, k)
 	switch {
 	case k == "":
-		return errorf(CodeArgumentInvalid, "empty key at %q: keys must not be empty", path)
+		return errorf(status.CodeArgumentInvalid, "empty key at %q: keys must not be empty", path)
 	case len(k) > MaxKeyLength:
-		return errorf(CodeArgumentInvalid, "key at %q is %d bytes: the limit is %d", path, len(k), MaxKeyLength)
+		return errorf(status.CodeArgumentInvalid, "key at %q is %d bytes: the limit is %d", path, len(k), MaxKeyLength)
 	case !utf8.ValidString(k):
-		return errorf(CodeArgumentInvalid, "key %q is not valid UTF-8", where)
+		return errorf(status.CodeArgumentInvalid, "key %q is not valid UTF-8", where)
 	case k[0] == '$':
 		// The common mistake is sending back a server key ($version,
 		// $metadata) from a twin read earlier: say so.
-		return errorf(CodeArgumentInvalid, "key %q starts with '$': such keys are reserved for the server; %s", where, keyRule)
+		return errorf(status.CodeArgumentInvalid, "key %q starts with '$': such keys are reserved for the server; %s", where, keyRule)
 	}
 	for _, r := range k {
 		switch {
 		case r == '.' || r == '$' || r == '#':
-			return errorf(CodeArgumentInvalid, "key %q contains '%c': %s", where, r, keyRule)
+			return errorf(status.CodeArgumentInvalid, "key %q contains '%c': %s", where, r, keyRule)
 		case r == ' ':
-			return errorf(CodeArgumentInvalid, "key %q contains a space: %s", where, keyRule)
+			return errorf(status.CodeArgumentInvalid, "key %q contains a space: %s", where, keyRule)
 		case r < 0x20 || (r >= 0x7f && r <= 0x9f):
-			return errorf(CodeArgumentInvalid, "key %q contains control character %U: %s", where, r, keyRule)
+			return errorf(status.CodeArgumentInvalid, "key %q contains control character %U: %s", where, r, keyRule)
 		}
 	}
 	return nil
@@ -145,12 +131,12 @@ func validateValue(v any, path string, depth int) error {
 		return nil
 	case map[string]any:
 		if depth > MaxDepth {
-			return errorf(CodeArgumentInvalid, "%q nests objects %d deep: the limit is %d", path, depth, MaxDepth)
+			return errorf(status.CodeArgumentInvalid, "%q nests objects %d deep: the limit is %d", path, depth, MaxDepth)
 		}
 		return validateObject(x, path, depth)
 	case []any:
 		if depth > MaxDepth {
-			return errorf(CodeArgumentInvalid, "%q nests objects %d deep: the limit is %d", path, depth, MaxDepth)
+			return errorf(status.CodeArgumentInvalid, "%q nests objects %d deep: the limit is %d", path, depth, MaxDepth)
 		}
 		for i, e := range x {
 			if err := validateValue(e, fmt.Sprintf("%s[%d]", path, i), depth+1); err != nil {
@@ -160,7 +146,7 @@ func validateValue(v any, path string, depth int) error {
 		return nil
 	case json.Number:
 		if !validNumber(string(x)) || !fitsFloat64(string(x)) {
-			return errorf(CodeArgumentInvalid, "%q: %q is not a JSON number", path, string(x))
+			return errorf(status.CodeArgumentInvalid, "%q: %q is not a JSON number", path, string(x))
 		}
 		return nil
 	case float64:
@@ -170,13 +156,13 @@ func validateValue(v any, path string, depth int) error {
 	case int, int8, int16, int32, int64, uint, uint8, uint16, uint32, uint64:
 		return nil
 	}
-	return errorf(CodeArgumentInvalid, "%q holds a %s: values must be JSON strings, numbers, booleans, objects, arrays or null",
+	return errorf(status.CodeArgumentInvalid, "%q holds a %s: values must be JSON strings, numbers, booleans, objects, arrays or null",
 		path, reflect.TypeOf(v))
 }
 
 func finite(path string, f float64) error {
 	if math.IsNaN(f) || math.IsInf(f, 0) {
-		return errorf(CodeArgumentInvalid, "%q: %v is not a JSON number", path, f)
+		return errorf(status.CodeArgumentInvalid, "%q: %v is not a JSON number", path, f)
 	}
 	return nil
 }
@@ -250,10 +236,10 @@ func Size(m map[string]any) int {
 func checkSize(what string, m map[string]any, limit int) error {
 	b, err := encode(m)
 	if err != nil {
-		return errorf(CodeArgumentInvalid, "%s cannot be encoded as JSON: %v", what, err)
+		return errorf(status.CodeArgumentInvalid, "%s cannot be encoded as JSON: %v", what, err)
 	}
 	if len(b) > limit {
-		return errorf(CodeTwinSizeExceeded, "%s is %d bytes: the limit is %d bytes (%d KiB)", what, len(b), limit, limit/1024)
+		return errorf(status.CodeTwinSizeExceeded, "%s is %d bytes: the limit is %d bytes (%d KiB)", what, len(b), limit, limit/1024)
 	}
 	return nil
 }
@@ -268,7 +254,7 @@ func CheckText(what string, body []byte) error {
 		if c >= utf8.RuneSelf {
 			r, n := utf8.DecodeRune(body[i:])
 			if r == utf8.RuneError && n == 1 {
-				return errorf(CodeArgumentInvalid, "%s is not valid UTF-8 at byte %d: JSON text must be UTF-8", what, i)
+				return errorf(status.CodeArgumentInvalid, "%s is not valid UTF-8 at byte %d: JSON text must be UTF-8", what, i)
 			}
 			i += n
 			continue
@@ -295,7 +281,7 @@ func CheckText(what string, body []byte) error {
 			}
 			fallthrough
 		case 0xdc00 <= r && r < 0xe000:
-			return errorf(CodeArgumentInvalid, "%s has the escape %s at byte %d, a lone UTF-16 surrogate: it is not a character", what, body[i:i+6], i)
+			return errorf(status.CodeArgumentInvalid, "%s has the escape %s at byte %d, a lone UTF-16 surrogate: it is not a character", what, body[i:i+6], i)
 		}
 		i += 6
 	}
@@ -317,6 +303,48 @@ func hexEscape(body []byte, i int) (rune, bool) {
 // ParsePatch decodes a JSON object, keeping numbers exact
 // (json.Number), and validates it as a patch.
 func ParsePatch(body []byte) (map[string]any, error) {
+	m, err := decodePatch(body)
+	if err != nil {
+		return nil, err
+	}
+	if err := ValidatePatch(m); err != nil {
+		return nil, err
+	}
+	return m, nil
+}
+
+// MaxVersion bounds a $version a client may carry (ParseVersionedPatch):
+// the largest integer a JavaScript SDK reads exactly.
+const MaxVersion = 1<<53 - 1
+
+// ParseVersionedPatch is ParsePatch for a reported patch an edge held
+// while offline: its top-level "$version", if present, is the reported
+// version the edge answered its client for the last change in it, a
+// positive integer up to MaxVersion. It is returned apart (0 when
+// absent) and the rest validated as a patch. Only an edge, for an
+// identity in its scope, may send one (PatchReportedAtLeast).
+func ParseVersionedPatch(body []byte) (map[string]any, int64, error) {
+	m, err := decodePatch(body)
+	if err != nil {
+		return nil, 0, err
+	}
+	var v int64
+	if raw, ok := m[keyVersion]; ok {
+		n, isInt := toInt64(raw)
+		if !isInt || n < 1 || n > MaxVersion {
+			return nil, 0, errorf(status.CodeArgumentInvalid, "patch $version %v is not an integer in [1, %d]", raw, int64(MaxVersion))
+		}
+		v = n
+		delete(m, keyVersion)
+	}
+	if err := ValidatePatch(m); err != nil {
+		return nil, 0, err
+	}
+	return m, v, nil
+}
+
+// decodePatch decodes body as one JSON object, numbers kept exact.
+func decodePatch(body []byte) (map[string]any, error) {
 	if err := CheckText("patch", body); err != nil {
 		return nil, err
 	}
@@ -324,17 +352,14 @@ func ParsePatch(body []byte) (map[string]any, error) {
 	dec.UseNumber()
 	var v any
 	if err := dec.Decode(&v); err != nil {
-		return nil, errorf(CodeArgumentInvalid, "patch is not valid JSON: %v", err)
+		return nil, errorf(status.CodeArgumentInvalid, "patch is not valid JSON: %v", err)
 	}
 	if _, err := dec.Token(); err != io.EOF {
-		return nil, errorf(CodeArgumentInvalid, "patch has data after its JSON object")
+		return nil, errorf(status.CodeArgumentInvalid, "patch has data after its JSON object")
 	}
 	m, ok := v.(map[string]any)
 	if !ok {
-		return nil, errorf(CodeArgumentInvalid, "patch is not a JSON object")
-	}
-	if err := ValidatePatch(m); err != nil {
-		return nil, err
+		return nil, errorf(status.CodeArgumentInvalid, "patch is not a JSON object")
 	}
 	return m, nil
 }

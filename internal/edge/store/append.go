@@ -175,14 +175,33 @@ func (s *Store) commit(reqs []*appendReq, size int64) error {
 	for _, r := range reqs {
 		last = r.seqs[len(r.seqs)-1]
 	}
+	// The queues' totals after this commit, written in its batch. Only
+	// the committer (and heal, which excludes it) changes ep.added.
+	added := make(map[*endpoint]tally)
+	s.mu.Lock()
+	for _, r := range reqs {
+		for _, p := range r.recs {
+			t, ok := added[p.ep]
+			if !ok {
+				t = p.ep.added
+			}
+			added[p.ep] = t.plus(1, int64(len(p.key)+len(p.value)))
+		}
+	}
+	s.mu.Unlock()
 	err := s.write(func(db *pebble.DB) error {
-		b := db.NewBatchWithSize(int(size) + 64)
+		b := db.NewBatchWithSize(int(size) + 64 + 24*len(added))
 		defer b.Close()
 		for _, r := range reqs {
 			for _, p := range r.recs {
 				if err := b.Set(p.key, p.value, nil); err != nil {
 					return err
 				}
+			}
+		}
+		for ep, t := range added {
+			if err := b.Set(counterKey(metaAddedPfx, ep.id), encodeAdded(t), nil); err != nil {
+				return err
 			}
 		}
 		// The high-water mark rides in every commit, so a sequence is
@@ -199,7 +218,7 @@ func (s *Store) commit(reqs []*appendReq, size int64) error {
 		}
 		return b.Commit(pebble.Sync)
 	})
-	return s.commitDone(reqs, size, err)
+	return s.commitDone(reqs, size, added, err)
 }
 
 // checkFree refuses a commit that would leave the file system with less
@@ -221,12 +240,15 @@ func (s *Store) checkFree(size int64) error {
 
 // commitDone accounts for a commit and wakes the readers of every endpoint
 // it touched.
-func (s *Store) commitDone(reqs []*appendReq, size int64, err error) error {
+func (s *Store) commitDone(reqs []*appendReq, size int64, added map[*endpoint]tally, err error) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.reserved -= size
 	if err != nil {
 		return fmt.Errorf("commit: %w", pebbleErr(err))
+	}
+	for ep, t := range added {
+		ep.added = t
 	}
 	s.bytes += size
 	s.commits++

@@ -178,7 +178,10 @@ func (s *Store) heal() error {
 			byID[ep.id] = ep
 		}
 		s.mu.Unlock()
-		q, err = s.scanQueues(byID)
+		var ok bool
+		if q, ok, err = s.loadCounters(byID); err == nil && !ok {
+			q, err = s.scanQueues(byID)
+		}
 	}
 	if err != nil {
 		_ = closeDB(db)

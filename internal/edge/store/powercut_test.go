@@ -330,6 +330,9 @@ func verifyCrash(t *testing.T, c pcCrash, attempted map[string]*pcEntry) {
 		return
 	}
 	defer s.Close()
+	if err := s.checkCounters(); err != nil {
+		fail("%v", err)
+	}
 	present := map[uint64]bool{}
 	var maxSeq uint64
 	for _, ep := range pcEndpoints {

@@ -327,13 +327,34 @@ func (s *Store) deleteRange(ep *endpoint, d span, expired bool) error {
 		return nil
 	}
 	end := append(d.last[:len(d.last):len(d.last)], 0)
-	if err := s.write(func(db *pebble.DB) error { return db.DeleteRange(d.first, end, pebble.NoSync) }); err != nil {
+	low := ep.low.Load()
+	if _, seq, ok := parseQueueKey(d.last); ok && seq >= low {
+		low = seq + 1
+	}
+	removed := s.removedPlus(ep, d.n, d.bytes)
+	if err := s.write(func(db *pebble.DB) error {
+		b := db.NewBatch()
+		defer b.Close()
+		if err := b.DeleteRange(d.first, end, nil); err != nil {
+			return err
+		}
+		if err := setRemoved(b, ep, removed, low); err != nil {
+			return err
+		}
+		return b.Commit(pebble.NoSync)
+	}); err != nil {
 		return err
 	}
-	if _, seq, ok := parseQueueKey(d.last); ok && seq >= ep.low.Load() {
-		ep.low.Store(seq + 1)
-	}
-	return s.deleted(ep, d.n, d.bytes, expired)
+	ep.low.Store(low)
+	return s.deleted(ep, d.n, d.bytes, removed, expired)
+}
+
+// removedPlus is ep's deletion totals once n more entries of size bytes
+// are deleted; the caller holds ep.delMu.
+func (s *Store) removedPlus(ep *endpoint, n, size int64) tally {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return ep.removed.plus(n, size)
 }
 
 // deleteKeys deletes those of keys that still exist; it takes ep.delMu.
@@ -366,17 +387,22 @@ func (s *Store) deleteKeys(ep *endpoint, keys [][]byte, expired bool) error {
 	if n == 0 {
 		return nil
 	}
+	removed := s.removedPlus(ep, n, size)
+	if err := setRemoved(b, ep, removed, ep.low.Load()); err != nil {
+		return err
+	}
 	if err := s.write(func(*pebble.DB) error { return b.Commit(pebble.NoSync) }); err != nil {
 		return err
 	}
-	return s.deleted(ep, n, size, expired)
+	return s.deleted(ep, n, size, removed, expired)
 }
 
 // deleted accounts for n deleted entries and finds the queue's new head.
 // The caller holds ep.delMu, so no other deletion moves the head meanwhile.
-func (s *Store) deleted(ep *endpoint, n, size int64, expired bool) error {
+func (s *Store) deleted(ep *endpoint, n, size int64, removed tally, expired bool) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	ep.removed = removed
 	ep.count -= n
 	ep.bytes -= size
 	s.bytes -= size

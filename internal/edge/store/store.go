@@ -14,6 +14,8 @@
 //	'm' 0 "now"               the latest time the store's clock showed
 //	'm' 0 "sid"               the store's id
 //	'm' 1 endpoint-name       endpoint id, priority and TTL
+//	'm' 2|3 endpoint-id:4     entries committed to and deleted from a queue
+//	'm' 0 "ctr"               the store keeps those counters (counters.go)
 //	'k' key                   the KV API (identity, twin and settings caches)
 //
 // Sequences are per store, never reused (the high-water mark is written
@@ -221,8 +223,11 @@ type endpoint struct {
 	stored    uint64
 	forwarded uint64
 	expired   uint64
-	dirty     bool          // deletions not yet reclaimed
-	notify    chan struct{} // closed and replaced when entries are committed
+	// added and removed are the persisted totals (counters.go); added
+	// is written by the committer, removed under delMu.
+	added, removed tally
+	dirty          bool          // deletions not yet reclaimed
+	notify         chan struct{} // closed and replaced when entries are committed
 }
 
 // Store is the edge's Pebble database. Its methods are safe for
@@ -365,8 +370,9 @@ func Open(cfg Config) (*Store, error) {
 	return s, nil
 }
 
-// recover loads settings and endpoints and rebuilds queue statistics by
-// scanning the queues once; it runs before any goroutine starts.
+// recover loads settings, endpoints and queue statistics (a few keys per
+// endpoint; a store without counters yet is scanned once); it runs before
+// any goroutine starts.
 func (s *Store) recover() error {
 	hwm, err := s.readHWM()
 	if err != nil {
@@ -411,11 +417,22 @@ func (s *Store) recover() error {
 	if err != nil {
 		return err
 	}
-	q, err := s.scanQueues(byID)
+	q, ok, err := s.loadCounters(byID)
 	if err != nil {
 		return err
 	}
+	if !ok {
+		if q, err = s.scanQueues(byID); err != nil {
+			return err
+		}
+		// Without them (a full disk) the store serves all the same, and
+		// the next open scans again.
+		if err := s.writeCounters(q); err != nil {
+			s.log.Warn("store: queue counters not written; the next open reads every entry again", "err", err)
+		}
+	}
 	q.apply(s)
+	// Every commit records its last sequence, so hwm is past every entry.
 	s.nextSeq = max(hwm, q.maxSeq) + 1
 	return nil
 }
@@ -439,9 +456,10 @@ func (s *Store) readHWM() (uint64, error) {
 
 // queueState is what scanQueues found of one endpoint's queue.
 type queueState struct {
-	count, bytes int64
-	oldest       time.Time
-	low          uint64
+	count, bytes   int64
+	oldest         time.Time
+	low            uint64
+	added, removed tally
 }
 
 // queueScan is what scanQueues found of every queue.
@@ -476,6 +494,7 @@ func (s *Store) scanQueues(byID map[uint32]*endpoint) (queueScan, error) {
 		}
 		st.count++
 		st.bytes += int64(len(k) + len(v))
+		st.added = st.added.plus(1, int64(len(k)+len(v)))
 		q.bytes += int64(len(k) + len(v))
 		return nil
 	})
@@ -491,6 +510,7 @@ func (q queueScan) apply(s *Store) {
 			st = &queueState{low: ep.low.Load()}
 		}
 		ep.count, ep.bytes, ep.oldest = st.count, st.bytes, st.oldest
+		ep.added, ep.removed = st.added, st.removed
 		ep.low.Store(st.low)
 	}
 	s.bytes = q.bytes

@@ -13,6 +13,7 @@ import (
 	"outpost/internal/edgeproto"
 	"outpost/internal/message"
 	"outpost/internal/mqttwire"
+	"outpost/internal/status"
 	"outpost/internal/topic"
 )
 
@@ -34,10 +35,18 @@ func refusedNow(reason, msg string) <-chan error {
 	return ch
 }
 
+// initialWindow is the drain's window on a new connection. It grows by
+// one per PUBACK (doubling each round trip) up to Config.Window: a link
+// that resets every few tens of KiB then spends its bytes on messages
+// the hub acks, not on a burst of 2,048 sent again after the reset.
+const initialWindow = 64
+
 // publishLoop reads the queues, a batch of one queue at a time, highest
 // priority first and each in stored order, and publishes each entry at
-// QoS 1. The inflight channel, of capacity Window-1, plus the entry the
-// ackLoop waits on, bound the PUBACKs outstanding to Window.
+// QoS 1. Each entry takes a credit (see initialWindow), which ackLoop
+// returns with its PUBACK: the PUBACKs outstanding are at most the
+// credits given, never over Window (the inflight channel, of capacity
+// Window-1, plus the entry the ackLoop waits on).
 func (s *session) publishLoop(inflight chan<- flight) {
 	l := s.l
 	// Smaller than the window, so a high-priority entry waits behind at
@@ -94,10 +103,28 @@ func (s *session) publishLoop(inflight chan<- flight) {
 
 func (s *session) push(inflight chan<- flight, f flight) bool {
 	select {
+	case <-s.credits:
+	case <-s.ctx.Done():
+		return false
+	}
+	select {
 	case inflight <- f:
 		return true
 	case <-s.ctx.Done():
 		return false
+	}
+}
+
+// credit returns the credit of an acked entry, and grows the window by
+// one until it reaches Config.Window. Only ackLoop calls it.
+func (s *session) credit() {
+	n := 1
+	if s.window < s.l.cfg.Window {
+		s.window++
+		n = 2
+	}
+	for range n {
+		s.credits <- struct{}{} // capacity Window: never blocks
 	}
 }
 
@@ -234,6 +261,7 @@ func (s *session) ackLoop(inflight <-chan flight) {
 		s.drained[f.endpoint] = f.seq + 1
 		s.ackMu.Unlock()
 		s.pubacks.Add(1)
+		s.credit()
 		select {
 		case s.ackWake <- struct{}{}:
 		default:
@@ -400,7 +428,7 @@ func (s *session) agreePosition() bool {
 	}
 	var rep edgeproto.StorePositionReply
 	if err == nil && r.status != http.StatusOK {
-		err = &StatusError{Status: r.status, Body: string(r.body)}
+		err = status.FromMQTT(r.status, r.body)
 	}
 	if err == nil {
 		if err = json.Unmarshal(r.body, &rep); err != nil {
@@ -414,8 +442,8 @@ func (s *session) agreePosition() bool {
 		}
 		return false
 	}
-	if rep.Next > pos.Next {
-		st.AdvanceSeq(rep.Next)
+	st.AdvanceSeq(rep.Next)
+	if rep.Behind {
 		l.log.Warn("the hub has stored sequences of this store that it no longer holds (restored from a backup, or copied); it continues past them",
 			"store", pos.StoreID, "next", pos.Next, "hub_next", rep.Next)
 	}

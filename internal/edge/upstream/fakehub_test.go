@@ -29,6 +29,7 @@ import (
 	"outpost/internal/netfault"
 	"outpost/internal/poll"
 	"outpost/internal/sas"
+	"outpost/internal/status"
 	"outpost/internal/topic"
 )
 
@@ -253,7 +254,7 @@ func (h *fakeHub) handle(cl *mqtt.Client, pk packets.Packet) {
 		doc, ok := h.twins[cid]
 		h.mu.Unlock()
 		if !ok {
-			_, _ = h.send(topic.OBOTwinResponse(cid, http.StatusNotFound, tp.RID, 0), []byte(`{"errorCode":404000}`), 0)
+			_, _ = h.send(topic.OBOTwinResponse(cid, http.StatusNotFound, tp.RID, 0), errNoTwin.MQTTBody(), 0)
 			return
 		}
 		_, _ = h.send(topic.OBOTwinResponse(cid, http.StatusOK, tp.RID, 0), []byte(doc), 0)
@@ -332,7 +333,7 @@ func (h *fakeHub) extension(name string, payload []byte) (int, []byte) {
 	case edgeproto.ReqSignEdgeCA:
 		csr, err := certs.ParseCSR(payload)
 		if err != nil || csr.Subject.CommonName != testEdge {
-			return http.StatusBadRequest, []byte(`{"errorCode":400000}`)
+			return errForeignCSR.Status, errForeignCSR.MQTTBody()
 		}
 		cert, err := h.ca.SignEdgeCA(payload, certs.CSRHosts(csr), 0)
 		if err != nil {
@@ -343,6 +344,13 @@ func (h *fakeHub) extension(name string, payload []byte) (int, []byte) {
 	}
 	return http.StatusNotFound, []byte(`{"errorCode":404000}`)
 }
+
+// The fake hub's refusals in the hub's own shape, which the link reads
+// back whole.
+var (
+	errNoTwin     = status.NotFound(status.CodeModuleNotFound, "no twin here")
+	errForeignCSR = status.BadRequest(status.CodeArgumentInvalid, "the CSR names another edge")
+)
 
 // invoke calls a method on a client reached through the edge.
 func (h *fakeHub) invoke(ctx context.Context, cid, name string, payload []byte) (methodResult, error) {

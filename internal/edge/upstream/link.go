@@ -57,6 +57,10 @@ const APIVersion = "2021-04-12"
 const (
 	defaultKeepAlive = 30 * time.Second
 	defaultWindow    = 2048
+	// The reconnect backoff: jittered, from at most reconnectInitial,
+	// doubling to reconnectMax.
+	reconnectInitial = 400 * time.Millisecond
+	reconnectMax     = 5 * time.Second
 	// probeInterval is how often a TCP probe checks, while the parent
 	// refuses connections, whether it is back.
 	probeInterval = time.Second
@@ -167,17 +171,6 @@ type State struct {
 	OfflinePeriods int
 	// LastOffline is how long the last completed offline period lasted.
 	LastOffline time.Duration
-}
-
-// StatusError is a request the hub answered with a non-success status.
-// Retrying helps only for 429 and 5xx.
-type StatusError struct {
-	Status int
-	Body   string
-}
-
-func (e *StatusError) Error() string {
-	return fmt.Sprintf("hub answered %d: %s", e.Status, clip(e.Body))
 }
 
 // Link is the edge's link to its parent. Its methods are safe for
@@ -334,17 +327,20 @@ func (l *Link) Run(ctx context.Context) error {
 		return errors.New("upstream link: already running")
 	}
 	defer l.running.Store(false)
-	bo := backoff.Backoff{Initial: 400 * time.Millisecond, Max: 5 * time.Second, After: l.cfg.After}
+	bo := backoff.Backoff{Initial: reconnectInitial, Max: reconnectMax, After: l.cfg.After}
 	failures := 0
 	for ctx.Err() == nil {
 		start := l.now()
-		up, err := l.session(ctx)
+		up, drained, err := l.session(ctx)
 		if ctx.Err() != nil {
 			break
 		}
 		if up {
-			if l.now().Sub(start) > time.Second {
-				bo.Reset() // a link that flaps at once keeps backing off
+			// A link that flaps at once keeps backing off; one that
+			// resets mid-drain but delivered does not, or the waits
+			// would grow with every reset of a long drain.
+			if drained || l.now().Sub(start) > time.Second {
+				bo.Reset()
 			}
 			failures = 0
 		} else {
@@ -399,12 +395,13 @@ func (l *Link) probe(ctx context.Context) bool {
 }
 
 // session connects and serves one connection until it ends. up reports
-// whether it connected; err says why it ended or failed.
-func (l *Link) session(ctx context.Context) (up bool, err error) {
+// whether it connected, drained whether the hub acked a drained entry on
+// it; err says why it ended or failed.
+func (l *Link) session(ctx context.Context) (up, drained bool, err error) {
 	now := l.now()
 	tok, err := sas.Sign(sas.DeviceResource(l.cfg.HubHostName, l.cfg.DeviceID, ""), l.cfg.Key, "", now.Add(tokenLifetime))
 	if err != nil {
-		return false, err
+		return false, false, err
 	}
 	c, err := dialMQTT(ctx, connectParams{
 		addr:      l.addr,
@@ -417,7 +414,7 @@ func (l *Link) session(ctx context.Context) (up bool, err error) {
 	})
 	if err != nil {
 		l.update(func(s *State) { s.LastError = err.Error() })
-		return false, err
+		return false, false, err
 	}
 	s := newSession(ctx, l, c)
 	connectedAt := l.now()
@@ -471,7 +468,7 @@ func (l *Link) session(ctx context.Context) (up bool, err error) {
 	if ctx.Err() == nil {
 		l.log.Warn("upstream link down", "addr", l.addr, "error", err, "up", lost.Sub(connectedAt).Round(time.Millisecond))
 	}
-	return true, err
+	return true, s.pubacks.Load() > 0, err
 }
 
 // mqttUsername is the link's MQTT user name: IoT Hub's, plus the

@@ -18,6 +18,7 @@ import (
 	"outpost/internal/clocktest"
 	"outpost/internal/edgeproto"
 	"outpost/internal/message"
+	"outpost/internal/status"
 	"outpost/internal/topic"
 )
 
@@ -488,8 +489,8 @@ func TestRequests(t *testing.T) {
 			t.Fatal(err)
 		}
 		bad, _, _ := certs.NewCSR("someone-else")
-		var se *StatusError
-		if _, _, err := e.link.SignEdgeCA(ctx, bad); !errors.As(err, &se) || se.Status != 400 {
+		var se *status.Error
+		if _, _, err := e.link.SignEdgeCA(ctx, bad); !errors.As(err, &se) || *se != *errForeignCSR {
 			t.Fatalf("foreign CSR: %v", err)
 		}
 	})
@@ -503,8 +504,8 @@ func TestRequests(t *testing.T) {
 			t.Fatalf("twin %s: %v", doc, err)
 		}
 		// A module that is not attached: the link subscribes for the answer.
-		var se *StatusError
-		if _, err := e.link.TwinGet(ctx, "child1", "other"); !errors.As(err, &se) || se.Status != 404 {
+		var se *status.Error
+		if _, err := e.link.TwinGet(ctx, "child1", "other"); !errors.As(err, &se) || *se != *errNoTwin {
 			t.Fatalf("missing twin: %v", err)
 		}
 		for want := int64(1); want <= 2; want++ {

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"outpost/internal/edgeproto"
+	"outpost/internal/status"
 )
 
 // Presence: the hub shows a local client Connected while it is attached
@@ -83,7 +84,7 @@ func (s *session) reportPresence() {
 			if s.ctx.Err() != nil || s.c.Err() != nil {
 				return
 			}
-			var se *StatusError
+			var se *status.Error
 			if errors.As(err, &se) && se.Status == http.StatusNotFound {
 				l.log.Info("the hub takes no presence reports: it shows the edge's clients Disconnected", "error", err)
 				return
@@ -128,7 +129,7 @@ func (s *session) sendPresence(full bool, on, off []string) error {
 			return err
 		}
 		if rep.status != http.StatusOK {
-			return &StatusError{Status: rep.status, Body: string(rep.body)}
+			return status.FromMQTT(rep.status, rep.body)
 		}
 		var res edgeproto.PresenceReply
 		if json.Unmarshal(rep.body, &res) == nil && len(res.Refused) > 0 {

@@ -11,6 +11,7 @@ import (
 	"outpost/internal/edgeproto"
 	"outpost/internal/identity"
 	"outpost/internal/message"
+	"outpost/internal/status"
 	"outpost/internal/topic"
 )
 
@@ -162,7 +163,7 @@ func (s *session) fetchEdgeHubTwin() {
 	eh := message.ClientID(s.l.cfg.DeviceID, edgeHubModule)
 	r, err := s.request(s.ctx, topic.OBOTwinResponseFilter(eh), func(rid string) string { return topic.OBOTwinGet(eh, rid) }, nil)
 	if err == nil && r.status != http.StatusOK {
-		err = &StatusError{Status: r.status, Body: string(r.body)}
+		err = status.FromMQTT(r.status, r.body)
 	}
 	var doc struct {
 		Desired json.RawMessage `json:"desired"`
@@ -257,7 +258,7 @@ func (l *Link) SyncIdentities(ctx context.Context) (*identity.ScopeSnapshot, err
 		return nil, err
 	}
 	if r.status != http.StatusOK {
-		return nil, fmt.Errorf("sync identities: %w", &StatusError{Status: r.status, Body: string(r.body)})
+		return nil, fmt.Errorf("sync identities: %w", status.FromMQTT(r.status, r.body))
 	}
 	var snap identity.ScopeSnapshot
 	if err := json.Unmarshal(r.body, &snap); err != nil {
@@ -275,7 +276,7 @@ func (l *Link) SignEdgeCA(ctx context.Context, csrPEM []byte) (chainPEM, rootPEM
 		return nil, nil, err
 	}
 	if r.status != http.StatusOK {
-		return nil, nil, fmt.Errorf("sign edge ca: %w", &StatusError{Status: r.status, Body: string(r.body)})
+		return nil, nil, fmt.Errorf("sign edge ca: %w", status.FromMQTT(r.status, r.body))
 	}
 	var res edgeproto.SignedCA
 	if err := json.Unmarshal(r.body, &res); err != nil {
@@ -306,7 +307,7 @@ func (l *Link) TwinGet(ctx context.Context, deviceID, moduleID string) ([]byte, 
 		return nil, err
 	}
 	if r.status != http.StatusOK {
-		return nil, fmt.Errorf("twin get %s: %w", cid, &StatusError{Status: r.status, Body: string(r.body)})
+		return nil, fmt.Errorf("twin get %s: %w", cid, status.FromMQTT(r.status, r.body))
 	}
 	return r.body, nil
 }
@@ -323,7 +324,7 @@ func (l *Link) TwinReported(ctx context.Context, deviceID, moduleID string, patc
 		return 0, err
 	}
 	if r.status/100 != 2 {
-		return 0, fmt.Errorf("twin reported %s: %w", cid, &StatusError{Status: r.status, Body: string(r.body)})
+		return 0, fmt.Errorf("twin reported %s: %w", cid, status.FromMQTT(r.status, r.body))
 	}
 	return r.version, nil
 }

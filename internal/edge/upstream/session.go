@@ -28,6 +28,10 @@ type session struct {
 	events chan func() // desired patches, in arrival order
 
 	pubacks atomic.Uint64 // PUBACKs of drained entries
+	// credits holds the window's unused credits; window is its size,
+	// grown only by ackLoop (credit).
+	credits chan struct{}
+	window  int
 	ackWake chan struct{}
 	// storeAcked is, per endpoint, 1 + the highest sequence acked in the
 	// store; only the store-ack loop (then stop) uses it.
@@ -63,6 +67,11 @@ func newSession(ctx context.Context, l *Link, c *mconn) *session {
 		c2d:      map[string][]c2dItem{},
 
 		storeAcked: map[string]uint64{},
+	}
+	s.window = min(initialWindow, l.cfg.Window)
+	s.credits = make(chan struct{}, l.cfg.Window)
+	for range s.window {
+		s.credits <- struct{}{}
 	}
 	s.ctx, s.cancel = context.WithCancel(ctx)
 	return s

@@ -539,3 +539,35 @@ func (ep Endpoint) Check(t testing.TB, srv Server, transport string, c Creds, re
 		t.Errorf("%d messages stored", n-stored)
 	}
 }
+
+// HandshakeSpread begins n TLS handshakes with addr together and returns
+// how long after the first finished the last did: a gateway holding its
+// connections to a rate spreads them out (Config.ConnectRate).
+func HandshakeSpread(addr string, cfg *tls.Config, n int) (time.Duration, error) {
+	type result struct {
+		at  time.Time
+		err error
+	}
+	res := make(chan result, n)
+	for range n {
+		go func() {
+			c, err := tls.DialWithDialer(&net.Dialer{Timeout: 30 * time.Second}, "tcp", addr, cfg)
+			if err == nil {
+				_ = c.Close()
+			}
+			res <- result{time.Now(), err}
+		}()
+	}
+	var first, last time.Time
+	for i := range n {
+		r := <-res
+		if r.err != nil {
+			return 0, fmt.Errorf("handshake: %w", r.err)
+		}
+		if i == 0 {
+			first = r.at
+		}
+		last = r.at
+	}
+	return last.Sub(first), nil
+}

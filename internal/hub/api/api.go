@@ -28,6 +28,7 @@ import (
 
 	"outpost/internal/hub"
 	"outpost/internal/identity"
+	"outpost/internal/status"
 	"outpost/internal/twin"
 )
 
@@ -125,15 +126,14 @@ func (a *Handler) Register(mux *http.ServeMux) {
 
 // fail answers err in Azure's error shape.
 func (a *Handler) fail(w http.ResponseWriter, r *http.Request, err error) {
-	e, known := asAPIError(err)
-	if !known {
+	if _, known := status.As(err); !known {
 		a.log.Error("service api", "method", r.Method, "path", r.URL.Path, "err", err)
 	}
-	writeAPIError(w, e, a.now())
+	status.WriteHTTP(w, err, a.now())
 }
 
-func badRequest(format string, args ...any) *apiError {
-	return errorf(http.StatusBadRequest, identity.CodeArgumentInvalid, format, args...)
+func badRequest(format string, args ...any) *status.Error {
+	return status.BadRequest(status.CodeArgumentInvalid, format, args...)
 }
 
 // readJSON decodes the body into v, keeping numbers exact.
@@ -159,7 +159,7 @@ func readBody(w http.ResponseWriter, r *http.Request) ([]byte, error) {
 	if err != nil {
 		var mbe *http.MaxBytesError
 		if errors.As(err, &mbe) {
-			return nil, errorf(http.StatusRequestEntityTooLarge, "MessageTooLarge", "request body exceeds %d bytes", maxBody)
+			return nil, status.Errorf(http.StatusRequestEntityTooLarge, status.CodeMessageTooLarge, "request body exceeds %d bytes", maxBody)
 		}
 		return nil, badRequest("read request body: %v", err)
 	}
@@ -378,13 +378,13 @@ func (a *Handler) bulk(w http.ResponseWriter, r *http.Request) {
 		a.fail(w, r, err)
 		return
 	}
-	status := http.StatusOK
+	code := http.StatusOK
 	if !res.IsSuccessful {
 		// IoT Hub answers a partly failed bulk request with 400 and the
 		// same result body.
-		status = http.StatusBadRequest
+		code = http.StatusBadRequest
 	}
-	writeJSON(w, status, res)
+	writeJSON(w, code, res)
 }
 
 func (a *Handler) query(w http.ResponseWriter, r *http.Request) {

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"outpost/internal/sas"
+	"outpost/internal/status"
 )
 
 // Policy is a shared access policy: a key name (skn) and its keys. A token
@@ -48,7 +49,7 @@ func CheckServiceToken(r *http.Request, host string, policies []Policy, skew tim
 func (a *Handler) authed(next http.HandlerFunc) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		if err := CheckServiceToken(r, a.host, a.policies, a.skew, a.now()); err != nil {
-			writeAPIError(w, &apiError{Status: http.StatusUnauthorized, Code: "IotHubUnauthorizedAccess", Message: err.Error()}, a.now())
+			status.WriteHTTP(w, status.Unauthorized("%v", err), a.now())
 			return
 		}
 		next(w, r)

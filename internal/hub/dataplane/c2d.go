@@ -15,29 +15,30 @@ import (
 
 	"outpost/internal/gateway"
 	"outpost/internal/message"
+	"outpost/internal/status"
 )
 
 var (
 	errQueueFull = func(d string, n int) error {
-		return &gateway.StatusError{Status: http.StatusForbidden, Code: "DeviceMaximumQueueDepthExceeded",
+		return &status.Error{Status: http.StatusForbidden, Code: "DeviceMaximumQueueDepthExceeded",
 			Message: fmt.Sprintf("device %s has %d messages pending: the queue is full", d, n)}
 	}
-	errLockLost = &gateway.StatusError{Status: http.StatusPreconditionFailed, Code: "DeviceMessageLockLost",
+	errLockLost = &status.Error{Status: http.StatusPreconditionFailed, Code: status.CodeDeviceMessageLockLost,
 		Message: "the lock token is not valid, or the lock expired"}
 )
 
 // SendC2D queues msg for deviceID and returns once it is stored. The
 // message lives until System.Expiry (RFC 3339) when set, else for the
 // configured C2DTTL. Its id is System.MessageID, made up when empty.
-// Errors are *gateway.StatusError where the caller is at fault: 404 for
+// Errors are *status.Error where the caller is at fault: 404 for
 // an unknown device, 400 for a bad expiry or size, 403 when the device
 // already has MaxC2DPending messages queued.
 func (p *Plane) SendC2D(ctx context.Context, deviceID string, msg *message.Message) error {
 	if _, err := p.h.GetDevice(deviceID); err != nil {
-		return asStatus(err)
+		return err
 	}
 	if len(msg.Body) > MaxC2DSize {
-		return &gateway.StatusError{Status: http.StatusRequestEntityTooLarge, Code: "MessageTooLarge",
+		return &status.Error{Status: http.StatusRequestEntityTooLarge, Code: status.CodeMessageTooLarge,
 			Message: fmt.Sprintf("c2d message body is %d bytes: the limit is %d", len(msg.Body), MaxC2DSize)}
 	}
 	now := p.now().UTC()

@@ -8,6 +8,7 @@ import (
 	"outpost/internal/edgeproto"
 	"outpost/internal/gateway"
 	"outpost/internal/identity"
+	"outpost/internal/status"
 	"outpost/internal/topic"
 )
 
@@ -17,7 +18,7 @@ import (
 func (p *Plane) Extension(ctx context.Context, s gateway.Session, name string, payload []byte) ([]byte, error) {
 	id := s.Identity()
 	if !id.Edge || id.ModuleID != "" || id.Via != "" {
-		return nil, &gateway.StatusError{Status: http.StatusForbidden, Code: "IotHubUnauthorizedAccess",
+		return nil, &status.Error{Status: http.StatusForbidden, Code: status.CodeUnauthorized,
 			Message: "only an IoT Edge device may call " + name}
 	}
 	switch name {
@@ -34,7 +35,7 @@ func (p *Plane) Extension(ctx context.Context, s gateway.Session, name string, p
 	case edgeproto.ReqStorePosition:
 		return p.storePosition(ctx, id.DeviceID, payload)
 	}
-	return nil, &gateway.StatusError{Status: http.StatusNotFound, Code: "NotFound", Message: "no extension " + name}
+	return nil, &status.Error{Status: http.StatusNotFound, Code: status.CodeNotFound, Message: "no extension " + name}
 }
 
 // Snapshot returns the identities in an edge's scope: the edge, its
@@ -42,11 +43,11 @@ func (p *Plane) Extension(ctx context.Context, s gateway.Session, name string, p
 func (p *Plane) Snapshot(edgeID string) (*identity.ScopeSnapshot, error) {
 	edge, err := p.h.GetDevice(edgeID)
 	if err != nil {
-		return nil, asStatus(err)
+		return nil, err
 	}
 	children, err := p.h.ListChildren(edgeID)
 	if err != nil {
-		return nil, asStatus(err)
+		return nil, err
 	}
 	s := &identity.ScopeSnapshot{Edge: edge, Devices: []identity.Device{}, Modules: []identity.Module{}, HubHostName: p.h.HostName(), SyncedAt: p.now().UTC()}
 	if p.cfg.CA != nil {
@@ -109,7 +110,7 @@ func (p *Plane) presenceReport(ctx context.Context, s gateway.Session, payload [
 	l := p.live[id.ClientID()]
 	if l == nil || l.s != s || l.presence == "" {
 		p.mu.Unlock()
-		return nil, &gateway.StatusError{Status: http.StatusConflict, Code: "Conflict", Message: "this connection of the edge has been replaced"}
+		return nil, &status.Error{Status: http.StatusConflict, Code: "Conflict", Message: "this connection of the edge has been replaced"}
 	}
 	p.pres.reported(id.DeviceID, l.presence, r)
 	p.mu.Unlock()

@@ -13,7 +13,7 @@ import (
 
 	"outpost/internal/certs"
 	"outpost/internal/edgeproto"
-	"outpost/internal/gateway"
+	"outpost/internal/status"
 )
 
 // BucketEdgeHosts records, for each host name an edge CA was granted,
@@ -30,7 +30,7 @@ const maxEdgeHosts = 16
 // constrained to the host names grantEdgeHosts allows (certs.SignEdgeCA).
 func (p *Plane) signEdgeCA(ctx context.Context, edgeID string, csrPEM []byte) ([]byte, error) {
 	if p.cfg.CA == nil {
-		return nil, &gateway.StatusError{Status: http.StatusServiceUnavailable, Code: "ServiceUnavailable", Message: "this hub has no CA to sign with"}
+		return nil, &status.Error{Status: http.StatusServiceUnavailable, Code: status.CodeServiceUnavailable, Message: "this hub has no CA to sign with"}
 	}
 	csr, err := certs.ParseCSR(csrPEM)
 	if err != nil {
@@ -138,5 +138,5 @@ func (p *Plane) edgeHostHeld(ctx context.Context, edgeID, host string) (bool, er
 }
 
 func refused(format string, args ...any) error {
-	return &gateway.StatusError{Status: http.StatusForbidden, Code: "IotHubUnauthorizedAccess", Message: fmt.Sprintf(format, args...)}
+	return &status.Error{Status: http.StatusForbidden, Code: status.CodeUnauthorized, Message: fmt.Sprintf(format, args...)}
 }

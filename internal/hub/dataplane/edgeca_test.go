@@ -13,9 +13,9 @@ import (
 
 	"outpost/internal/certs"
 	"outpost/internal/edgeproto"
-	"outpost/internal/gateway"
 	"outpost/internal/hub"
 	"outpost/internal/identity"
+	"outpost/internal/status"
 )
 
 // hubEdgeCA has the hub sign an edge CA for edgeID and hosts, the way an
@@ -41,11 +41,11 @@ func (e *env) hubEdgeCA(edgeID string, hosts ...string) (*certs.CA, error) {
 	return ca, nil
 }
 
-func wantStatus(t *testing.T, err error, status int, msg string) {
+func wantStatus(t *testing.T, err error, want int, msg string) {
 	t.Helper()
-	var se *gateway.StatusError
-	if !errors.As(err, &se) || se.Status != status || !strings.Contains(se.Message, msg) {
-		t.Fatalf("got %v; want status %d mentioning %q", err, status, msg)
+	var se *status.Error
+	if !errors.As(err, &se) || se.Status != want || !strings.Contains(se.Message, msg) {
+		t.Fatalf("got %v; want status %d mentioning %q", err, want, msg)
 	}
 }
 

@@ -15,6 +15,7 @@ import (
 	"outpost/internal/gateway"
 	"outpost/internal/identity"
 	"outpost/internal/message"
+	"outpost/internal/status"
 )
 
 // liveSession is a session this replica holds, with what it started for
@@ -217,25 +218,25 @@ const subscribeRetry = 200 * time.Millisecond
 
 var (
 	errDeviceNotOnline = func(cid string) error {
-		return &gateway.StatusError{Status: http.StatusNotFound, Code: "DeviceNotOnline",
+		return &status.Error{Status: http.StatusNotFound, Code: status.CodeDeviceNotOnline,
 			Message: fmt.Sprintf("device %s is not connected, or not subscribed to methods", cid)}
 	}
 	errDroppedCall = func(cid, name string) error {
-		return &gateway.StatusError{Status: http.StatusNotFound, Code: "DeviceNotOnline",
+		return &status.Error{Status: http.StatusNotFound, Code: status.CodeDeviceNotOnline,
 			Message: fmt.Sprintf("%s disconnected before answering method %s; it is not sent again", cid, name)}
 	}
 	errGatewayTimeout = func(cid, name string) error {
-		return &gateway.StatusError{Status: http.StatusGatewayTimeout, Code: "GatewayTimeout",
+		return &status.Error{Status: http.StatusGatewayTimeout, Code: status.CodeGatewayTimeout,
 			Message: fmt.Sprintf("%s did not answer method %s in time", cid, name)}
 	}
 )
 
 func badArgument(format string, args ...any) error {
-	return &gateway.StatusError{Status: http.StatusBadRequest, Code: "ArgumentInvalid", Message: fmt.Sprintf(format, args...)}
+	return &status.Error{Status: http.StatusBadRequest, Code: status.CodeArgumentInvalid, Message: fmt.Sprintf(format, args...)}
 }
 
 // InvokeMethod calls a direct method on a device or module connected to
-// any replica and returns its answer. Errors are *gateway.StatusError:
+// any replica and returns its answer. Errors are *status.Error:
 // 400 for a bad request, 404 DeviceNotFound/ModuleNotFound, 404
 // DeviceNotOnline when it is not connected (after waiting up to
 // ConnectTimeoutInSeconds), 504 GatewayTimeout when it does not answer in
@@ -247,10 +248,10 @@ func (p *Plane) InvokeMethod(ctx context.Context, deviceID, moduleID string, req
 	}
 	if moduleID == "" {
 		if _, err := p.h.GetDevice(deviceID); err != nil {
-			return gateway.MethodResult{}, asStatus(err)
+			return gateway.MethodResult{}, err
 		}
 	} else if _, err := p.h.GetModule(deviceID, moduleID); err != nil {
-		return gateway.MethodResult{}, asStatus(err)
+		return gateway.MethodResult{}, err
 	}
 	cid := message.ClientID(deviceID, moduleID)
 	data, _ := json.Marshal(methodCall{Name: req.MethodName, Payload: payload, TimeoutMs: respT.Milliseconds()})

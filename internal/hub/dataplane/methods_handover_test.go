@@ -10,6 +10,7 @@ import (
 
 	"outpost/internal/gateway"
 	"outpost/internal/message"
+	"outpost/internal/status"
 )
 
 // answeringSession is a session that answers every method at once, for
@@ -84,7 +85,7 @@ func TestMethodDuringSessionHandover(t *testing.T) {
 		if d > respT*time.Second+time.Second {
 			t.Fatalf("call %d ended after %v (response timeout %d s): %+v %v", calls, d, respT, res, err)
 		}
-		var se *gateway.StatusError
+		var se *status.Error
 		switch {
 		case err == nil && res.Status == 200:
 			answered++

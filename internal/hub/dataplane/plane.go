@@ -286,7 +286,7 @@ func (p *Plane) openStreams(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	p.positions = &storePositions{kv: kv, known: map[string]uint64{}}
+	p.positions = &storePositions{kv: kv, known: map[string]uint64{}, high: map[string]uint64{}}
 	keys, err := p.openKV(ctx, BucketKeys, "secrets of the hub's data plane")
 	if err != nil {
 		return err
@@ -378,20 +378,6 @@ func methodSubject(clientID string) string { return subjMethod + enc(clientID) }
 func presenceSubject(clientID string) string { return subjPresence + enc(clientID) }
 
 func c2dWakeSubject(deviceID string) string { return subjC2DWake + enc(deviceID) }
-
-// asStatus turns the registry's and twins' errors into what a device or
-// service caller sees; other errors pass unchanged.
-func asStatus(err error) error {
-	var ie *identity.Error
-	if errors.As(err, &ie) {
-		return &gateway.StatusError{Status: ie.Status, Code: ie.Code, Message: ie.Message}
-	}
-	var te *twinError
-	if errors.As(err, &te) {
-		return &gateway.StatusError{Status: te.Status, Code: te.Code, Message: te.Message}
-	}
-	return err
-}
 
 var (
 	_ gateway.Backend  = (*Plane)(nil)

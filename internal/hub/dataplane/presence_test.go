@@ -20,6 +20,7 @@ import (
 	"outpost/internal/hub"
 	"outpost/internal/identity"
 	"outpost/internal/message"
+	"outpost/internal/status"
 )
 
 // stateOf reads an identity's connection fields as the service API does.
@@ -411,7 +412,7 @@ func TestPresenceThroughEdge(t *testing.T) {
 }
 
 func gatewayStatus(err error) (int, string) {
-	var se *gateway.StatusError
+	var se *status.Error
 	if errors.As(err, &se) {
 		return se.Status, se.Code
 	}
@@ -434,9 +435,12 @@ func TestPresenceEdgeTakeover(t *testing.T) {
 	lost := make(chan error, 1)
 	e.paho("edge1", tok, func(err error) { lost <- err })
 	s1 := e.session("edge1", "")
-	if _, err := e.report(s1, edgeproto.PresenceReport{Full: true, Connected: []string{"kid1", "kid2"}}); err != nil {
-		t.Fatal(err)
-	}
+	// The gateway lists the session a moment before the plane has it
+	// (until then a report is refused as of a replaced link).
+	checkFor(t, 10*time.Second, func() error {
+		_, err := e.report(s1, edgeproto.PresenceReport{Full: true, Connected: []string{"kid1", "kid2"}})
+		return err
+	})
 	e.waitState("kid1", "", identity.Connected)
 	e.waitState("kid2", "", identity.Connected)
 

@@ -12,6 +12,7 @@ import (
 	"outpost/internal/gateway"
 	"outpost/internal/hub/api"
 	"outpost/internal/message"
+	"outpost/internal/status"
 )
 
 // RegisterREST adds the data plane's service routes to mux, next to the
@@ -42,28 +43,18 @@ func (p *Plane) RegisterREST(mux *http.ServeMux) {
 func (p *Plane) authed(next http.HandlerFunc) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		if err := api.CheckServiceToken(r, p.h.HostName(), p.cfg.Policies, p.cfg.ClockSkew, p.now()); err != nil {
-			writeError(w, &gateway.StatusError{Status: http.StatusUnauthorized, Code: "IotHubUnauthorizedAccess", Message: err.Error()})
+			status.WriteHTTP(w, status.Unauthorized("%v", err), p.now())
 			return
 		}
 		next(w, r)
 	}
 }
 
-// writeError answers in IoT Hub's error shape.
-func writeError(w http.ResponseWriter, se *gateway.StatusError) {
-	w.Header().Set("Content-Type", "application/json; charset=utf-8")
-	w.Header().Set("iothub-errorcode", se.Code)
-	w.WriteHeader(se.Status)
-	_ = json.NewEncoder(w).Encode(map[string]string{"Message": "ErrorCode:" + se.Code + ";" + se.Message})
-}
-
 func (p *Plane) fail(w http.ResponseWriter, r *http.Request, err error) {
-	var se *gateway.StatusError
-	if !errors.As(asStatus(err), &se) {
+	if _, known := status.As(err); !known {
 		p.log.Error("data plane request failed", "method", r.Method, "path", r.URL.Path, "err", err)
-		se = &gateway.StatusError{Status: http.StatusInternalServerError, Code: "ServerError", Message: "internal error"}
 	}
-	writeError(w, se)
+	status.WriteHTTP(w, err, p.now())
 }
 
 // maxRequest bounds request bodies: a method payload is at most 128 KiB,
@@ -108,7 +99,7 @@ func (p *Plane) restC2D(w http.ResponseWriter, r *http.Request) {
 	if err != nil {
 		var mbe *http.MaxBytesError
 		if errors.As(err, &mbe) {
-			p.fail(w, r, &gateway.StatusError{Status: http.StatusRequestEntityTooLarge, Code: "MessageTooLarge", Message: "c2d message exceeds 64 KiB"})
+			p.fail(w, r, &status.Error{Status: http.StatusRequestEntityTooLarge, Code: status.CodeMessageTooLarge, Message: "c2d message exceeds 64 KiB"})
 			return
 		}
 		p.fail(w, r, badArgument("read request: %v", err))

@@ -7,17 +7,20 @@ import (
 	"fmt"
 	"net/http"
 	"strconv"
+	"strings"
 	"sync"
 
 	"github.com/nats-io/nats.go/jetstream"
 
 	"outpost/internal/edgeproto"
-	"outpost/internal/gateway"
 	"outpost/internal/metrics"
+	"outpost/internal/status"
 )
 
 // BucketEdgeStores holds, per edge store, a sequence past every one the
-// hub has stored from that store: what store-position answers.
+// hub has stored from that store (what store-position answers), and the
+// store's next-high sequence when that record was raised: "next high".
+// A record of one number is from before the second was kept.
 const BucketEdgeStores = "EDGE_STORES"
 
 // positionBlock is how far past a stored sequence a record is raised, so
@@ -29,64 +32,106 @@ const positionBlock = 1 << 16
 // storePositions caches the records this replica read or wrote. A record
 // only grows, by compare-and-set, so a cached value is a lower bound of
 // the bucket's and never lets a record fall behind a stored sequence.
+//
+// The record runs up to positionBlock ahead of what was stored, so an
+// edge that merely restarted is behind it. Whether a store is behind
+// what the hub stored (restored, or copied) is told by the next-high
+// sequence instead: one past the highest this replica stored, or the
+// record's, whichever is higher. Both are lower bounds of the true one,
+// so a restarted edge is never taken for a rewound store.
 type storePositions struct {
 	kv jetstream.KeyValue
 
 	mu sync.Mutex
-	// mu guards known.
+	// mu guards the following fields.
 	known map[string]uint64
+	high  map[string]uint64
+}
+
+// position is a record: next, and the next-high when it was written.
+type position struct{ next, high uint64 }
+
+func parsePosition(v []byte) (position, error) {
+	f := strings.Fields(string(v))
+	var p position
+	var err error
+	if len(f) < 1 || len(f) > 2 {
+		return p, fmt.Errorf("edge store position %q: not one or two numbers", v)
+	}
+	if p.next, err = strconv.ParseUint(f[0], 10, 64); err != nil {
+		return p, fmt.Errorf("edge store position %q: %w", v, err)
+	}
+	if len(f) == 2 {
+		if p.high, err = strconv.ParseUint(f[1], 10, 64); err != nil {
+			return p, fmt.Errorf("edge store position %q: %w", v, err)
+		}
+	}
+	return p, nil
+}
+
+func (p position) String() string {
+	return strconv.FormatUint(p.next, 10) + " " + strconv.FormatUint(p.high, 10)
 }
 
 func positionKey(edgeID, storeID string) string { return enc(edgeID) + "." + storeID }
 
-// get reads the record of key; 0 if there is none.
-func (sp *storePositions) get(ctx context.Context, key string) (next, rev uint64, err error) {
+// get reads the record of key; zero if there is none.
+func (sp *storePositions) get(ctx context.Context, key string) (p position, rev uint64, err error) {
 	e, err := sp.kv.Get(ctx, key)
 	if errors.Is(err, jetstream.ErrKeyNotFound) {
-		return 0, 0, nil
+		return position{}, 0, nil
 	}
 	if err != nil {
-		return 0, 0, fmt.Errorf("edge store position: %w", err)
+		return position{}, 0, fmt.Errorf("edge store position: %w", err)
 	}
-	next, err = strconv.ParseUint(string(e.Value()), 10, 64)
-	if err != nil {
-		return 0, 0, fmt.Errorf("edge store position %q: %w", e.Value(), err)
+	if p, err = parsePosition(e.Value()); err != nil {
+		return position{}, 0, err
 	}
-	return next, e.Revision(), nil
+	return p, e.Revision(), nil
 }
 
-// raise makes the record of key at least next and returns the record.
-func (sp *storePositions) raise(ctx context.Context, key string, next uint64) (uint64, error) {
+// raise makes the record of key at least next, and its next-high at
+// least high, and returns the record.
+func (sp *storePositions) raise(ctx context.Context, key string, next, high uint64) (position, error) {
 	for {
 		cur, rev, err := sp.get(ctx, key)
 		if err != nil {
-			return 0, err
+			return position{}, err
 		}
-		if cur >= next {
+		if cur.next >= next && cur.high >= high {
 			sp.remember(key, cur)
 			return cur, nil
 		}
-		val := []byte(strconv.FormatUint(next, 10))
+		want := position{next: max(cur.next, next), high: max(cur.high, high)}
+		val := []byte(want.String())
 		if rev == 0 {
 			_, err = sp.kv.Create(ctx, key, val)
 		} else {
 			_, err = sp.kv.Update(ctx, key, val, rev)
 		}
 		if err == nil {
-			sp.remember(key, next)
-			return next, nil
+			sp.remember(key, want)
+			return want, nil
 		}
 		if !errors.Is(err, jetstream.ErrKeyExists) {
-			return 0, fmt.Errorf("edge store position: %w", err)
+			return position{}, fmt.Errorf("edge store position: %w", err)
 		}
 		// Another replica wrote it meanwhile: again.
 	}
 }
 
-func (sp *storePositions) remember(key string, next uint64) {
+func (sp *storePositions) remember(key string, p position) {
 	sp.mu.Lock()
 	defer sp.mu.Unlock()
-	sp.known[key] = max(sp.known[key], next)
+	sp.known[key] = max(sp.known[key], p.next)
+	sp.high[key] = max(sp.high[key], p.high)
+}
+
+// nextHigh is the next-high sequence of key this replica knows.
+func (sp *storePositions) nextHigh(key string) uint64 {
+	sp.mu.Lock()
+	defer sp.mu.Unlock()
+	return sp.high[key]
 }
 
 // covers reports whether the record of key is known to be past seq.
@@ -102,9 +147,10 @@ func (sp *storePositions) stored(ctx context.Context, edgeID string, high map[st
 	for sid, seq := range high {
 		key := positionKey(edgeID, sid)
 		if sp.covers(key, seq) {
+			sp.remember(key, position{high: seq + 1})
 			continue
 		}
-		if _, err := sp.raise(ctx, key, seq+positionBlock); err != nil {
+		if _, err := sp.raise(ctx, key, seq+positionBlock, seq+1); err != nil {
 			return err
 		}
 	}
@@ -112,9 +158,10 @@ func (sp *storePositions) stored(ctx context.Context, edgeID string, high map[st
 }
 
 // storePosition answers an edge's store-position request: the record of
-// its store, raised to what the edge says it has numbered. A record past
-// the edge's next sequence means the store is older than what the hub has
-// stored from it: a backup restored, or a copy.
+// its store, raised to what the edge says it has numbered. A next-high
+// sequence past the edge's next means the store is older than what the
+// hub has stored from it: a backup restored, or a copy. A record past it
+// alone is not (see storePositions); the edge moves past it all the same.
 func (p *Plane) storePosition(ctx context.Context, edgeID string, payload []byte) ([]byte, error) {
 	var req edgeproto.StorePosition
 	if err := json.Unmarshal(payload, &req); err != nil {
@@ -124,26 +171,24 @@ func (p *Plane) storePosition(ctx context.Context, edgeID string, payload []byte
 		return nil, badArgument("store position: %v", err)
 	}
 	key := positionKey(edgeID, req.StoreID)
-	cur, _, err := p.positions.get(ctx, key)
+	cur, err := p.positions.raise(ctx, key, req.Next, 0)
 	if err != nil {
 		return nil, unavailable(err)
 	}
-	if cur > req.Next {
+	high := max(cur.high, p.positions.nextHigh(key))
+	behind := high > req.Next
+	if behind {
 		p.edgeStats.rewound(edgeID)
 		p.log.Warn("edge store is behind what the hub stored from it (restored from a backup, or copied); the edge continues past it",
-			"edge", edgeID, "store", req.StoreID, "edge_next", req.Next, "hub_next", cur)
+			"edge", edgeID, "store", req.StoreID, "edge_next", req.Next, "hub_next_high", high, "hub_next", cur.next)
 	}
-	next, err := p.positions.raise(ctx, key, req.Next)
-	if err != nil {
-		return nil, unavailable(err)
-	}
-	return json.Marshal(edgeproto.StorePositionReply{Next: next})
+	return json.Marshal(edgeproto.StorePositionReply{Next: cur.next, Behind: behind})
 }
 
 // unavailable is the status of a request the hub's state could not serve
 // now; the edge asks again on its next connection.
 func unavailable(err error) error {
-	return &gateway.StatusError{Status: http.StatusServiceUnavailable, Code: "ServiceUnavailable", Message: err.Error()}
+	return &status.Error{Status: http.StatusServiceUnavailable, Code: status.CodeServiceUnavailable, Message: err.Error()}
 }
 
 // edgeStats counts, per edge, what its drains cost the hub: replays

@@ -229,7 +229,9 @@ func TestEdgeBadReplayKeyKept(t *testing.T) {
 }
 
 // The hub answers a store's position with a sequence past every one it
-// stored from that store, and counts a store found behind its record.
+// stored from that store, and counts a store found behind what it stored;
+// a store that merely restarted, past what the hub stored but behind its
+// record (which runs ahead), is not behind.
 func TestStorePosition(t *testing.T) {
 	e := newEnv(t)
 	edge := e.device("edge-1", true)
@@ -240,7 +242,7 @@ func TestStorePosition(t *testing.T) {
 	ec := e.deviceClient(edge, nil)
 	ctx := ctxT(t)
 	const sid = "0123456789abcdef0123456789abcdef"
-	ask := func(pos edgeproto.StorePosition) uint64 {
+	askReply := func(pos edgeproto.StorePosition) edgeproto.StorePositionReply {
 		t.Helper()
 		body, _ := json.Marshal(pos)
 		raw, err := e.p.Extension(ctx, e.session("edge-1", ""), edgeproto.ReqStorePosition, body)
@@ -251,7 +253,11 @@ func TestStorePosition(t *testing.T) {
 		if err := json.Unmarshal(raw, &r); err != nil {
 			t.Fatal(err)
 		}
-		return r.Next
+		return r
+	}
+	ask := func(pos edgeproto.StorePosition) uint64 {
+		t.Helper()
+		return askReply(pos).Next
 	}
 	if n := ask(edgeproto.StorePosition{StoreID: sid, Next: 1}); n != 1 {
 		t.Errorf("new store: next %d; want 1", n)
@@ -261,12 +267,24 @@ func TestStorePosition(t *testing.T) {
 	if err := ec.Publish(ctx, "devices/child-1/messages/events/"+topic.EncodeBag(bag), 1, []byte("m")); err != nil {
 		t.Fatal(err)
 	}
+	// The edge restarted after message 500: not behind, though the
+	// record runs ahead of it; still told to move past the record.
+	if r := askReply(edgeproto.StorePosition{StoreID: sid, Next: 501}); r.Behind || r.Next < 501 {
+		t.Errorf("store restarted past what the hub stored: %+v; want not behind, next at least 501", r)
+	}
+	if c := e.p.EdgeCounts()["edge-1"]; c.StoreRewinds != 0 {
+		t.Errorf("store rewinds counted %d for a restart; want 0", c.StoreRewinds)
+	}
 	// The store restored from before message 500.
-	if n := ask(edgeproto.StorePosition{StoreID: sid, Next: 100}); n <= 500 {
-		t.Errorf("store behind the hub: next %d; want past 500", n)
+	if r := askReply(edgeproto.StorePosition{StoreID: sid, Next: 100}); !r.Behind || r.Next <= 500 {
+		t.Errorf("store behind the hub: %+v; want behind, next past 500", r)
 	}
 	if c := e.p.EdgeCounts()["edge-1"]; c.StoreRewinds != 1 {
 		t.Errorf("store rewinds counted %d; want 1", c.StoreRewinds)
+	}
+	// At message 500 exactly: the hub has it, so behind.
+	if r := askReply(edgeproto.StorePosition{StoreID: sid, Next: 500}); !r.Behind {
+		t.Errorf("store whose next the hub stored: %+v; want behind", r)
 	}
 	// A store ahead of the hub: its own word stands, and is recorded.
 	if n := ask(edgeproto.StorePosition{StoreID: sid, Next: 1 << 40}); n != 1<<40 {

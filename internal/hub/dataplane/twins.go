@@ -9,29 +9,39 @@ import (
 	"outpost/internal/twin"
 )
 
-type twinError = twin.Error
-
 // TwinGet answers a device's twin GET with its desired and reported
 // sections, as the SDK expects them.
 func (p *Plane) TwinGet(ctx context.Context, id gateway.Identity) ([]byte, error) {
 	t, err := p.h.GetTwin(id.DeviceID, id.ModuleID)
 	if err != nil {
-		return nil, asStatus(err)
+		return nil, err
 	}
 	p.pres.activity(id.DeviceID, id.ModuleID)
 	return t.SectionsForDevice(), nil
 }
 
 // TwinReported merges a device's reported patch and returns the new
-// reported $version.
+// reported $version. A patch an edge sends for an identity of its scope
+// (the gateway checked the scope) may carry the "$version" the edge
+// answered while offline, and the new version is at least that; from
+// anyone else "$version" is refused like any other '$' key.
 func (p *Plane) TwinReported(ctx context.Context, id gateway.Identity, patch []byte) (int64, error) {
-	m, err := twin.ParsePatch(patch)
-	if err != nil {
-		return 0, asStatus(err)
+	var (
+		m       map[string]any
+		atLeast int64
+		err     error
+	)
+	if id.AuthMethod == gateway.AuthOnBehalfOf && id.Via != "" {
+		m, atLeast, err = twin.ParseVersionedPatch(patch)
+	} else {
+		m, err = twin.ParsePatch(patch)
 	}
-	v, err := p.h.PatchReported(ctx, id.DeviceID, id.ModuleID, m)
 	if err != nil {
-		return 0, asStatus(err)
+		return 0, err
+	}
+	v, err := p.h.PatchReportedAtLeast(ctx, id.DeviceID, id.ModuleID, m, atLeast)
+	if err != nil {
+		return 0, err
 	}
 	p.pres.activity(id.DeviceID, id.ModuleID)
 	return v, nil

@@ -118,25 +118,8 @@ func TestTwinReportedRefused(t *testing.T) {
 func TestTwinReportedTextRefused(t *testing.T) {
 	e := newEnv(t)
 	d := e.device("text-dev", false)
-	c := e.paho(d.DeviceID, e.deviceToken(d), nil)
-	res := make(chan paho.Message, 8)
-	tok := c.Subscribe(topic.FilterTwinResponses, 0, func(_ paho.Client, m paho.Message) { res <- m })
-	if !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
-		t.Fatalf("subscribe: %v", tok.Error())
-	}
-	patch := func(rid, body string) paho.Message {
-		t.Helper()
-		if tok := c.Publish(topic.TwinReported(rid), 0, false, []byte(body)); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
-			t.Fatalf("publish: %v", tok.Error())
-		}
-		select {
-		case m := <-res:
-			return m
-		case <-time.After(10 * time.Second):
-			t.Fatalf("no twin response to %s", rid)
-			return nil
-		}
-	}
+	pub := e.twinPatcher(t, d.DeviceID, e.deviceToken(d), topic.FilterTwinResponses)
+	patch := func(rid, body string) paho.Message { return pub(topic.TwinReported(rid), body) }
 	if m := patch("ok", `{"temp":21}`); !strings.HasPrefix(m.Topic(), "$iothub/twin/res/204/?$rid=ok") {
 		t.Fatalf("valid patch answered on %s", m.Topic())
 	}
@@ -167,5 +150,97 @@ func TestTwinReportedTextRefused(t *testing.T) {
 	}
 	if v := tw.Properties.Reported["$version"]; fmt.Sprint(v) != "2" || fmt.Sprint(tw.Properties.Reported["temp"]) != "21" {
 		t.Fatalf("reported %v after the refusals; want only the valid patch, at $version 2", tw.Properties.Reported)
+	}
+}
+
+// TestReportedVersionFloor: an edge's reported patch for its child may
+// carry the "$version" the edge answered offline, and the child's
+// reported version becomes at least that; a device patching its own
+// twin, the edge included, is refused with 400 and its version stays.
+func TestReportedVersionFloor(t *testing.T) {
+	e := newEnv(t)
+	edge := e.device("edge-v", true)
+	e.device("kid-v", false)
+	dev := e.device("plain-v", false)
+	ctx := ctxT(t)
+	if err := e.h.AddChildren(ctx, "edge-v", []string{"kid-v"}, false); err != nil {
+		t.Fatal(err)
+	}
+	patcher := func(cid, token, filter string) func(pub, body string) string {
+		p := e.twinPatcher(t, cid, token, filter)
+		return func(pub, body string) string { return p(pub, body).Topic() }
+	}
+	reportedVersion := func(t *testing.T, id string) float64 {
+		t.Helper()
+		tw, err := e.svc.GetTwin(ctx, id, "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		v, _ := tw.Properties.Reported["$version"].(float64)
+		return v
+	}
+
+	forKid := patcher("edge-v", e.deviceToken(edge), topic.OBOTwinResponseFilter("kid-v"))
+	for _, tc := range []struct {
+		body string
+		want int64
+	}{
+		{`{"a":1,"$version":50}`, 50}, // raised to the edge's
+		{`{"a":2,"$version":10}`, 51}, // never lowered
+		{`{"a":3}`, 52},
+	} {
+		rid := strconv.FormatInt(tc.want, 10)
+		if got, want := forKid(topic.OBOTwinReported("kid-v", rid), tc.body), topic.OBOTwinResponse("kid-v", 204, rid, tc.want); got != want {
+			t.Errorf("edge's patch %s for its child answered on %s; want %s", tc.body, got, want)
+		}
+	}
+	if v := reportedVersion(t, "kid-v"); v != 52 {
+		t.Errorf("child's reported version at the hub %v; want 52", v)
+	}
+	for i, bad := range []string{`{"a":1,"$version":0}`, `{"a":1,"$version":-3}`, `{"a":1,"$version":1.5}`, `{"a":1,"$version":"9"}`, `{"a":1,"$version":9007199254740992}`} {
+		rid := "bad" + strconv.Itoa(i)
+		if got, want := forKid(topic.OBOTwinReported("kid-v", rid), bad), topic.OBOTwinResponse("kid-v", 400, rid, 0); got != want {
+			t.Errorf("edge's patch %s answered on %s; want %s", bad, got, want)
+		}
+	}
+
+	self := func(name, cid, token string) {
+		t.Run(name, func(t *testing.T) {
+			patch := e.twinPatcher(t, cid, token, topic.FilterTwinResponses)
+			before := reportedVersion(t, cid)
+			if got, want := patch(topic.TwinReported("own"), `{"x":1,"$version":500}`).Topic(), topic.TwinResponse(400, "own", 0); got != want {
+				t.Errorf("own patch with $version answered on %s; want %s", got, want)
+			}
+			if v := reportedVersion(t, cid); v != before {
+				t.Errorf("reported version moved from %v to %v on a refused patch", before, v)
+			}
+		})
+	}
+	self("plain device", "plain-v", e.deviceToken(dev))
+	self("edge's own twin", "edge-v", e.deviceToken(edge))
+}
+
+// twinPatcher connects cid, subscribes to filter (its twin responses) and
+// returns a function that publishes body on a twin topic and returns the
+// response.
+func (e *env) twinPatcher(t *testing.T, cid, token, filter string) func(topicName, body string) paho.Message {
+	t.Helper()
+	c := e.paho(cid, token, nil)
+	res := make(chan paho.Message, 8)
+	if tok := c.Subscribe(filter, 0, func(_ paho.Client, m paho.Message) { res <- m }); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+		t.Fatalf("subscribe %s: %v", filter, tok.Error())
+	}
+	return func(topicName, body string) paho.Message {
+		t.Helper()
+		if tok := c.Publish(topicName, 0, false, []byte(body)); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+			t.Fatalf("publish: %v", tok.Error())
+		}
+		select {
+		case m := <-res:
+			return m
+		case <-time.After(10 * time.Second):
+			t.Fatalf("no twin response to %s", topicName)
+			return nil
+		}
 	}
 }
