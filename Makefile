@@ -1,11 +1,13 @@
 # make test runs everything CI runs: vet, the Go tests with the race
-# detector, and the interop suites against the real Azure IoT SDKs.
+# detector, a short fuzzing run of every fuzz target, and the interop
+# suites against the real Azure IoT SDKs.
 GO ?= go
 FUZZTIME ?= 20s
+FUZZSMOKE ?= 500ms
 
-.PHONY: test vet gotest interop bench bench-full soak fuzz
+.PHONY: test vet gotest fuzzsmoke interop bench bench-full soak fuzz
 
-test: vet gotest interop
+test: vet gotest fuzzsmoke interop
 
 vet:
 	$(GO) vet ./...
@@ -13,6 +15,11 @@ vet:
 
 gotest:
 	$(GO) test -race -count=1 -timeout 20m ./...
+
+# fuzzsmoke fuzzes each target for FUZZSMOKE, one instrumented build per
+# package (test/fuzzsmoke.sh); a crasher lands in the package's testdata.
+fuzzsmoke:
+	GO=$(GO) test/fuzzsmoke.sh $(FUZZSMOKE)
 
 interop:
 	@if [ -x test/interop/run.sh ]; then test/interop/run.sh; else echo "interop: no suite yet"; fi

@@ -34,9 +34,18 @@ type RefusedError = mqttwire.RefusedError
 // controls exactly when a PUBACK goes out (a C2D is acked only after the
 // child acked it) and how writes are batched.
 
-// maxPacket bounds what the link reads: a 256 KiB message plus room for
-// its topic and property bag.
+// maxPacket is the hub's limit on a packet it reads (gateway's
+// MaximumPacketSize): a 256 KiB message plus room for its topic and
+// property bag. The drain sets aside what would exceed it.
 const maxPacket = 256*1024 + 64*1024
+
+// maxRead bounds what the link reads from its parent. That is more than
+// maxPacket: the reply to sync-identities carries every identity in the
+// edge's scope at once, about 720 bytes each (1,000 children: 721 KB),
+// so 64 MiB holds some 90,000. The bound only stops a broken parent,
+// which TLS has already authenticated, from making the edge allocate up
+// to MQTT's 256 MiB.
+const maxRead = 64 << 20
 
 // maxPendingWrite is how much encoded output may wait for the socket
 // before writers block, which pushes back on the drain when the link is
@@ -192,7 +201,7 @@ func (c *mconn) readLoop() {
 		}
 		// A nil buffer: each payload is fresh, for onPublish to keep.
 		var p mqttwire.Packet
-		if err := p.Read(c.br, nil, maxPacket); err != nil {
+		if err := p.Read(c.br, nil, maxRead); err != nil {
 			c.fail(fmt.Errorf("read: %w", err))
 			return
 		}
