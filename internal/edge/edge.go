@@ -171,13 +171,8 @@ type Edge struct {
 	lastRefresh  time.Time
 	refreshTried map[string]time.Time
 
-	twinMu   sync.Mutex    // read-modify-write of the twin cache
+	twins    twinCache     // its own locks; see twincache.go
 	replayCh chan struct{} // poked when a reported patch was held while the link looked up
-
-	repMu sync.Mutex
-	// repMu guards repLocks, the per-client locks of reported patches on
-	// their way to the hub (see lockReported).
-	repLocks map[string]*refMutex
 
 	cfgMu sync.Mutex
 	// cfgMu guards the following fields.
@@ -296,11 +291,11 @@ func New(cfg Config) (*Edge, error) {
 		linkCh:       make(chan struct{}, 1),
 		refreshTried: map[string]time.Time{},
 		replayCh:     make(chan struct{}, 1),
-		repLocks:     map[string]*refMutex{},
 		sessions:     map[string]gateway.Session{},
 		workers:      map[string]*worker{},
 	}
 	e.setAside.st, e.setAside.log = st, cfg.Logger
+	e.twins.st, e.twins.log = st, cfg.Logger
 	if err := e.setAside.load(); err != nil {
 		st.Close()
 		return nil, fmt.Errorf("edge: %w", err)

@@ -1,32 +1,16 @@
 package edge
 
 import (
-	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
-	"fmt"
 	"strings"
-	"sync"
 	"time"
 
-	"outpost/internal/edge/store"
 	"outpost/internal/gateway"
 	"outpost/internal/message"
 	"outpost/internal/status"
 	"outpost/internal/twin"
 )
-
-// The twin cache keeps, per client, the body a device sees on GET
-// ({"desired":{…,"$version"},"reported":{…,"$version"}}), and the
-// reported patches accepted while offline, merged, until they reach the
-// hub.
-
-// emptyTwin is served to a client whose twin was never fetched.
-const emptyTwin = `{"desired":{"$version":1},"reported":{"$version":1}}`
-
-func twinKey(cid string) []byte    { return []byte(kvTwinPrefix + cid) }
-func pendingKey(cid string) []byte { return []byte(kvPendPrefix + cid) }
 
 // upstreamFailed reports whether err means "the hub could not be asked"
 // (so the cache answers) rather than "the hub said no".
@@ -46,86 +30,20 @@ func (e *Edge) twinGet(ctx context.Context, deviceID, moduleID string) ([]byte, 
 	cid := message.ClientID(deviceID, moduleID)
 	if e.up.State().Connected {
 		uctx, cancel := ctx, context.CancelFunc(func() {})
-		if e.hasCachedTwin(cid) {
+		if e.twins.has(cid) {
 			uctx, cancel = e.upstreamCtx(ctx)
 		}
 		body, err := e.up.TwinGet(uctx, deviceID, moduleID)
 		cancel()
 		if err == nil {
-			return e.cacheFetchedTwin(cid, body)
+			return e.twins.storeFetched(cid, body)
 		}
 		if !upstreamFailed(err) {
 			return nil, err
 		}
 		e.log.Info("twin get: answering from the cache", "client", cid, "error", err)
 	}
-	e.twinMu.Lock()
-	defer e.twinMu.Unlock()
-	doc, err := e.cachedTwinLocked(cid)
-	if err != nil {
-		return nil, err
-	}
-	return json.Marshal(doc)
-}
-
-// cacheFetchedTwin stores the hub's twin, with reported patches still
-// held offline laid over it so the client sees its own writes.
-func (e *Edge) cacheFetchedTwin(cid string, body []byte) ([]byte, error) {
-	doc, err := twin.DecodeObject(body)
-	if err != nil {
-		return nil, fmt.Errorf("twin from hub: %w", err)
-	}
-	e.twinMu.Lock()
-	defer e.twinMu.Unlock()
-	if p, err := e.st.Get(pendingKey(cid)); err == nil {
-		if patch, err := twin.DecodeObject(p); err == nil {
-			rep := section(doc, "reported")
-			hubV := twin.SectionVersion(rep)
-			heldV := twin.SectionVersion(patch)
-			delete(patch, "$version")
-			twin.Merge(rep, patch)
-			// The client was told heldV for its held changes.
-			rep["$version"] = max(hubV, heldV)
-		}
-	}
-	out, err := json.Marshal(doc)
-	if err != nil {
-		return nil, err
-	}
-	if err := e.st.Put(twinKey(cid), out); err != nil {
-		e.log.Warn("twin cache write", "client", cid, "error", err)
-	}
-	return out, nil
-}
-
-// hasCachedTwin reports whether a twin was ever cached for cid.
-func (e *Edge) hasCachedTwin(cid string) bool {
-	_, err := e.st.Get(twinKey(cid))
-	return err == nil
-}
-
-func (e *Edge) cachedTwinLocked(cid string) (map[string]any, error) {
-	v, err := e.st.Get(twinKey(cid))
-	if errors.Is(err, store.ErrNotFound) {
-		v = []byte(emptyTwin)
-	} else if err != nil {
-		return nil, fmt.Errorf("twin cache: %w", err)
-	}
-	doc, err := twin.DecodeObject(v)
-	if err != nil {
-		return nil, fmt.Errorf("twin cache: %w", err)
-	}
-	return doc, nil
-}
-
-// section returns doc[name] as an object, creating it.
-func section(doc map[string]any, name string) map[string]any {
-	s, ok := doc[name].(map[string]any)
-	if !ok {
-		s = map[string]any{}
-		doc[name] = s
-	}
-	return s
+	return e.twins.get(cid)
 }
 
 // twinReported applies a reported patch: through the link when it is up,
@@ -140,11 +58,9 @@ func (e *Edge) twinReported(ctx context.Context, deviceID, moduleID string, body
 		return 0, err
 	}
 	if e.up.State().Connected {
-		unlock := e.lockReported(cid)
+		unlock := e.twins.lockReported(cid)
 		send := body
-		e.twinMu.Lock()
-		held, herr := e.mergeHeldLocked(cid, patch)
-		e.twinMu.Unlock()
+		held, herr := e.twins.mergeHeld(cid, patch)
 		if herr != nil {
 			unlock()
 			return 0, herr
@@ -156,25 +72,13 @@ func (e *Edge) twinReported(ctx context.Context, deviceID, moduleID string, body
 		v, err := e.up.TwinReported(uctx, deviceID, moduleID, send)
 		cancel()
 		if err == nil {
-			e.twinMu.Lock()
-			if held != nil {
-				e.dropHeldLocked(cid, held)
-			}
-			if doc, err := e.cachedTwinLocked(cid); err == nil {
-				rep := section(doc, "reported")
-				twin.Merge(rep, patch)
-				rep["$version"] = v
-				e.putTwinLocked(cid, doc)
-			}
-			e.twinMu.Unlock()
+			e.twins.reached(cid, held, patch, v)
 			unlock()
 			return v, nil
 		}
 		if !upstreamFailed(err) {
 			if held != nil {
-				e.twinMu.Lock()
-				e.dropHeldLocked(cid, held)
-				e.twinMu.Unlock()
+				e.twins.dropHeld(cid, held)
 				e.log.Error("hub refused reported properties held offline; dropping them", "client", cid, "error", err)
 			}
 			unlock()
@@ -187,128 +91,10 @@ func (e *Edge) twinReported(ctx context.Context, deviceID, moduleID string, body
 		e.pokeReplay()
 		if held != nil {
 			// Already merged into the held patch.
-			return e.applyReportedLocally(cid, patch, false)
+			return e.twins.applyLocal(cid, patch, false)
 		}
 	}
-	return e.applyReportedLocally(cid, patch, true)
-}
-
-// applyReportedLocally merges patch into the cached twin, and into the
-// held patch when hold is set, and returns the local reported version.
-func (e *Edge) applyReportedLocally(cid string, patch map[string]any, hold bool) (int64, error) {
-	e.twinMu.Lock()
-	defer e.twinMu.Unlock()
-	doc, err := e.cachedTwinLocked(cid)
-	if err != nil {
-		return 0, err
-	}
-	// The held patch and the cached twin go in one synced write: a power
-	// cut keeps both or neither, so what the device was told it reported
-	// is what the hub gets after the reconnect.
-	var kvs []store.KV
-	if hold {
-		pb, err := e.mergedHeldLocked(cid, patch, true)
-		if err != nil {
-			return 0, err
-		}
-		kvs = append(kvs, store.KV{Key: pendingKey(cid), Value: pb})
-	}
-	rep := section(doc, "reported")
-	twin.Merge(rep, patch)
-	v := twin.SectionVersion(rep) + 1
-	rep["$version"] = v
-	b, err := json.Marshal(doc)
-	if err != nil {
-		return 0, err
-	}
-	if err := e.st.PutBatch(append(kvs, store.KV{Key: twinKey(cid), Value: b})...); err != nil {
-		return 0, fmt.Errorf("hold reported patch: %w", err)
-	}
-	return v, nil
-}
-
-// mergeHeldLocked merges patch into cid's held patch, if one exists, and
-// persists and returns the merged held patch; nil when none is held.
-func (e *Edge) mergeHeldLocked(cid string, patch map[string]any) ([]byte, error) {
-	pb, err := e.mergedHeldLocked(cid, patch, false)
-	if err != nil || pb == nil {
-		return pb, err
-	}
-	if err := e.st.Put(pendingKey(cid), pb); err != nil {
-		return nil, fmt.Errorf("hold reported patch: %w", err)
-	}
-	return pb, nil
-}
-
-// mergedHeldLocked returns cid's held patch with
-// patch merged in, or nil if none is held and create is not set. Its
-// "$version" is the reported version the client is answered for it (the
-// cached one + 1): the hub makes its own at least that
-// (twin.ParseVersionedPatch), so the client never sees it go back.
-func (e *Edge) mergedHeldLocked(cid string, patch map[string]any, create bool) ([]byte, error) {
-	p, err := e.st.Get(pendingKey(cid))
-	pending := map[string]any{}
-	switch {
-	case errors.Is(err, store.ErrNotFound):
-		if !create {
-			return nil, nil
-		}
-	case err != nil:
-		return nil, fmt.Errorf("read held reported patch: %w", err)
-	default:
-		if m, err := twin.DecodeObject(p); err == nil {
-			pending = m
-		}
-	}
-	mergePending(pending, patch)
-	doc, err := e.cachedTwinLocked(cid)
-	if err != nil {
-		return nil, err
-	}
-	pending["$version"] = twin.SectionVersion(section(doc, "reported")) + 1
-	return json.Marshal(pending)
-}
-
-// dropHeldLocked deletes cid's held patch if it still is sent: a patch
-// held meanwhile was merged into it, and goes next time.
-func (e *Edge) dropHeldLocked(cid string, sent []byte) {
-	cur, err := e.st.Get(pendingKey(cid))
-	if err == nil && bytes.Equal(cur, sent) {
-		if err := e.st.Delete(pendingKey(cid)); err != nil {
-			e.log.Warn("delete held reported patch", "client", cid, "error", err)
-		}
-	}
-}
-
-// lockReported serializes the reported patches of one client on their
-// way to the hub (a live patch and the replay of held ones), so they
-// reach it in the order they were merged. It is held across the link
-// call, which TwinTimeout bounds.
-func (e *Edge) lockReported(cid string) (unlock func()) {
-	e.repMu.Lock()
-	l := e.repLocks[cid]
-	if l == nil {
-		l = &refMutex{}
-		e.repLocks[cid] = l
-	}
-	l.refs++
-	e.repMu.Unlock()
-	l.mu.Lock()
-	return func() {
-		l.mu.Unlock()
-		e.repMu.Lock()
-		l.refs--
-		if l.refs == 0 {
-			delete(e.repLocks, cid)
-		}
-		e.repMu.Unlock()
-	}
-}
-
-// refMutex is a per-client lock, dropped when nobody holds or waits.
-type refMutex struct {
-	mu   sync.Mutex
-	refs int
+	return e.twins.applyLocal(cid, patch, true)
 }
 
 // pokeReplay asks maintain to replay held patches.
@@ -319,45 +105,12 @@ func (e *Edge) pokeReplay() {
 	}
 }
 
-// mergePending merges patch into the held patch, keeping nulls: a
-// deletion made offline must still reach the hub.
-func mergePending(dst, patch map[string]any) {
-	for k, v := range patch {
-		pm, ok := v.(map[string]any)
-		if !ok {
-			dst[k] = v
-			continue
-		}
-		cur, ok := dst[k].(map[string]any)
-		if !ok {
-			cur = map[string]any{}
-			dst[k] = cur
-		}
-		mergePending(cur, pm)
-	}
-}
-
-func (e *Edge) putTwinLocked(cid string, doc map[string]any) {
-	b, err := json.Marshal(doc)
-	if err == nil {
-		err = e.st.Put(twinKey(cid), b)
-	}
-	if err != nil {
-		e.log.Warn("twin cache write", "client", cid, "error", err)
-	}
-}
-
 // replayReported sends the reported patches held offline to the hub,
 // one merged patch per client. A patch the hub refuses is dropped
 // (logged): it would be refused forever. It reports whether every held
 // patch was dealt with. Each patch may take up to perCall.
 func (e *Edge) replayReported(ctx context.Context, perCall time.Duration) bool {
-	var cids []string
-	_ = e.st.Scan([]byte(kvPendPrefix), func(k, v []byte) error {
-		cids = append(cids, strings.TrimPrefix(string(k), kvPendPrefix))
-		return nil
-	})
-	for _, cid := range cids {
+	for _, cid := range e.twins.heldClients() {
 		if !e.replayOne(ctx, cid, perCall) {
 			return false
 		}
@@ -367,9 +120,9 @@ func (e *Edge) replayReported(ctx context.Context, perCall time.Duration) bool {
 
 // replayOne sends cid's held patch; false when the link failed.
 func (e *Edge) replayOne(ctx context.Context, cid string, perCall time.Duration) bool {
-	unlock := e.lockReported(cid)
+	unlock := e.twins.lockReported(cid)
 	defer unlock()
-	held, err := e.st.Get(pendingKey(cid))
+	held, err := e.twins.held(cid)
 	if err != nil {
 		return true // sent meanwhile by a live patch
 	}
@@ -383,19 +136,11 @@ func (e *Edge) replayOne(ctx context.Context, cid string, perCall time.Duration)
 	}
 	if err != nil {
 		e.log.Error("hub refused reported properties held offline; dropping them", "client", cid, "error", err)
+		e.twins.dropHeld(cid, held)
+		return true
 	}
-	e.twinMu.Lock()
-	e.dropHeldLocked(cid, held)
-	if err == nil {
-		if doc, cerr := e.cachedTwinLocked(cid); cerr == nil {
-			section(doc, "reported")["$version"] = v
-			e.putTwinLocked(cid, doc)
-		}
-	}
-	e.twinMu.Unlock()
-	if err == nil {
-		e.log.Info("reported properties held offline reached the hub", "client", cid, "version", v)
-	}
+	e.twins.reached(cid, held, nil, v)
+	e.log.Info("reported properties held offline reached the hub", "client", cid, "version", v)
 	return true
 }
 
@@ -439,22 +184,10 @@ func (e *Edge) reconcileDesired(ctx context.Context) {
 		}
 		newDes := section(fresh, "desired")
 		newV := twin.SectionVersion(newDes)
-		e.twinMu.Lock()
-		doc, err := e.cachedTwinLocked(cid)
-		if err != nil {
-			e.twinMu.Unlock()
+		patch, oldV, ok := e.twins.setDesired(cid, newDes)
+		if !ok {
 			continue
 		}
-		oldDes := section(doc, "desired")
-		oldV := twin.SectionVersion(oldDes)
-		if newV <= oldV {
-			e.twinMu.Unlock()
-			continue
-		}
-		patch := twin.Diff(oldDes, newDes)
-		doc["desired"] = newDes
-		e.putTwinLocked(cid, doc)
-		e.twinMu.Unlock()
 		b := twin.DesiredPatchBody(patch, newV)
 		if b == nil {
 			e.log.Warn("desired reconciliation: patch does not encode", "client", cid)
@@ -474,21 +207,12 @@ func (e *Edge) DesiredPatch(deviceID, moduleID string, version int64, patch []by
 	cid := message.ClientID(deviceID, moduleID)
 	if p, err := twin.DecodeObject(patch); err == nil {
 		delete(p, "$version")
-		e.twinMu.Lock()
-		if doc, err := e.cachedTwinLocked(cid); err == nil {
-			des := section(doc, "desired")
-			if cur := twin.SectionVersion(des); version <= cur {
-				// Already covered, e.g. by the reconciliation after a
-				// reconnect: versions a client sees only move forward.
-				e.twinMu.Unlock()
-				e.log.Debug("stale desired patch dropped", "client", cid, "version", version, "cached", cur)
-				return
-			}
-			twin.Merge(des, p)
-			des["$version"] = version
-			e.putTwinLocked(cid, doc)
+		if cur, ok := e.twins.mergeDesired(cid, version, p); !ok {
+			// Already covered, e.g. by the reconciliation after a
+			// reconnect: versions a client sees only move forward.
+			e.log.Debug("stale desired patch dropped", "client", cid, "version", version, "cached", cur)
+			return
 		}
-		e.twinMu.Unlock()
 	}
 	if s := e.session(cid); s != nil {
 		if err := s.SendDesired(version, patch); err != nil {
