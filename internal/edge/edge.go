@@ -13,9 +13,14 @@
 // (docs/edge-local.md); twins are served from a cache while offline and
 // reconciled on reconnect.
 //
-// Lock order: cfgMu, then mu; twinMu, syncMu, limMu and srvMu are never held
-// together with another. No lock is held while calling the Uplink or a
-// gateway Session, except syncMu around SyncIdentities.
+// Lock order, the only nestings there are: syncMu, then mu; cfgMu, then
+// mu; in the twin cache, a client's reported lock, then its mu
+// (twincache.go). mu, limMu, srvMu and the twin cache's repMu are never
+// held while taking another; the store's own locks come after all of
+// these (it is called under them). No lock is held while calling the
+// Uplink or a gateway Session, except syncMu (around SyncIdentities and
+// the disconnects of dropRevoked) and a client's reported lock (around
+// TwinReported, which TwinTimeout bounds).
 package edge
 
 import (
