@@ -101,7 +101,7 @@ func (b backend) Connected(s gateway.Session) {
 	e := b.e
 	id := s.Identity()
 	// A sync may have revoked the identity while it authenticated.
-	if c := e.ids.Load(); c != nil {
+	if c := e.ids.current(); c != nil {
 		if _, err := c.lookup(id.DeviceID, id.ModuleID); err != nil {
 			s.Disconnect("identity removed or disabled at the hub")
 			return

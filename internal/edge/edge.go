@@ -13,14 +13,15 @@
 // (docs/edge-local.md); twins are served from a cache while offline and
 // reconciled on reconnect.
 //
-// Lock order, the only nestings there are: syncMu, then mu; cfgMu, then
-// mu; in the twin cache, a client's reported lock, then its mu
-// (twincache.go). mu, limMu, srvMu and the twin cache's repMu are never
+// Lock order, the only nestings there are: the identity cache's syncMu,
+// then its mu or the Edge's mu (identities.go); cfgMu, then mu; the twin
+// cache's per-client reported lock, then its mu (twincache.go). The
+// Edge's mu, srvMu, and the mu and repMu of those two parts are never
 // held while taking another; the store's own locks come after all of
 // these (it is called under them). No lock is held while calling the
-// Uplink or a gateway Session, except syncMu (around SyncIdentities and
-// the disconnects of dropRevoked) and a client's reported lock (around
-// TwinReported, which TwinTimeout bounds).
+// Uplink or a gateway Session, except the identity cache's syncMu (around
+// SyncIdentities and the disconnects of dropRevoked) and a client's
+// reported lock (around TwinReported, which TwinTimeout bounds).
 package edge
 
 import (
@@ -148,7 +149,7 @@ type Edge struct {
 	// once in New.
 	upPriorities bool
 
-	ids atomic.Pointer[idCache]
+	ids identities // its own locks; see identities.go
 	ca  atomic.Pointer[certs.CA]
 	gw  atomic.Pointer[gateway.Server]
 
@@ -170,12 +171,6 @@ type Edge struct {
 	mqttLn  net.Addr
 	httpsLn net.Addr
 
-	syncMu sync.Mutex // serializes identity syncs
-
-	limMu        sync.Mutex
-	lastRefresh  time.Time
-	refreshTried map[string]time.Time
-
 	twins    twinCache     // its own locks; see twincache.go
 	replayCh chan struct{} // poked when a reported patch was held while the link looked up
 
@@ -190,7 +185,6 @@ type Edge struct {
 	sessions map[string]gateway.Session // client id -> current session
 	workers  map[string]*worker         // local sink -> delivery worker
 	connWake chan struct{}              // closed at the next Connected; see sessionOrWake
-	lastSync time.Time
 	runCtx   context.Context
 	stopping bool
 	started  bool
@@ -287,20 +281,20 @@ func New(cfg Config) (*Edge, error) {
 		return nil, fmt.Errorf("edge: %w", err)
 	}
 	e := &Edge{
-		cfg:          cfg,
-		log:          cfg.Logger,
-		now:          cfg.Now,
-		st:           st,
-		seal:         seal,
-		ready:        make(chan struct{}),
-		linkCh:       make(chan struct{}, 1),
-		refreshTried: map[string]time.Time{},
-		replayCh:     make(chan struct{}, 1),
-		sessions:     map[string]gateway.Session{},
-		workers:      map[string]*worker{},
+		cfg:      cfg,
+		log:      cfg.Logger,
+		now:      cfg.Now,
+		st:       st,
+		seal:     seal,
+		ready:    make(chan struct{}),
+		linkCh:   make(chan struct{}, 1),
+		replayCh: make(chan struct{}, 1),
+		sessions: map[string]gateway.Session{},
+		workers:  map[string]*worker{},
 	}
 	e.setAside.st, e.setAside.log = st, cfg.Logger
 	e.twins.st, e.twins.log = st, cfg.Logger
+	e.ids.st, e.ids.seal = st, seal
 	if err := e.setAside.load(); err != nil {
 		st.Close()
 		return nil, fmt.Errorf("edge: %w", err)
@@ -378,21 +372,14 @@ func (e *Edge) load() error {
 	if marker.EdgeID == "" {
 		return nil
 	}
-	c, err := e.loadIdentities()
-	if err != nil {
+	if err := e.ids.load(marker.SyncedAt); err != nil {
 		e.log.Error("identity cache unusable; the edge must sync with its hub again", "error", err)
-		return nil
-	}
-	e.ids.Store(c)
-	e.lastSync = marker.SyncedAt
-	if c.snap.SyncedAt.After(e.lastSync) {
-		e.lastSync = c.snap.SyncedAt
 	}
 	return nil
 }
 
 // synced reports whether the edge can serve offline.
-func (e *Edge) synced() bool { return e.ids.Load() != nil && e.ca.Load() != nil }
+func (e *Edge) synced() bool { return e.ids.current() != nil && e.ca.Load() != nil }
 
 // Ready is closed once the edge listens.
 func (e *Edge) Ready() <-chan struct{} { return e.ready }

@@ -6,9 +6,12 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"outpost/internal/certs"
+	"outpost/internal/edge/store"
 	"outpost/internal/gateway"
 	"outpost/internal/identity"
 	"outpost/internal/message"
@@ -144,56 +147,118 @@ func (c *idCache) verify(cr gateway.Credentials, hubHost string, now time.Time) 
 	return id, nil
 }
 
-// loadIdentities reads the sealed snapshot.
-func (e *Edge) loadIdentities() (*idCache, error) {
-	v, err := e.st.Get([]byte(kvIdentities))
+// identities owns the identity cache: the snapshot in force, replaced
+// whole on sync, its sealed copy in the store, when it was last synced,
+// and the limits on syncs that failed authentications trigger.
+//
+// Lock order: syncMu, then mu.
+type identities struct {
+	st   *store.Store
+	seal *sealer
+
+	cur atomic.Pointer[idCache] // nil until loaded or synced
+
+	syncMu sync.Mutex // serializes syncs; held across the fetch from the hub
+
+	mu sync.Mutex
+	// mu guards the following fields.
+	lastSync     time.Time
+	lastRefresh  time.Time
+	refreshTried map[string]time.Time
+}
+
+// current is the identity cache in force, nil before the first sync.
+func (ids *identities) current() *idCache { return ids.cur.Load() }
+
+// lastSynced is when the identities were last synced; zero if never.
+func (ids *identities) lastSynced() time.Time {
+	ids.mu.Lock()
+	defer ids.mu.Unlock()
+	return ids.lastSync
+}
+
+// load reads the sealed snapshot and puts it in force, synced at
+// markerAt or at the snapshot's own time, whichever is later.
+func (ids *identities) load(markerAt time.Time) error {
+	v, err := ids.st.Get([]byte(kvIdentities))
 	if err != nil {
-		return nil, err
+		return err
 	}
-	plain, err := e.seal.open(kvIdentities, v)
+	plain, err := ids.seal.open(kvIdentities, v)
 	if err != nil {
-		return nil, fmt.Errorf("identity cache: %w", err)
+		return fmt.Errorf("identity cache: %w", err)
 	}
 	var snap Snapshot
 	if err := json.Unmarshal(plain, &snap); err != nil {
-		return nil, fmt.Errorf("identity cache: %w", err)
+		return fmt.Errorf("identity cache: %w", err)
 	}
-	return newIDCache(&snap)
+	c, err := newIDCache(&snap)
+	if err != nil {
+		return err
+	}
+	ids.cur.Store(c)
+	ids.mu.Lock()
+	ids.lastSync = markerAt
+	if snap.SyncedAt.After(markerAt) {
+		ids.lastSync = snap.SyncedAt
+	}
+	ids.mu.Unlock()
+	return nil
+}
+
+// sync fetches a snapshot, persists it sealed and puts it in force.
+// Syncs are serialized; applied runs inside, so that the
+// consequences of two syncs (dropped connections) keep their order.
+func (ids *identities) sync(ctx context.Context, now func() time.Time, fetch func(context.Context) (*Snapshot, error), applied func(*idCache)) (*idCache, error) {
+	ids.syncMu.Lock()
+	defer ids.syncMu.Unlock()
+	snap, err := fetch(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if snap.SyncedAt.IsZero() {
+		snap.SyncedAt = now()
+	}
+	c, err := newIDCache(snap)
+	if err != nil {
+		return nil, err
+	}
+	plain, err := json.Marshal(snap)
+	if err != nil {
+		return nil, err
+	}
+	if err := ids.st.Put([]byte(kvIdentities), ids.seal.seal(kvIdentities, plain)); err != nil {
+		return nil, err
+	}
+	ids.cur.Store(c)
+	ids.mu.Lock()
+	ids.lastSync = now()
+	ids.mu.Unlock()
+	applied(c)
+	return c, nil
 }
 
 // syncIdentities fetches the identities in scope, persists them sealed,
 // puts them in force and drops the live connections of identities that
-// were removed or disabled. Syncs are serialized.
+// were removed or disabled.
 func (e *Edge) syncIdentities(ctx context.Context, reason string) error {
-	e.syncMu.Lock()
-	defer e.syncMu.Unlock()
-	snap, err := e.up.SyncIdentities(ctx)
+	fetch := func(ctx context.Context) (*Snapshot, error) {
+		snap, err := e.up.SyncIdentities(ctx)
+		if err != nil {
+			return nil, err
+		}
+		if snap.Edge.DeviceID != e.cfg.DeviceID {
+			return nil, fmt.Errorf("hub answered for edge %q, not %q", snap.Edge.DeviceID, e.cfg.DeviceID)
+		}
+		return snap, nil
+	}
+	_, err := e.ids.sync(ctx, e.now, fetch, func(c *idCache) {
+		e.log.Info("identities synced", "reason", reason, "devices", len(c.devices)-1, "modules", len(c.modules))
+		e.dropRevoked(c)
+	})
 	if err != nil {
 		return fmt.Errorf("sync identities: %w", err)
 	}
-	if snap.Edge.DeviceID != e.cfg.DeviceID {
-		return fmt.Errorf("sync identities: hub answered for edge %q, not %q", snap.Edge.DeviceID, e.cfg.DeviceID)
-	}
-	if snap.SyncedAt.IsZero() {
-		snap.SyncedAt = e.now()
-	}
-	c, err := newIDCache(snap)
-	if err != nil {
-		return fmt.Errorf("sync identities: %w", err)
-	}
-	plain, err := json.Marshal(snap)
-	if err != nil {
-		return fmt.Errorf("sync identities: %w", err)
-	}
-	if err := e.st.Put([]byte(kvIdentities), e.seal.seal(kvIdentities, plain)); err != nil {
-		return fmt.Errorf("sync identities: %w", err)
-	}
-	e.ids.Store(c)
-	e.mu.Lock()
-	e.lastSync = e.now()
-	e.mu.Unlock()
-	e.log.Info("identities synced", "reason", reason, "devices", len(c.devices)-1, "modules", len(c.modules))
-	e.dropRevoked(c)
 	return nil
 }
 
@@ -220,28 +285,27 @@ func (e *Edge) dropRevoked(c *idCache) {
 }
 
 // refreshAllowed rate-limits syncs triggered by failed authentications.
-func (e *Edge) refreshAllowed(clientID string) bool {
-	if !e.up.State().Connected {
+func (ids *identities) refreshAllowed(clientID string, now time.Time) bool {
+	ids.mu.Lock()
+	defer ids.mu.Unlock()
+	if now.Sub(ids.lastRefresh) < refreshOverall {
 		return false
 	}
-	now := e.now()
-	e.limMu.Lock()
-	defer e.limMu.Unlock()
-	if now.Sub(e.lastRefresh) < refreshOverall {
+	if t, ok := ids.refreshTried[clientID]; ok && now.Sub(t) < refreshPerIdentity {
 		return false
 	}
-	if t, ok := e.refreshTried[clientID]; ok && now.Sub(t) < refreshPerIdentity {
-		return false
+	if ids.refreshTried == nil {
+		ids.refreshTried = map[string]time.Time{}
 	}
-	if len(e.refreshTried) > 10000 {
-		for k, t := range e.refreshTried {
+	if len(ids.refreshTried) > 10000 {
+		for k, t := range ids.refreshTried {
 			if now.Sub(t) >= refreshPerIdentity {
-				delete(e.refreshTried, k)
+				delete(ids.refreshTried, k)
 			}
 		}
 	}
-	e.refreshTried[clientID] = now
-	e.lastRefresh = now
+	ids.refreshTried[clientID] = now
+	ids.lastRefresh = now
 	return true
 }
 
@@ -249,7 +313,7 @@ func (e *Edge) refreshAllowed(clientID string) bool {
 // it from the hub (when online, rate-limited) when an identity fails:
 // it may have been added, re-enabled or given new keys.
 func (e *Edge) authenticate(ctx context.Context, cr gateway.Credentials) (gateway.Identity, error) {
-	c := e.ids.Load()
+	c := e.ids.current()
 	if c == nil {
 		return gateway.Identity{}, gateway.AuthFailed(gateway.ReasonBackend, errors.New("edge has no identity cache"))
 	}
@@ -261,7 +325,7 @@ func (e *Edge) authenticate(ctx context.Context, cr gateway.Credentials) (gatewa
 	if !errors.As(err, &ae) || ae.Reason == gateway.ReasonExpired || ae.Reason == gateway.ReasonWrongAudience {
 		return gateway.Identity{}, err
 	}
-	if !e.refreshAllowed(cr.ClientID) {
+	if !e.up.State().Connected || !e.ids.refreshAllowed(cr.ClientID, e.now()) {
 		return gateway.Identity{}, err
 	}
 	sctx, cancel := context.WithTimeout(ctx, refreshTimeout)
@@ -270,5 +334,5 @@ func (e *Edge) authenticate(ctx context.Context, cr gateway.Credentials) (gatewa
 		e.log.Warn("identity refresh after a failed authentication did not complete", "client", cr.ClientID, "error", serr)
 		return gateway.Identity{}, err
 	}
-	return e.ids.Load().verify(cr, e.cfg.HubHostName, e.now())
+	return e.ids.current().verify(cr, e.cfg.HubHostName, e.now())
 }

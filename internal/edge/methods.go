@@ -128,7 +128,7 @@ func (e *Edge) Invoke(ctx context.Context, caller gateway.Identity, req InvokeRe
 // inScope checks that an identity may be reached locally: a child of this
 // edge, or a module of the edge or of a child, enabled.
 func (e *Edge) inScope(deviceID, moduleID string) error {
-	c := e.ids.Load()
+	c := e.ids.current()
 	if c == nil {
 		return &status.Error{Status: http.StatusServiceUnavailable, Code: status.CodeServerError, Message: "edge has no identity cache yet"}
 	}

@@ -71,7 +71,7 @@ func (e *Edge) Status() Status {
 	ls := e.up.State()
 	st := Status{
 		DeviceID: e.cfg.DeviceID,
-		Synced:   e.ids.Load() != nil && e.ca.Load() != nil,
+		Synced:   e.synced(),
 		Link: LinkStatus{
 			Connected:      ls.Connected,
 			LastError:      ls.LastError,
@@ -103,11 +103,10 @@ func (e *Edge) Status() Status {
 	for _, r := range e.routeTable().Routes {
 		st.Routes[r.Name] = r.Text
 	}
-	e.mu.Lock()
-	if !e.lastSync.IsZero() {
-		t := e.lastSync
+	if t := e.ids.lastSynced(); !t.IsZero() {
 		st.LastSync = &t
 	}
+	e.mu.Lock()
 	st.ConnectedClients = make([]string, 0, len(e.sessions))
 	for cid := range e.sessions {
 		st.ConnectedClients = append(st.ConnectedClients, cid)
