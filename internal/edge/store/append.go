@@ -35,7 +35,7 @@ type appendReq struct {
 	done func([]uint64, error)
 }
 
-// AppendAsync queues recs for the next group commit, all or none.
+// appendAsync queues recs for the next group commit, all or none.
 //
 // If it returns an error, nothing was queued and done is never called.
 // Otherwise done is called exactly once: with err == nil after the records
@@ -43,7 +43,7 @@ type appendReq struct {
 // the commit's error, and then none was stored. Calls to done happen in
 // append order on the committer goroutine, so done must not block, call
 // Append or Close: hand slow work (a network write) to another goroutine.
-func (s *Store) AppendAsync(recs []Record, done func(seqs []uint64, err error)) error {
+func (s *Store) appendAsync(recs []Record, done func(seqs []uint64, err error)) error {
 	if len(recs) == 0 {
 		return errors.New("append: no records")
 	}
@@ -118,7 +118,7 @@ func (s *Store) AppendRecords(ctx context.Context, recs []Record) ([]uint64, err
 		err  error
 	}
 	ch := make(chan result, 1)
-	err := s.AppendAsync(recs, func(seqs []uint64, err error) { ch <- result{seqs, err} })
+	err := s.appendAsync(recs, func(seqs []uint64, err error) { ch <- result{seqs, err} })
 	if err != nil {
 		return nil, err
 	}

@@ -52,7 +52,7 @@ func BenchmarkAppendAsync10x64(b *testing.B) {
 			for range per {
 				sem <- struct{}{}
 				inflight.Add(1)
-				err := s.AppendAsync([]Record{{Endpoint: "$upstream", Msg: m}}, func(_ []uint64, err error) {
+				err := s.appendAsync([]Record{{Endpoint: "$upstream", Msg: m}}, func(_ []uint64, err error) {
 					if err != nil {
 						b.Error(err)
 					}
