@@ -28,7 +28,7 @@ func BenchmarkAppendSync1(b *testing.B) {
 	m := msg256()
 	start := time.Now()
 	for b.Loop() {
-		if _, err := s.Append(context.Background(), "$upstream", m); err != nil {
+		if _, err := s.appendOne(context.Background(), "$upstream", m); err != nil {
 			b.Fatal(err)
 		}
 	}

@@ -1,6 +1,11 @@
 package store
 
-import "fmt"
+import (
+	"context"
+	"fmt"
+
+	"outpost/internal/message"
+)
 
 // Test hooks: deletions no production caller makes. The edge acks
 // through a Reader (Reader.Ack); these name the endpoint, or delete out
@@ -38,4 +43,13 @@ func (s *Store) ackSeqs(endpoint string, seqs ...uint64) error {
 		return fmt.Errorf("ack: %w", err)
 	}
 	return nil
+}
+
+// appendOne is AppendRecords of one message.
+func (s *Store) appendOne(ctx context.Context, endpoint string, msg *message.Message) (uint64, error) {
+	seqs, err := s.AppendRecords(ctx, []Record{{Endpoint: endpoint, Msg: msg}})
+	if err != nil {
+		return 0, err
+	}
+	return seqs[0], nil
 }

@@ -58,7 +58,7 @@ func msg(device string, n int) *message.Message {
 
 func mustAppend(t *testing.T, s *Store, ep string, m *message.Message) uint64 {
 	t.Helper()
-	seq, err := s.Append(context.Background(), ep, m)
+	seq, err := s.appendOne(context.Background(), ep, m)
 	if err != nil {
 		t.Fatalf("append: %v", err)
 	}
@@ -194,7 +194,7 @@ func TestConcurrentAppendersKeepOrder(t *testing.T) {
 		wg.Go(func() {
 			dev := "dev" + strconv.Itoa(a)
 			for i := range each {
-				if _, err := s.Append(context.Background(), "$upstream", msg(dev, i)); err != nil {
+				if _, err := s.appendOne(context.Background(), "$upstream", msg(dev, i)); err != nil {
 					errs <- err
 					return
 				}
@@ -237,7 +237,7 @@ func TestGroupCommit(t *testing.T) {
 		for a := range appenders {
 			wg.Go(func() {
 				for i := range each {
-					if _, err := s.Append(context.Background(), "$upstream", msg("d"+strconv.Itoa(a), i)); err != nil {
+					if _, err := s.appendOne(context.Background(), "$upstream", msg("d"+strconv.Itoa(a), i)); err != nil {
 						failed.Add(1)
 					}
 				}
@@ -435,7 +435,7 @@ func TestQuota(t *testing.T) {
 	var seqs []uint64
 	var quotaErr error
 	for range 20 {
-		seq, err := s.Append(context.Background(), "$upstream", m)
+		seq, err := s.appendOne(context.Background(), "$upstream", m)
 		if err != nil {
 			quotaErr = err
 			break
@@ -466,7 +466,7 @@ func TestQuota(t *testing.T) {
 		if err := s.ackEndpoint("$upstream", seqs[0]); err != nil {
 			t.Fatal(err)
 		}
-		if _, err := s.Append(context.Background(), "$upstream", m); err != nil {
+		if _, err := s.appendOne(context.Background(), "$upstream", m); err != nil {
 			t.Fatalf("append after ack: %v", err)
 		}
 	})
@@ -709,7 +709,7 @@ func TestNextBlocks(t *testing.T) {
 		if err := s.Close(); err != nil {
 			t.Fatalf("second close: %v", err)
 		}
-		if _, err := s.Append(context.Background(), "$upstream", msg("d", 2)); !errors.Is(err, ErrClosed) {
+		if _, err := s.appendOne(context.Background(), "$upstream", msg("d", 2)); !errors.Is(err, ErrClosed) {
 			t.Fatalf("append after close: %v", err)
 		}
 	})
