@@ -16,6 +16,7 @@ import (
 
 	"outpost/internal/certs"
 	"outpost/internal/edge"
+	"outpost/internal/edgeserver"
 	"outpost/internal/gateway"
 	"outpost/internal/identity"
 	"outpost/internal/manifest"
@@ -89,42 +90,41 @@ flags of outpost edge:
 	if err := startPprof(); err != nil {
 		return fmt.Errorf("edge: %w", err)
 	}
-	cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
-	cfg.NewUplink = edge.NewUpstreamLink
-	envFile := deploymentEnvFile(f.stateDir, cfg.HubHostName, cfg.DeviceID)
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	cfg.Logger = log
+	envFile := f.envFile()
 	cfg.OnEdgeHubEnv = func(env map[string]string) {
 		if err := writeDeploymentEnv(envFile, env); err != nil {
-			cfg.Logger.Error("saving the edgeHub environment of the deployment", "file", envFile, "error", err)
+			log.Error("saving the edgeHub environment of the deployment", "file", envFile, "error", err)
 			return
 		}
 		if sf := env["storageFolder"]; sf != "" && sf != cfg.StorageDir {
-			cfg.Logger.Warn("the deployment sets the edgeHub storageFolder; it applies at the next start unless --storage-folder or $storageFolder is set",
+			log.Warn("the deployment sets the edgeHub storageFolder; it applies at the next start unless --storage-folder or $storageFolder is set",
 				"storageFolder", sf, "inUse", cfg.StorageDir)
 		}
 	}
 
-	e, err := edge.New(cfg)
+	s, err := edgeserver.Start(ctx, cfg)
 	if err != nil {
 		return err
 	}
-	defer e.Close()
-	errc := make(chan error, 1)
-	go func() { errc <- e.Run(ctx) }()
-	select {
-	case <-e.Ready():
-		fmt.Printf("edge ready: mqtt=%s https=%s\n", e.MQTTAddr(), e.HTTPSAddr())
-	case err := <-errc:
+	defer s.Close()
+	// Run ends with ctx, so Background lets its error (a never-synced
+	// edge's) be the one reported.
+	if err := s.AwaitReady(context.Background()); err != nil {
 		return err
 	}
-	if err := <-errc; err != nil {
+	fmt.Printf("edge ready: mqtt=%s https=%s\n", s.Edge().MQTTAddr(), s.Edge().HTTPSAddr())
+	if err := s.Wait(); err != nil {
 		return err
 	}
-	return e.Close()
+	return s.Close()
 }
 
-// config checks the flags and turns them into an edge.Config.
-func (f edgeFlags) config() (edge.Config, error) {
-	var cfg edge.Config
+// config checks the flags and turns them into the edge server's
+// options.
+func (f edgeFlags) config() (edgeserver.Config, error) {
+	cfg := edgeserver.Config{ConnectionString: f.connString}
 	if f.connString == "" {
 		return cfg, errors.New("edge: --connection-string is required")
 	}
@@ -132,7 +132,7 @@ func (f edgeFlags) config() (edge.Config, error) {
 		return cfg, err
 	}
 	cfg.Rates = f.rates
-	if err := edge.ParseConnectionString(f.connString, &cfg); err != nil {
+	if _, err := f.identity(); err != nil {
 		return cfg, fmt.Errorf("edge: --connection-string: %w", err)
 	}
 	cfg.StorageDir = f.storageFolder
@@ -140,7 +140,7 @@ func (f edgeFlags) config() (edge.Config, error) {
 		cfg.StorageDir = os.Getenv("storageFolder")
 	}
 	if cfg.StorageDir == "" {
-		env, err := readDeploymentEnv(deploymentEnvFile(f.stateDir, cfg.HubHostName, cfg.DeviceID))
+		env, err := readDeploymentEnv(f.envFile())
 		if err != nil {
 			return cfg, fmt.Errorf("edge: %w", err)
 		}
@@ -185,6 +185,20 @@ func (f edgeFlags) config() (edge.Config, error) {
 	cfg.EdgeCACert = f.edgeCACert
 	cfg.EdgeCAKey = f.edgeCAKey
 	return cfg, nil
+}
+
+// identity is the hub and device id of the connection string, which
+// name the edge's deployment env file.
+func (f edgeFlags) identity() (edge.Config, error) {
+	var c edge.Config
+	err := edge.ParseConnectionString(f.connString, &c)
+	return c, err
+}
+
+// envFile is this edge's deployment env file (see deploymentEnvFile).
+func (f edgeFlags) envFile() string {
+	c, _ := f.identity()
+	return deploymentEnvFile(f.stateDir, c.HubHostName, c.DeviceID)
 }
 
 // deploymentEnvFile is where the edge keeps the edgeHub environment of

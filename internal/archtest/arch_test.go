@@ -45,6 +45,12 @@ var forbidden = [][2]string{
 	{"edge", "hub"},
 	{"hubserver", "edge"},
 	{"edge", "hubserver"},
+	// edgeserver is the edge's process wiring, as hubserver is the hub's.
+	{"edgeserver", "hub"},
+	{"edgeserver", "hubserver"},
+	{"hub", "edgeserver"},
+	{"hubserver", "edgeserver"},
+	{"edge", "edgeserver"},
 }
 
 type pkg struct {

@@ -33,12 +33,14 @@ import (
 
 	"outpost/internal/client"
 	"outpost/internal/edge"
+	"outpost/internal/edgeserver"
 	"outpost/internal/hub/dataplane"
 	"outpost/internal/hubserver"
 	"outpost/internal/identity"
 	"outpost/internal/netfault"
 	"outpost/internal/poll"
 	"outpost/internal/route"
+	"outpost/internal/sas"
 	"outpost/internal/service"
 	"outpost/internal/twin"
 )
@@ -213,8 +215,7 @@ type Demo struct {
 	hub      *hubserver.Server
 	svc      *service.Client
 	proxy    *netfault.Proxy
-	edge     *edge.Edge
-	edgeDone chan error
+	edge     *edgeserver.Server
 	filter   *filter
 	children []*child
 	childCS  map[string]string
@@ -328,7 +329,7 @@ func New(ctx context.Context, cfg Config) (_ *Demo, err error) {
 		return nil, fmt.Errorf("demo: %w", err)
 	}
 
-	gw := d.edge.MQTTAddr().String()
+	gw := d.edge.Edge().MQTTAddr().String()
 	host := d.svc.HostName()
 	clientCfg := func(cs, side string) client.Config {
 		return client.Config{ConnectionString: cs, RootCAs: d.hub.RootCAs(), Logger: d.log.With("side", side)}
@@ -425,37 +426,25 @@ func (d *Demo) startEdge(ctx context.Context, key string) error {
 		return err
 	}
 	begin := time.Now()
-	d.edge, err = edge.New(edge.Config{
-		HubHostName:  d.svc.HostName(),
-		DeviceID:     EdgeID,
-		Key:          key,
-		StorageDir:   filepath.Join(d.dir, "edge"),
-		UpstreamAddr: d.proxy.Addr(),
-		HubCA:        d.hub.RootCAs(),
-		Hostname:     "localhost",
-		MQTTAddr:     "127.0.0.1:0",
-		HTTPSAddr:    "127.0.0.1:0",
-		Logger:       d.log.With("side", "edge"),
-		NewUplink:    edge.NewUpstreamLink,
+	d.edge, err = edgeserver.Start(context.Background(), edgeserver.Config{
+		ConnectionString: sas.ConnectionString{HostName: d.svc.HostName(), DeviceID: EdgeID, SharedAccessKey: key}.String(),
+		StorageDir:       filepath.Join(d.dir, "edge"),
+		UpstreamAddr:     d.proxy.Addr(),
+		HubCA:            d.hub.RootCAs(),
+		Hostname:         "localhost",
+		MQTTAddr:         "127.0.0.1:0",
+		HTTPSAddr:        "127.0.0.1:0",
+		Logger:           d.log.With("side", "edge"),
 	})
 	if err != nil {
 		return err
 	}
-	d.edgeDone = make(chan error, 1)
-	e := d.edge
-	go func() { d.edgeDone <- e.Run(context.Background()) }()
-	t := time.NewTimer(d.cfg.Timeout)
-	defer t.Stop()
-	select {
-	case <-e.Ready():
-	case err := <-d.edgeDone:
-		d.edgeDone <- err
-		return fmt.Errorf("edge stopped: %w", err)
-	case <-t.C:
-		return fmt.Errorf("edge not ready within %v", d.cfg.Timeout)
-	case <-ctx.Done():
-		return ctx.Err()
+	rctx, cancel := context.WithTimeout(ctx, d.cfg.Timeout)
+	defer cancel()
+	if err := d.edge.AwaitReady(rctx); err != nil {
+		return fmt.Errorf("edge not ready within %v: %w", d.cfg.Timeout, err)
 	}
+	e := d.edge.Edge()
 	if _, ok := d.waitFor(ctx, d.cfg.Timeout, func() bool {
 		_, ok := e.Status().Routes["alerts"]
 		return ok
@@ -535,7 +524,7 @@ func (d *Demo) offline(ctx context.Context, s *Summary, check func(string, bool,
 	d.setPhase(2, "Link cut: the edge keeps its devices working", dur)
 	t0 := time.Now()
 	d.proxy.Cut()
-	took, ok := d.waitFor(ctx, d.cfg.Timeout, func() bool { return !d.edge.Status().Link.Connected })
+	took, ok := d.waitFor(ctx, d.cfg.Timeout, func() bool { return !d.edge.Edge().Status().Link.Connected })
 	s.CutNoticed = took
 	check("the edge notices the cut", ok, fmt.Sprintf("in %s", round(took)))
 	if ok {
@@ -644,7 +633,7 @@ func (d *Demo) restored(ctx context.Context, s *Summary, check func(string, bool
 	if err := d.proxy.Restore(); err != nil {
 		return fmt.Errorf("demo: restore link: %w", err)
 	}
-	took, ok := d.waitFor(ctx, d.cfg.Timeout, func() bool { return d.edge.Status().Link.Connected })
+	took, ok := d.waitFor(ctx, d.cfg.Timeout, func() bool { return d.edge.Edge().Status().Link.Connected })
 	s.LinkReturn = took
 	check("the edge notices the link's return", ok, fmt.Sprintf("in %s", round(took)))
 	if ok {
@@ -692,7 +681,7 @@ func (d *Demo) final(ctx context.Context, s *Summary, check func(string, bool, s
 	marks := d.tally.marks()
 	d.waitFor(ctx, d.cfg.Timeout, func() bool { return d.tally.undelivered(marks) == 0 })
 	s.Totals = d.tally.totals()
-	s.Expired = d.edge.Status().Expired
+	s.Expired = d.edge.Edge().Status().Expired
 
 	lostDetail := fmt.Sprintf("%d lost", s.Lost)
 	if s.Lost > 0 {
@@ -762,8 +751,8 @@ func (d *Demo) Explore() Explore {
 		HubHTTPSAddr:           d.hub.HTTPSAddr().String(),
 		HubMQTTAddr:            d.hub.MQTTAddr().String(),
 		EdgeID:                 EdgeID,
-		EdgeMQTTAddr:           d.edge.MQTTAddr().String(),
-		EdgeHTTPSAddr:          d.edge.HTTPSAddr().String(),
+		EdgeMQTTAddr:           d.edge.Edge().MQTTAddr().String(),
+		EdgeHTTPSAddr:          d.edge.Edge().HTTPSAddr().String(),
 		UpstreamProxyAddr:      d.proxy.Addr(),
 		ChildConnectionStrings: map[string]string{},
 		FilterModule:           FilterModule,
@@ -793,8 +782,7 @@ func (d *Demo) Close() error {
 			errs = append(errs, d.filter.close())
 		}
 		if d.edge != nil {
-			errs = append(errs, d.edge.Close())
-			if err := <-d.edgeDone; err != nil && !errors.Is(err, edge.ErrClosed) {
+			if err := d.edge.Close(); err != nil {
 				errs = append(errs, fmt.Errorf("edge: %w", err))
 			}
 		}
@@ -831,7 +819,7 @@ func (d *Demo) setPhase(n int, title string, dur time.Duration) {
 // upstream endpoint (one per priority).
 func (d *Demo) queued() int64 {
 	var n int64
-	for name, q := range d.edge.Status().Queues {
+	for name, q := range d.edge.Edge().Status().Queues {
 		if name == edge.UpstreamEndpoint || strings.HasPrefix(name, edge.UpstreamEndpoint+"/") {
 			n += q.Length
 		}
@@ -847,7 +835,7 @@ func (d *Demo) progress() Progress {
 	t := d.tally.totals()
 	p.Sent, p.Acked, p.Delivered = t.Sent, t.Acked, t.Delivered
 	p.Queued = d.queued()
-	p.LinkUp = d.edge.Status().Link.Connected
+	p.LinkUp = d.edge.Edge().Status().Link.Connected
 	if marks != nil {
 		p.DrainTotal = total
 		p.DrainDone = total - d.tally.undelivered(marks)

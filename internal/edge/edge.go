@@ -130,8 +130,8 @@ type Config struct {
 	OnEdgeHubEnv func(env map[string]string)
 	Logger       *slog.Logger
 	Now          func() time.Time
-	// NewUplink makes the link to the hub. Required: cmd wires
-	// internal/edge/upstream here; tests a fake.
+	// NewUplink makes the link to the hub. Required: edgeserver wires
+	// internal/edge/upstream here (NewUpstreamLink); tests a fake.
 	NewUplink func(UplinkDeps) (Uplink, error)
 }
 

@@ -181,9 +181,9 @@ func TestTelemetryIsStoredBeforePuback(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	entries, err := r.TryNext(n)
-	if err != nil {
-		t.Fatal(err)
+	entries, err := r.Next(ctx, n)
+	if err != nil || len(entries) != n {
+		t.Fatalf("read back %d of %d: %v", len(entries), n, err)
 	}
 	for i, en := range entries {
 		if string(en.Msg.Body) != fmt.Sprintf("m%d", i) || en.Msg.DeviceID != "child1" || en.Msg.System.ConnDeviceID != "child1" {
@@ -233,7 +233,9 @@ func TestQuotaRefusalAndResume(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	entries, err := r.TryNext(acked)
+	rctx, rcancel := context.WithTimeout(context.Background(), 5*time.Second)
+	entries, err := r.Next(rctx, acked)
+	rcancel()
 	if err != nil || len(entries) != acked {
 		t.Fatalf("read back %d of %d: %v", len(entries), acked, err)
 	}

@@ -95,12 +95,14 @@ func TestUpstreamPriorities(t *testing.T) {
 
 	st := te.e.Store()
 	var readers []*store.Reader
+	byName := map[string]*store.Reader{}
 	for _, ep := range te.e.UpstreamEndpoints() {
 		r, err := st.NewReader(ep)
 		if err != nil {
 			t.Fatal(err)
 		}
 		readers = append(readers, r)
+		byName[ep] = r
 	}
 	var got []string
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -113,7 +115,7 @@ func TestUpstreamPriorities(t *testing.T) {
 		for _, e := range entries {
 			got = append(got, string(e.Msg.Body))
 		}
-		if err := st.Ack(entries[0].Endpoint, entries[len(entries)-1].Seq); err != nil {
+		if err := byName[entries[0].Endpoint].Ack(entries[len(entries)-1].Seq); err != nil {
 			t.Fatal(err)
 		}
 		if len(got) == 7 {

@@ -308,10 +308,6 @@ func (m *Metrics) Handler() http.Handler {
 	return promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{ErrorHandling: promhttp.ContinueOnError})
 }
 
-// Registry is the process's registry, for tests and for adding metrics
-// of another part.
-func (m *Metrics) Registry() *prometheus.Registry { return m.reg }
-
 // ObservePuback records one PUBACK written, latency after its PUBLISH
 // was read. It and the two below make Metrics a gateway.Observer.
 func (m *Metrics) ObservePuback(latency time.Duration) { m.puback.Observe(latency.Seconds()) }

@@ -16,7 +16,7 @@ import (
 	"github.com/cockroachdb/pebble/v2/vfs"
 
 	"outpost/internal/disktest"
-	"outpost/internal/edge"
+	"outpost/internal/edgeserver"
 	"outpost/internal/sas"
 	"outpost/internal/service"
 )
@@ -112,7 +112,7 @@ func TestDiskFullThroughEdge(t *testing.T) {
 			env.CreateDevice(mqttID)
 			env.CreateDevice(httpsID)
 			env.AddChildren(edgeID, mqttID, httpsID)
-			node := env.StartEdge(t, edgeID, WithEdgeConfig(func(c *edge.Config) {
+			node := env.StartEdge(t, edgeID, WithEdgeConfig(func(c *edgeserver.Config) {
 				c.StorageDir, c.StorageFS, c.MinFreeStorageBytes = d.dir, d.fs, 1<<20
 			}))
 			c := node.Child(t, mqttID)

@@ -16,6 +16,7 @@ import (
 
 	"outpost/internal/client"
 	"outpost/internal/edge"
+	"outpost/internal/edgeserver"
 	"outpost/internal/netfault"
 	"outpost/internal/service"
 )
@@ -24,12 +25,12 @@ import (
 type EdgeOption func(*edgeSetup)
 
 type edgeSetup struct {
-	cfg     edge.Config
+	cfg     edgeserver.Config
 	offline bool
 }
 
 // WithEdgeConfig edits the edge's configuration before it starts.
-func WithEdgeConfig(f func(*edge.Config)) EdgeOption {
+func WithEdgeConfig(f func(*edgeserver.Config)) EdgeOption {
 	return func(s *edgeSetup) { f(&s.cfg) }
 }
 
@@ -64,10 +65,9 @@ type EdgeNode struct {
 
 	mu sync.Mutex
 	// mu guards the following fields.
-	cfg  edge.Config // MQTTAddr and HTTPSAddr fixed once first known
-	e    *edge.Edge
-	done chan error // Run's result, buffered
-	err  error      // Run's result once collected
+	cfg edgeserver.Config // MQTTAddr and HTTPSAddr fixed once first known
+	s   *edgeserver.Server
+	err error // Run's result once stopped
 }
 
 // StartEdge starts the edge device edgeID (created with CreateEdge) in
@@ -84,19 +84,16 @@ func (e *Env) StartEdge(t testing.TB, edgeID string, opts ...EdgeOption) *EdgeNo
 	log := slog.New(slog.NewMultiHandler(e.log.Handler(),
 		slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelInfo}))).With("side", "edge", "edge", edgeID)
 	dev := e.device(edgeID)
-	s := edgeSetup{cfg: edge.Config{
-		HubHostName:  HubHostName,
-		DeviceID:     edgeID,
-		Key:          dev.Authentication.SymmetricKey.PrimaryKey,
-		StorageDir:   t.TempDir(),
-		UpstreamAddr: proxy.Addr(),
-		HubCA:        e.RootCAs,
-		Hostname:     "localhost",
-		MQTTAddr:     "127.0.0.1:0",
-		HTTPSAddr:    "127.0.0.1:0",
-		Logger:       log,
-		NewUplink:    edge.NewUpstreamLink,
-		KeepAlive:    UpstreamKeepAlive,
+	s := edgeSetup{cfg: edgeserver.Config{
+		ConnectionString: service.DeviceConnectionString(dev, HubHostName, ""),
+		StorageDir:       t.TempDir(),
+		UpstreamAddr:     proxy.Addr(),
+		HubCA:            e.RootCAs,
+		Hostname:         "localhost",
+		MQTTAddr:         "127.0.0.1:0",
+		HTTPSAddr:        "127.0.0.1:0",
+		Logger:           log,
+		KeepAlive:        UpstreamKeepAlive,
 	}}
 	for _, o := range opts {
 		o(&s)
@@ -122,13 +119,11 @@ func (e *Env) StartEdge(t testing.TB, edgeID string, opts ...EdgeOption) *EdgeNo
 func (n *EdgeNode) start() error {
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	e, err := edge.New(n.cfg)
+	s, err := edgeserver.Start(context.Background(), n.cfg)
 	if err != nil {
 		return err
 	}
-	done := make(chan error, 1)
-	go func() { done <- e.Run(context.Background()) }()
-	n.e, n.done, n.err = e, done, nil
+	n.s, n.err = s, nil
 	return nil
 }
 
@@ -136,7 +131,10 @@ func (n *EdgeNode) start() error {
 func (n *EdgeNode) Edge() *edge.Edge {
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	return n.e
+	if n.s == nil {
+		return nil
+	}
+	return n.s.Edge()
 }
 
 // AwaitReady waits until the edge serves clients, and fixes its listen
@@ -144,16 +142,14 @@ func (n *EdgeNode) Edge() *edge.Edge {
 func (n *EdgeNode) AwaitReady(t testing.TB, timeout time.Duration) {
 	t.Helper()
 	n.mu.Lock()
-	e, done := n.e, n.done
+	s := n.s
 	n.mu.Unlock()
-	select {
-	case <-e.Ready():
-	case err := <-done:
-		done <- err
-		t.Fatalf("edge %s stopped before serving: %v", n.ID, err)
-	case <-time.After(timeout):
-		t.Fatalf("edge %s not serving within %v", n.ID, timeout)
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	if err := s.AwaitReady(ctx); err != nil {
+		t.Fatalf("edge %s not serving within %v: %v", n.ID, timeout, err)
 	}
+	e := s.Edge()
 	n.mu.Lock()
 	n.cfg.MQTTAddr, n.cfg.HTTPSAddr = e.MQTTAddr().String(), e.HTTPSAddr().String()
 	n.mu.Unlock()
@@ -207,18 +203,11 @@ func (n *EdgeNode) Stop() error {
 }
 
 func (n *EdgeNode) stopLocked() error {
-	if n.e == nil {
+	if n.s == nil {
 		return n.err
 	}
-	cerr := n.e.Close()
-	n.err = <-n.done
-	if errors.Is(n.err, edge.ErrClosed) {
-		n.err = nil
-	}
-	n.e, n.done = nil, nil
-	if n.err == nil && cerr != nil {
-		n.err = fmt.Errorf("close: %w", cerr)
-	}
+	n.err = n.s.Close()
+	n.s = nil
 	return n.err
 }
 

@@ -5,7 +5,7 @@ import (
 	"testing"
 	"time"
 
-	"outpost/internal/edge"
+	"outpost/internal/edgeserver"
 )
 
 // copyDir copies the storage folder src to dst, which must not exist: a
@@ -104,7 +104,7 @@ func TestCopiedStore(t *testing.T) {
 	p.c.Close()
 
 	// The copy starts offline, serves from its caches, then connects.
-	second := s.env.StartEdge(t, "edge1", StartOffline(), WithEdgeConfig(func(c *edge.Config) { c.StorageDir = clone }))
+	second := s.env.StartEdge(t, "edge1", StartOffline(), WithEdgeConfig(func(c *edgeserver.Config) { c.StorageDir = clone }))
 	second.AwaitReady(t, 30*time.Second)
 	p2 := newPublisher(second.Child(t, "child1"))
 	p2.next = p.next

@@ -35,15 +35,15 @@ type appendReq struct {
 	done func([]uint64, error)
 }
 
-// AppendAsync queues recs for the next group commit, all or none.
+// appendAsync queues recs for the next group commit, all or none.
 //
 // If it returns an error, nothing was queued and done is never called.
 // Otherwise done is called exactly once: with err == nil after the records
 // were committed and synced, with their sequences in recs order; or with
 // the commit's error, and then none was stored. Calls to done happen in
 // append order on the committer goroutine, so done must not block, call
-// Append or Close: hand slow work (a network write) to another goroutine.
-func (s *Store) AppendAsync(recs []Record, done func(seqs []uint64, err error)) error {
+// AppendRecords or Close: hand slow work (a network write) to another goroutine.
+func (s *Store) appendAsync(recs []Record, done func(seqs []uint64, err error)) error {
 	if len(recs) == 0 {
 		return errors.New("append: no records")
 	}
@@ -99,26 +99,17 @@ func (s *Store) AppendAsync(recs []Record, done func(seqs []uint64, err error)) 
 	return nil
 }
 
-// Append stores msg in endpoint and returns its sequence once it is
-// durable. If ctx ends first, Append returns ctx.Err() and the message may
-// or may not be stored.
-func (s *Store) Append(ctx context.Context, endpoint string, msg *message.Message) (uint64, error) {
-	seqs, err := s.AppendRecords(ctx, []Record{{Endpoint: endpoint, Msg: msg}})
-	if err != nil {
-		return 0, err
-	}
-	return seqs[0], nil
-}
-
 // AppendRecords stores recs atomically, e.g. one routed message in every
 // endpoint its routes name, and returns their sequences once durable.
+// If ctx ends first, it returns ctx.Err() and the records may or may not
+// be stored.
 func (s *Store) AppendRecords(ctx context.Context, recs []Record) ([]uint64, error) {
 	type result struct {
 		seqs []uint64
 		err  error
 	}
 	ch := make(chan result, 1)
-	err := s.AppendAsync(recs, func(seqs []uint64, err error) { ch <- result{seqs, err} })
+	err := s.appendAsync(recs, func(seqs []uint64, err error) { ch <- result{seqs, err} })
 	if err != nil {
 		return nil, err
 	}

@@ -28,7 +28,7 @@ func BenchmarkAppendSync1(b *testing.B) {
 	m := msg256()
 	start := time.Now()
 	for b.Loop() {
-		if _, err := s.Append(context.Background(), "$upstream", m); err != nil {
+		if _, err := s.appendOne(context.Background(), "$upstream", m); err != nil {
 			b.Fatal(err)
 		}
 	}
@@ -52,7 +52,7 @@ func BenchmarkAppendAsync10x64(b *testing.B) {
 			for range per {
 				sem <- struct{}{}
 				inflight.Add(1)
-				err := s.AppendAsync([]Record{{Endpoint: "$upstream", Msg: m}}, func(_ []uint64, err error) {
+				err := s.appendAsync([]Record{{Endpoint: "$upstream", Msg: m}}, func(_ []uint64, err error) {
 					if err != nil {
 						b.Error(err)
 					}

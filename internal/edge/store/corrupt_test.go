@@ -157,7 +157,7 @@ func (b corruptBase) checkDamaged(t *testing.T, name string, fs *vfs.MemFS, isWA
 	}
 	present := map[uint64]bool{}
 	for {
-		es, err := r.TryNext(100)
+		es, err := r.tryNext(100)
 		if err != nil {
 			if !clear(err) {
 				fail("read error that does not say corruption: %v", err)

@@ -96,10 +96,10 @@ func TestOpenMigratesCounters(t *testing.T) {
 		mustAppend(t, s, "b", msg("d", i))
 		clock.Advance(time.Second)
 	}
-	if err := s.Ack("a", seqs[3]); err != nil {
+	if err := s.ackEndpoint("a", seqs[3]); err != nil {
 		t.Fatal(err)
 	}
-	if err := s.AckSeqs("a", seqs[6]); err != nil {
+	if err := s.ackSeqs("a", seqs[6]); err != nil {
 		t.Fatal(err)
 	}
 	before, next := s.Stats(), s.NextSeq()
@@ -133,7 +133,7 @@ func TestOpenMigratesCounters(t *testing.T) {
 	// The migrated counters go on: more appends and acks, then a reopen
 	// that reads them.
 	mustAppend(t, s, "a", msg("d", 99))
-	if err := s.Ack("b", seqs[5]+1); err != nil {
+	if err := s.ackEndpoint("b", seqs[5]+1); err != nil {
 		t.Fatal(err)
 	}
 	if err := s.Close(); err != nil {

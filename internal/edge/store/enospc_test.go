@@ -28,7 +28,7 @@ func TestDiskFull(t *testing.T) {
 		defer s.Close()
 		mustAppend(t, s, "$upstream", msg("d", 0))
 		fs.TestingSetDiskUsage(vfs.DiskUsage{AvailBytes: 1<<20 + 10, TotalBytes: 2 << 30})
-		if _, err := s.Append(context.Background(), "$upstream", msg("d", 1)); !errors.Is(err, ErrDiskFull) {
+		if _, err := s.appendOne(context.Background(), "$upstream", msg("d", 1)); !errors.Is(err, ErrDiskFull) {
 			t.Fatalf("append below reserve: %v, want ErrDiskFull", err)
 		}
 		if got := readAll(t, s, "$upstream"); len(got) != 1 {
@@ -55,7 +55,7 @@ func TestDiskFull(t *testing.T) {
 		for i := range 2 {
 			// The first fails in Pebble, the second is refused until the
 			// store has reopened its database.
-			if _, err := s.Append(context.Background(), "$upstream", msg("d", 1)); !errors.Is(err, ErrDiskFull) {
+			if _, err := s.appendOne(context.Background(), "$upstream", msg("d", 1)); !errors.Is(err, ErrDiskFull) {
 				t.Fatalf("append %d on a full disk: %v, want ErrDiskFull", i, err)
 			}
 		}
@@ -142,7 +142,7 @@ func TestDiskFullRecovers(t *testing.T) {
 			}
 
 			d.fill(t)
-			if _, err := s.Append(context.Background(), ep, msg("d", 100)); !errors.Is(err, ErrDiskFull) {
+			if _, err := s.appendOne(context.Background(), ep, msg("d", 100)); !errors.Is(err, ErrDiskFull) {
 				t.Fatalf("append on a full disk: %v, want ErrDiskFull", err)
 			}
 			// KV writes are not held to the reserve: on a disk full to
@@ -155,7 +155,7 @@ func TestDiskFullRecovers(t *testing.T) {
 			if !errors.Is(putErr, ErrDiskFull) {
 				t.Fatalf("KV write on a full disk: %v, want ErrDiskFull", putErr)
 			}
-			if _, err := s.Append(context.Background(), ep, msg("d", 101)); !errors.Is(err, ErrDiskFull) {
+			if _, err := s.appendOne(context.Background(), ep, msg("d", 101)); !errors.Is(err, ErrDiskFull) {
 				t.Fatalf("append after the failed write: %v, want ErrDiskFull", err)
 			}
 			// The old database stays readable until there is room.
@@ -166,7 +166,7 @@ func TestDiskFullRecovers(t *testing.T) {
 			var seq uint64
 			checkFor(t, 5*time.Second, 5*time.Millisecond, func() error {
 				var err error
-				seq, err = s.Append(context.Background(), ep, msg("d", 20))
+				seq, err = s.appendOne(context.Background(), ep, msg("d", 20))
 				return err
 			})
 			took := time.Since(freed)

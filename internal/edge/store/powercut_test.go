@@ -98,7 +98,7 @@ type pcRun struct {
 	mem   *vfs.MemFS
 	s     *Store
 	clock *clocktest.Clock
-	// clockMu: writers hold it for reading across AppendAsync, so the
+	// clockMu: writers hold it for reading across appendAsync, so the
 	// stored time the store takes is the one they record; the driver
 	// holds it to move the clock.
 	clockMu sync.RWMutex
@@ -226,7 +226,7 @@ func (r *pcRun) writer(ctx context.Context, id int, seed uint64) {
 		r.st.mu.Lock()
 		r.st.attempted[pcKey(id, n)] = e
 		r.st.mu.Unlock()
-		err := r.s.AppendAsync([]Record{{Endpoint: ep, Msg: m, TTL: ttl}}, func(seqs []uint64, err error) {
+		err := r.s.appendAsync([]Record{{Endpoint: ep, Msg: m, TTL: ttl}}, func(seqs []uint64, err error) {
 			<-inflight
 			if err != nil {
 				r.t.Errorf("append w%d/%d: %v", id, n, err)
@@ -265,7 +265,7 @@ func (r *pcRun) step(ctx context.Context, readers map[string]*Reader, kvVersion 
 	switch k := r.rng.IntN(10); {
 	case k < 5: // a reader forwards some and acks them
 		ep := pcEndpoints[r.rng.IntN(len(pcEndpoints))]
-		es, err := readers[ep].TryNext(1 + r.rng.IntN(50))
+		es, err := readers[ep].tryNext(1 + r.rng.IntN(50))
 		if err != nil {
 			r.t.Errorf("read: %v", err)
 			return
@@ -344,7 +344,7 @@ func verifyCrash(t *testing.T, c pcCrash, attempted map[string]*pcEntry) {
 		lastN := map[string]int{}
 		var lastSeq uint64
 		for {
-			es, err := r.TryNext(500)
+			es, err := r.tryNext(500)
 			if err != nil {
 				fail("read %s: %v", ep, err)
 				return

@@ -71,7 +71,7 @@ func (r *Reader) Next(ctx context.Context, max int) ([]Entry, error) {
 		r.s.mu.Lock()
 		wait := r.ep.notify
 		r.s.mu.Unlock()
-		entries, err := r.TryNext(max)
+		entries, err := r.tryNext(max)
 		if err != nil || len(entries) > 0 {
 			return entries, err
 		}
@@ -89,8 +89,8 @@ func (r *Reader) Next(ctx context.Context, max int) ([]Entry, error) {
 // of expired entries is deleted in pieces.
 const maxExpiredPerRead = 4096
 
-// TryNext is Next without blocking: it may return no entries.
-func (r *Reader) TryNext(max int) ([]Entry, error) {
+// tryNext is Next without blocking: it may return no entries.
+func (r *Reader) tryNext(max int) ([]Entry, error) {
 	if max <= 0 {
 		return nil, errors.New("next: max must be positive")
 	}
@@ -205,7 +205,7 @@ func (s *Store) NextByPriority(ctx context.Context, readers []*Reader, max int) 
 		sort.SliceStable(order, func(i, j int) bool { return order[i].ep.priority < order[j].ep.priority })
 		s.mu.Unlock()
 		for _, r := range order {
-			entries, err := r.TryNext(max)
+			entries, err := r.tryNext(max)
 			if err != nil || len(entries) > 0 {
 				return entries, err
 			}
@@ -218,18 +218,6 @@ func (s *Store) NextByPriority(ctx context.Context, readers []*Reader, max int) 
 			return nil, ErrClosed
 		}
 	}
-}
-
-// Ack deletes endpoint's entries up to and including seq: they were
-// delivered. It is not synced; a power cut may cause a redelivery.
-func (s *Store) Ack(endpoint string, seq uint64) error {
-	s.mu.Lock()
-	ep := s.endpoints[endpoint]
-	s.mu.Unlock()
-	if ep == nil {
-		return fmt.Errorf("ack: unknown endpoint %q", endpoint)
-	}
-	return s.ack(ep, seq)
 }
 
 func (s *Store) ack(ep *endpoint, upto uint64) error {
@@ -261,29 +249,6 @@ func (s *Store) ack(ep *endpoint, upto uint64) error {
 // still queued: it starts at ep.low, past the deleted head.
 func (ep *endpoint) liveBounds() (lo, hi []byte) {
 	return queueKey(ep.id, ep.low.Load()), queueKey(ep.id+1, 0)
-}
-
-// AckSeqs deletes the given entries of endpoint, for consumers that
-// complete out of order. Sequences already gone are ignored.
-func (s *Store) AckSeqs(endpoint string, seqs ...uint64) error {
-	if err := s.enter(); err != nil {
-		return err
-	}
-	defer s.leave()
-	s.mu.Lock()
-	ep := s.endpoints[endpoint]
-	s.mu.Unlock()
-	if ep == nil {
-		return fmt.Errorf("ack: unknown endpoint %q", endpoint)
-	}
-	keys := make([][]byte, len(seqs))
-	for i, seq := range seqs {
-		keys[i] = queueKey(ep.id, seq)
-	}
-	if err := s.deleteKeys(ep, keys, false); err != nil {
-		return fmt.Errorf("ack: %w", err)
-	}
-	return nil
 }
 
 // span is a measured run of consecutive entries.

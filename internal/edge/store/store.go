@@ -62,7 +62,6 @@ import (
 	"fmt"
 	"log/slog"
 	"math"
-	"sort"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -174,13 +173,6 @@ type EndpointStats struct {
 	Stored    uint64
 	Forwarded uint64
 	Expired   uint64
-}
-
-// EndpointInfo lists a non-empty endpoint for a scheduler.
-type EndpointInfo struct {
-	Name     string
-	Priority int
-	Len      int64
 }
 
 // Usage is the store's overall use.
@@ -751,26 +743,6 @@ func (s *Store) Stats() map[string]EndpointStats {
 			Expired:   ep.expired,
 		}
 	}
-	return out
-}
-
-// Endpoints lists the non-empty endpoints, highest priority first, then
-// by name.
-func (s *Store) Endpoints() []EndpointInfo {
-	s.mu.Lock()
-	var out []EndpointInfo
-	for _, ep := range s.endpoints {
-		if ep.count > 0 {
-			out = append(out, EndpointInfo{Name: ep.name, Priority: ep.priority, Len: ep.count})
-		}
-	}
-	s.mu.Unlock()
-	sort.Slice(out, func(i, j int) bool {
-		if out[i].Priority != out[j].Priority {
-			return out[i].Priority < out[j].Priority
-		}
-		return out[i].Name < out[j].Name
-	})
 	return out
 }
 

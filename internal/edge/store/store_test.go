@@ -58,7 +58,7 @@ func msg(device string, n int) *message.Message {
 
 func mustAppend(t *testing.T, s *Store, ep string, m *message.Message) uint64 {
 	t.Helper()
-	seq, err := s.Append(context.Background(), ep, m)
+	seq, err := s.appendOne(context.Background(), ep, m)
 	if err != nil {
 		t.Fatalf("append: %v", err)
 	}
@@ -74,7 +74,7 @@ func readAll(t *testing.T, s *Store, ep string) []Entry {
 	}
 	var all []Entry
 	for {
-		es, err := r.TryNext(100)
+		es, err := r.tryNext(100)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -125,7 +125,7 @@ func TestAppendReadAck(t *testing.T) {
 			t.Fatal(err)
 		}
 		r.Rewind()
-		es, err := r.TryNext(10)
+		es, err := r.tryNext(10)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -146,7 +146,7 @@ func TestAppendReadAck(t *testing.T) {
 		}
 	})
 	t.Run("ack all empties", func(t *testing.T) {
-		if err := s.Ack(ep, seqs[4]); err != nil {
+		if err := s.ackEndpoint(ep, seqs[4]); err != nil {
 			t.Fatal(err)
 		}
 		st := s.Stats()[ep]
@@ -156,8 +156,10 @@ func TestAppendReadAck(t *testing.T) {
 		if u := s.Usage(); u.Bytes != 0 {
 			t.Fatalf("usage bytes = %d", u.Bytes)
 		}
-		if got := s.Endpoints(); len(got) != 0 {
-			t.Fatalf("endpoints = %v, want none", got)
+		for name, st := range s.Stats() {
+			if st.Len != 0 {
+				t.Fatalf("endpoint %s holds %d, want every endpoint empty", name, st.Len)
+			}
 		}
 	})
 }
@@ -192,7 +194,7 @@ func TestConcurrentAppendersKeepOrder(t *testing.T) {
 		wg.Go(func() {
 			dev := "dev" + strconv.Itoa(a)
 			for i := range each {
-				if _, err := s.Append(context.Background(), "$upstream", msg(dev, i)); err != nil {
+				if _, err := s.appendOne(context.Background(), "$upstream", msg(dev, i)); err != nil {
 					errs <- err
 					return
 				}
@@ -235,7 +237,7 @@ func TestGroupCommit(t *testing.T) {
 		for a := range appenders {
 			wg.Go(func() {
 				for i := range each {
-					if _, err := s.Append(context.Background(), "$upstream", msg("d"+strconv.Itoa(a), i)); err != nil {
+					if _, err := s.appendOne(context.Background(), "$upstream", msg("d"+strconv.Itoa(a), i)); err != nil {
 						failed.Add(1)
 					}
 				}
@@ -263,7 +265,7 @@ func TestGroupCommit(t *testing.T) {
 		var wg sync.WaitGroup
 		wg.Add(n)
 		for i := range n {
-			err := s.AppendAsync([]Record{{Endpoint: "$upstream", Msg: msg("d", i)}}, func(seqs []uint64, err error) {
+			err := s.appendAsync([]Record{{Endpoint: "$upstream", Msg: msg("d", i)}}, func(seqs []uint64, err error) {
 				defer wg.Done()
 				if err != nil {
 					t.Error(err)
@@ -433,7 +435,7 @@ func TestQuota(t *testing.T) {
 	var seqs []uint64
 	var quotaErr error
 	for range 20 {
-		seq, err := s.Append(context.Background(), "$upstream", m)
+		seq, err := s.appendOne(context.Background(), "$upstream", m)
 		if err != nil {
 			quotaErr = err
 			break
@@ -461,10 +463,10 @@ func TestQuota(t *testing.T) {
 		}
 	})
 	t.Run("resumes after ack", func(t *testing.T) {
-		if err := s.Ack("$upstream", seqs[0]); err != nil {
+		if err := s.ackEndpoint("$upstream", seqs[0]); err != nil {
 			t.Fatal(err)
 		}
-		if _, err := s.Append(context.Background(), "$upstream", m); err != nil {
+		if _, err := s.appendOne(context.Background(), "$upstream", m); err != nil {
 			t.Fatalf("append after ack: %v", err)
 		}
 	})
@@ -528,7 +530,7 @@ func TestReclaimWithoutSweep(t *testing.T) {
 	if peak < n*size {
 		t.Fatalf("disk usage %d after storing %d bytes", peak, n*size)
 	}
-	if err := s.Ack("$upstream", last); err != nil {
+	if err := s.ackEndpoint("$upstream", last); err != nil {
 		t.Fatal(err)
 	}
 	// At least three quarters of the acked bytes must leave the disk; what
@@ -560,7 +562,7 @@ func TestCrashRecovery(t *testing.T) {
 			var wg sync.WaitGroup
 			wg.Add(n)
 			for i := range n {
-				err := s.AppendAsync([]Record{{Endpoint: "$upstream", Msg: msg("d", i)}}, func(seqs []uint64, err error) {
+				err := s.appendAsync([]Record{{Endpoint: "$upstream", Msg: msg("d", i)}}, func(seqs []uint64, err error) {
 					defer wg.Done()
 					if err == nil {
 						mu.Lock()
@@ -578,7 +580,7 @@ func TestCrashRecovery(t *testing.T) {
 				maxSeq = max(maxSeq, seq)
 			}
 			if tt.drain {
-				if err := s.Ack("$upstream", maxSeq); err != nil {
+				if err := s.ackEndpoint("$upstream", maxSeq); err != nil {
 					t.Fatal(err)
 				}
 				// Acks are not synced; a synced commit after them makes
@@ -634,7 +636,7 @@ func TestRestartRecoversStats(t *testing.T) {
 		mustAppend(t, s, "b", msg("d", i))
 		clock.Advance(time.Second)
 	}
-	if err := s.Ack("a", seqs[2]); err != nil {
+	if err := s.ackEndpoint("a", seqs[2]); err != nil {
 		t.Fatal(err)
 	}
 	before := s.Stats()
@@ -707,7 +709,7 @@ func TestNextBlocks(t *testing.T) {
 		if err := s.Close(); err != nil {
 			t.Fatalf("second close: %v", err)
 		}
-		if _, err := s.Append(context.Background(), "$upstream", msg("d", 2)); !errors.Is(err, ErrClosed) {
+		if _, err := s.appendOne(context.Background(), "$upstream", msg("d", 2)); !errors.Is(err, ErrClosed) {
 			t.Fatalf("append after close: %v", err)
 		}
 	})
@@ -733,8 +735,8 @@ func TestNextByPriority(t *testing.T) {
 		}
 		readers = append(readers, r)
 	}
-	if got := s.Endpoints(); len(got) != 2 || got[0].Name != "live" || got[1].Name != "backlog" || got[1].Len != 3 {
-		t.Fatalf("endpoints = %+v", got)
+	if st := s.Stats(); st["live"].Priority != 0 || st["live"].Len != 1 || st["backlog"].Priority != 5 || st["backlog"].Len != 3 {
+		t.Fatalf("stats = %+v", st)
 	}
 	var order []string
 	for range 3 {
@@ -755,7 +757,7 @@ func TestAckSeqs(t *testing.T) {
 	for i := range 5 {
 		seqs = append(seqs, mustAppend(t, s, "/modules/m/inputs/i", msg("d", i)))
 	}
-	if err := s.AckSeqs("/modules/m/inputs/i", seqs[3], seqs[0], seqs[0], 999999); err != nil {
+	if err := s.ackSeqs("/modules/m/inputs/i", seqs[3], seqs[0], seqs[0], 999999); err != nil {
 		t.Fatal(err)
 	}
 	got := readAll(t, s, "/modules/m/inputs/i")
@@ -769,7 +771,7 @@ func TestAckSeqs(t *testing.T) {
 	if st := s.Stats()["/modules/m/inputs/i"]; st.Forwarded != 2 || st.Len != 3 {
 		t.Fatalf("stats %+v", st)
 	}
-	if err := s.AckSeqs("nope", 1); err == nil {
+	if err := s.ackSeqs("nope", 1); err == nil {
 		t.Fatal("ack of unknown endpoint accepted")
 	}
 }
@@ -865,12 +867,12 @@ func TestAckPastDeletedHead(t *testing.T) {
 		len  int64
 		head uint64 // first seq a rewound reader returns
 	}{
-		{"ack 10", func() error { return s.Ack("a", seqs[9]) }, 30, seqs[10]},
-		{"ack again", func() error { return s.Ack("a", seqs[9]) }, 30, seqs[10]},
-		{"ack below head", func() error { return s.Ack("a", seqs[3]) }, 30, seqs[10]},
-		{"ack seqs past head", func() error { return s.AckSeqs("a", seqs[12], seqs[14]) }, 28, seqs[10]},
-		{"ack over holes", func() error { return s.Ack("a", seqs[15]) }, 24, seqs[16]},
-		{"ack beyond the last", func() error { return s.Ack("a", seqs[39]+100) }, 0, 0},
+		{"ack 10", func() error { return s.ackEndpoint("a", seqs[9]) }, 30, seqs[10]},
+		{"ack again", func() error { return s.ackEndpoint("a", seqs[9]) }, 30, seqs[10]},
+		{"ack below head", func() error { return s.ackEndpoint("a", seqs[3]) }, 30, seqs[10]},
+		{"ack seqs past head", func() error { return s.ackSeqs("a", seqs[12], seqs[14]) }, 28, seqs[10]},
+		{"ack over holes", func() error { return s.ackEndpoint("a", seqs[15]) }, 24, seqs[16]},
+		{"ack beyond the last", func() error { return s.ackEndpoint("a", seqs[39]+100) }, 0, 0},
 	}
 	for _, st := range steps {
 		t.Run(st.name, func(t *testing.T) {
@@ -882,7 +884,7 @@ func TestAckPastDeletedHead(t *testing.T) {
 				t.Fatalf("len %d, want %d", stats.Len, st.len)
 			}
 			r.Rewind()
-			es, err := r.TryNext(1)
+			es, err := r.tryNext(1)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -967,7 +969,7 @@ func TestReclaimWaitsForShareOfQueue(t *testing.T) {
 		{9, 0},  // 10 % of the bytes deleted, a ninth of the 90 % left
 		{59, 1}, // 60 %, more than a quarter of the 40 % left
 	} {
-		if err := s.Ack("$upstream", seqs[step.ack]); err != nil {
+		if err := s.ackEndpoint("$upstream", seqs[step.ack]); err != nil {
 			t.Fatal(err)
 		}
 		if got := len(s.kick); got != step.kicked {

@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"outpost/internal/edge/store"
 	"outpost/internal/message"
 )
 
@@ -55,7 +56,7 @@ func BenchmarkDrainWithLive(b *testing.B) {
 				start := time.Now()
 				e.start()
 				for i := range live {
-					if _, err := e.store.Append(context.Background(), Endpoint, &message.Message{DeviceID: "child2", Body: []byte(strconv.Itoa(i))}); err != nil {
+					if _, err := e.store.AppendRecords(context.Background(), []store.Record{{Endpoint: Endpoint, Msg: &message.Message{DeviceID: "child2", Body: []byte(strconv.Itoa(i))}}}); err != nil {
 						b.Fatal(err)
 					}
 					if kick {

@@ -16,6 +16,7 @@ import (
 
 	"outpost/internal/certs"
 	"outpost/internal/clocktest"
+	"outpost/internal/edge/store"
 	"outpost/internal/edgeproto"
 	"outpost/internal/message"
 	"outpost/internal/status"
@@ -235,9 +236,9 @@ func TestLiveDuringDrain(t *testing.T) {
 	for _, d := range []string{"child2", "child3"} {
 		wg.Go(func() {
 			for i := range live / 2 {
-				_, err := e.store.Append(context.Background(), Endpoint, &message.Message{
+				_, err := e.store.AppendRecords(context.Background(), []store.Record{{Endpoint: Endpoint, Msg: &message.Message{
 					DeviceID: d, Body: []byte(strconv.Itoa(i)),
-				})
+				}}})
 				if err != nil {
 					t.Error(err)
 					return
