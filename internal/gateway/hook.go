@@ -1,12 +1,11 @@
 package gateway
 
 import (
-	"time"
-
 	"bytes"
 	"errors"
 	"fmt"
 	"strings"
+	"time"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
