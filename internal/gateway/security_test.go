@@ -1106,7 +1106,7 @@ func TestSecurityFloodsSpareOthers(t *testing.T) {
 					close(stop)
 					<-done
 				}
-				b, a := median(base), median(attacked)
+				b, a := soak.Median(base), soak.Median(attacked)
 				ratios = append(ratios, float64(a)/float64(b))
 				t.Logf("PUBACK p99 of another client: baseline %v, under the flood %v (%.2fx); rounds %v / %v",
 					b.Round(time.Microsecond), a.Round(time.Microsecond), ratios[len(ratios)-1], base, attacked)
@@ -1131,12 +1131,6 @@ type committingBackend struct {
 func (b committingBackend) Telemetry(context.Context, Identity, []*message.Message) error {
 	time.Sleep(b.commit)
 	return nil
-}
-
-func median(ds []time.Duration) time.Duration {
-	s := slices.Clone(ds)
-	slices.Sort(s)
-	return s[len(s)/2]
 }
 
 // TestMessageOverTheByteBudget: a body larger than a connection's whole

@@ -435,7 +435,7 @@ func (k *killLoop) killOnce(between func()) {
 		} else {
 			k.restore()
 		}
-		typical := medianDur(k.serving)
+		typical := soak.Median(k.serving)
 		p := spawnEdgeProcess(k.t, k.bin, k.args()...)
 		// A random moment within one and a half typical start-ups: before
 		// it serves, or while it reconnects, syncs and drains.
@@ -490,12 +490,6 @@ func (k *killLoop) finish(acked func() map[string][]int) killOutcome {
 	return out
 }
 
-func medianDur(ds []time.Duration) time.Duration {
-	s := slices.Clone(ds)
-	slices.Sort(s)
-	return s[len(s)/2]
-}
-
 func (k *killLoop) totalKills() int {
 	n := 0
 	for _, c := range k.kills {
@@ -532,7 +526,7 @@ func TestKillLoop(t *testing.T) {
 	}
 	t.Logf("%d kills %v; %d acked by the edge, %d lost, devices reordered %d; %d duplicates at the hub (%d sends without a PUBACK, sent again; %d edge replays dropped by the hub); restart-to-serving median %v (%d starts, max %v); %v",
 		k.totalKills(), k.kills, acked, out.lost, out.reordered, dup, resent, k.env.Plane.EdgeCounts()["edge1"].Duplicates,
-		medianDur(k.serving).Round(time.Millisecond), len(k.serving), slices.Max(k.serving).Round(time.Millisecond), time.Since(start).Round(time.Second))
+		soak.Median(k.serving).Round(time.Millisecond), len(k.serving), slices.Max(k.serving).Round(time.Millisecond), time.Since(start).Round(time.Second))
 }
 
 // TestKillLoopStoreReset is the kill loop with the storage folder reset
@@ -624,5 +618,5 @@ func TestKillLoopStoreReset(t *testing.T) {
 	c := k.env.Plane.EdgeCounts()["edge1"]
 	t.Logf("%d kills %v, resets %v; %d acked by the edge, %d of them held only by a store then wiped or replaced, of the others %d lost, devices reordered %d; %d duplicates at the hub; the hub dropped %d replays as duplicates and found the store behind it %d times; restart-to-serving median %v (%d starts); %v",
 		k.totalKills(), k.kills, resets, acked, nExposed, out.lost, out.reordered, dup, c.Duplicates, c.StoreRewinds,
-		medianDur(k.serving).Round(time.Millisecond), len(k.serving), time.Since(start).Round(time.Second))
+		soak.Median(k.serving).Round(time.Millisecond), len(k.serving), time.Since(start).Round(time.Second))
 }

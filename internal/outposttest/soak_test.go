@@ -7,7 +7,6 @@ import (
 	"crypto/tls"
 	"encoding/json"
 	"fmt"
-	"math"
 	"net/http"
 	"os"
 	"slices"
@@ -218,7 +217,7 @@ func soakChildren(t *testing.T, bin string, n int, warm, run time.Duration) {
 		t.Logf("  at %5.1fs: RSS %.1f MiB, heap %.1f MiB, %.0f goroutines, %.0f fds", p.at.Seconds(), p.rss/(1<<20), p.heap/(1<<20), p.goroutines, p.fds)
 	}
 	t.Logf("PUBACK at the child: p50 %v, p99 %v, max %v over %d messages",
-		quantile(lat, 0.50), quantile(lat, 0.99), quantile(lat, 1), len(lat))
+		soak.Quantile(lat, 0.50), soak.Quantile(lat, 0.99), soak.Quantile(lat, 1), len(lat))
 	if raceEnabled {
 		t.Logf("the edge is a race build: its RSS is not held to the bound")
 	}
@@ -477,14 +476,4 @@ func slope(samples []procSample, f func(procSample) float64) float64 {
 		sx, sy, sxx, sxy = sx+x, sy+y, sxx+x*x, sxy+x*y
 	}
 	return (n*sxy - sx*sy) / (n*sxx - sx*sx)
-}
-
-// quantile is the q-quantile (nearest rank) of ds.
-func quantile(ds []time.Duration, q float64) time.Duration {
-	if len(ds) == 0 {
-		return 0
-	}
-	s := slices.Clone(ds)
-	slices.Sort(s)
-	return s[max(0, min(len(s)-1, int(math.Ceil(q*float64(len(s))))-1))]
 }

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
-	"slices"
 	"strconv"
 	"testing"
 	"time"
@@ -227,13 +226,7 @@ func benchOpen(t testing.TB, n int) {
 		withCounters = append(withCounters, open(false))
 		pebbleOnly = append(pebbleOnly, openPebble())
 	}
-	mc, ms, mp := medianDuration(withCounters), medianDuration(withScan), medianDuration(pebbleOnly)
+	mc, ms, mp := soak.Median(withCounters), soak.Median(withScan), soak.Median(pebbleOnly)
 	t.Logf("restart-to-serving, %d-entry backlog: Open %v from the counters, %v with a scan, Pebble's own open %v, %v after a scanning open (medians of %d); scan/counters %.1fx",
-		n, mc.Round(time.Microsecond), ms.Round(time.Microsecond), mp.Round(time.Microsecond), medianDuration(afterScan).Round(time.Microsecond), rounds, float64(ms)/float64(mc))
-}
-
-func medianDuration(ds []time.Duration) time.Duration {
-	s := slices.Clone(ds)
-	slices.Sort(s)
-	return s[len(s)/2]
+		n, mc.Round(time.Microsecond), ms.Round(time.Microsecond), mp.Round(time.Microsecond), soak.Median(afterScan).Round(time.Microsecond), rounds, float64(ms)/float64(mc))
 }
